@@ -1,0 +1,55 @@
+# forkserve: the two set-up commands are `make serve` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the tests use as real peers: command:package pairs.
+DEBIAN_PEERS := socat:socat tcpserver:ucspi-tcp ncat:ncat
+
+.PHONY: serve test lint typecheck unit integration debian-deps bench soak clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "forkserve needs Python 3.11 or newer; set PYTHON=python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Stamps make re-runs cheap; pyproject.toml changes reinstall.
+$(VENV)/.stamp-base: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.stamp-test: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $@
+
+serve: $(VENV)/.stamp-base
+	$(VENV)/bin/forkserve serve 127.0.0.1:9000
+
+debian-deps:
+	@missing=""; for pair in $(DEBIAN_PEERS); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+lint: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check src tests
+
+typecheck: $(VENV)/.stamp-test
+	$(VENV)/bin/mypy
+
+unit: $(VENV)/.stamp-test
+	$(VENV)/bin/pytest tests/unit
+
+integration: $(VENV)/.stamp-test debian-deps
+	$(VENV)/bin/pytest tests/integration
+
+test: $(VENV)/.stamp-test debian-deps lint typecheck
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,40 @@
+"""forkserve: a multi-process TCP server for Linux, fork per connection done right.
+
+The Python API::
+
+    import forkserve
+
+    def handler(conn, peer):
+        conn.sendall(b"hello\\n")
+
+    with forkserve.Server(("127.0.0.1", 9000), handler) as server:
+        server.serve_forever()
+"""
+
+from __future__ import annotations
+
+from forkserve._errors import (
+    AddressError,
+    BindError,
+    ForkserveError,
+    TemporaryError,
+    UsageError,
+)
+from forkserve._handler import Handler, echo
+from forkserve._log import Log
+from forkserve._server import Server
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddressError",
+    "BindError",
+    "ForkserveError",
+    "Handler",
+    "Log",
+    "Server",
+    "TemporaryError",
+    "UsageError",
+    "__version__",
+    "echo",
+]

@@ -1,0 +1,95 @@
+"""The table of live children, and reaping them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+
+
+@dataclasses.dataclass(slots=True)
+class Child:
+    """A forked child: its pid (also its process group), its peer, when it started."""
+
+    pid: int
+    peer: str
+    started: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Exited:
+    """A reaped child. ``child`` is None for a pid forkserve did not start."""
+
+    pid: int
+    child: Child | None
+    exit_code: int | None
+    signal_number: int | None
+    core_dumped: bool
+
+    def status_fields(self) -> dict[str, object]:
+        """Log fields: ``exit=N``, or ``signal=SIGKILL(9)`` (plus ``core=yes``)."""
+        if self.signal_number is None:
+            return {"exit": self.exit_code}
+        fields: dict[str, object] = {"signal": describe_signal(self.signal_number)}
+        if self.core_dumped:
+            fields["core"] = "yes"
+        return fields
+
+
+def describe_signal(number: int) -> str:
+    """``9`` -> ``SIGKILL(9)``; unknown numbers keep just the number."""
+    try:
+        return f"{signal.Signals(number).name}({number})"
+    except ValueError:
+        return f"SIG{number}({number})"
+
+
+def decode_status(pid: int, status: int, child: Child | None) -> Exited:
+    """Turn a waitpid status into an Exited record (WIFSIGNALED, not the seed's mix-up)."""
+    if os.WIFSIGNALED(status):
+        return Exited(pid, child, None, os.WTERMSIG(status), os.WCOREDUMP(status))
+    return Exited(pid, child, os.WEXITSTATUS(status), None, False)
+
+
+class ChildTable:
+    """Live children by pid. Each child leads its own process group (see _forking)."""
+
+    def __init__(self) -> None:
+        self._children: dict[int, Child] = {}
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def add(self, pid: int, peer: str) -> Child:
+        child = Child(pid, peer, time.monotonic())
+        self._children[pid] = child
+        return child
+
+    def reap(self) -> list[Exited]:
+        """Reap every finished child without blocking: ``waitpid(-1, WNOHANG)`` until 0.
+
+        ``-1``, not the seed's ``0``: a child that changed its process group (all of
+        ours do) is still reaped.
+        """
+        exited: list[Exited] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # ECHILD: no children at all
+                return exited
+            if pid == 0:
+                return exited
+            exited.append(decode_status(pid, status, self._children.pop(pid, None)))
+
+    def signal_all(self, sig: int) -> None:
+        """Send ``sig`` to every child's process group (the child and what it started)."""
+        for pid in list(self._children):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                # The group is gone or not yet formed; signal the child itself.
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass  # exited; the reaper will see it

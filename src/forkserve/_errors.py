@@ -1,0 +1,45 @@
+"""The exceptions forkserve raises, and the exit codes they map to.
+
+The tree::
+
+    ForkserveError              any failure forkserve reports as one line, no traceback
+    ├── UsageError              exit 100: bad arguments or configuration (permanent)
+    │   └── AddressError        a listen or connect address that does not parse or resolve
+    └── TemporaryError          exit 111: a system or temporary failure
+        └── BindError           the address is in use, not ours, or not permitted
+
+Exit codes follow djb's and skarnet's tools: 100 means "fix the command line",
+111 means "the system said no; trying again later may work".
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_USAGE = 100
+EXIT_TEMPORARY = 111
+
+
+class ForkserveError(Exception):
+    """Base class: a failure reported as one line and an exit code."""
+
+    exit_code = EXIT_TEMPORARY
+
+
+class UsageError(ForkserveError):
+    """Bad arguments or configuration: exit 100."""
+
+    exit_code = EXIT_USAGE
+
+
+class AddressError(UsageError):
+    """An address that does not parse or does not resolve."""
+
+
+class TemporaryError(ForkserveError):
+    """A system or temporary failure: exit 111."""
+
+    exit_code = EXIT_TEMPORARY
+
+
+class BindError(TemporaryError):
+    """The listening socket could not be bound (in use, not local, not permitted)."""

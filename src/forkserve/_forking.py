@@ -1,0 +1,51 @@
+"""The fork step: one child process per connection."""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from forkserve._handler import EXIT_HANDLER_RAISED, Handler, run_handler
+
+
+def fork_handler(
+    conn: socket.socket,
+    peer: Any,
+    handler: Handler,
+    close_parent_resources: Callable[[], None],
+) -> int:
+    """Fork a child that runs ``handler(conn, peer)``; in the parent, return its pid.
+
+    The child becomes the leader of a process group of its own, so that a terminal's
+    Ctrl-C reaches only the parent (which then drains gracefully) and so that the
+    parent can signal the child together with anything it started. Both sides call
+    setpgid, the usual way to close the race with a parent that signals at once.
+
+    In the child, ``close_parent_resources`` first undoes the parent's set-up (the
+    listeners, the selector, the signal pipe and handlers); then the handler runs; the
+    child always ends with ``os._exit`` and never returns into the parent's loop.
+
+    Resource handling: the caller still owns ``conn`` in the parent and must close it.
+
+    Raises:
+        OSError: fork(2) failed (EAGAIN, ENOMEM); nothing was started.
+    """
+    pid = os.fork()
+    if pid:
+        try:
+            os.setpgid(pid, pid)
+        except (ProcessLookupError, PermissionError):
+            pass  # the child already exited, or already exec'd after its own setpgid
+        return pid
+    status = EXIT_HANDLER_RAISED
+    try:
+        os.setpgid(0, 0)
+        close_parent_resources()
+        status = run_handler(handler, conn, peer)
+    except BaseException:  # noqa: BLE001 - a bug in the set-up: report it, never return
+        traceback.print_exc()
+    finally:
+        os._exit(status)

@@ -13,6 +13,8 @@ from forkserve._listen import DEFAULT_BACKLOG, Listener
 from forkserve._log import Log
 from forkserve._loop import Loop
 
+# The process models `forkserve serve --mode` offers; the benchmark suite runs each.
+MODES = ("fork",)
 DEFAULT_MAX_CONNS = 1000
 DEFAULT_GRACE = 10.0
 

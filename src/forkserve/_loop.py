@@ -131,9 +131,9 @@ class Loop:
         )
         if want != self.listening:
             if want:
-                self.sel.register(self.listener, selectors.EVENT_READ)  # type: ignore[arg-type]
+                self.sel.register(self.listener, selectors.EVENT_READ)
             else:
-                self.sel.unregister(self.listener)  # type: ignore[arg-type]
+                self.sel.unregister(self.listener)
             self.listening = want
 
     def timeout(self) -> float | None:
@@ -252,7 +252,7 @@ class Loop:
         if self.listener is None:
             return
         if self.listening:
-            self.sel.unregister(self.listener)  # type: ignore[arg-type]
+            self.sel.unregister(self.listener)
             self.listening = False
         self.listener.close()
         self.listener = None

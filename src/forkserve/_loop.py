@@ -123,17 +123,19 @@ class Loop:
 
         At --max-conns it leaves the selector and the kernel's backlog is the queue.
         """
+        listener = self.listener
+        if listener is None:
+            return  # closed, and close_listener() unregistered it
         want = (
-            self.listener is not None
-            and self.stopping is None
+            self.stopping is None
             and len(self.children) < self.max_conns
             and time.monotonic() >= self.paused_until
         )
         if want != self.listening:
             if want:
-                self.sel.register(self.listener, selectors.EVENT_READ)
+                self.sel.register(listener, selectors.EVENT_READ)
             else:
-                self.sel.unregister(self.listener)
+                self.sel.unregister(listener)
             self.listening = want
 
     def timeout(self) -> float | None:

@@ -263,6 +263,8 @@ def test_idle_server_waits_without_timeout(start_server: ServerFactory) -> None:
 
     def blocked_forever() -> bool:
         fields = Path(f"/proc/{server.pid}/syscall").read_text().split()
+        if not fields[0].isdigit():  # "running"
+            return False
         return (
             int(fields[0]) in (epoll_wait, epoll_pwait)
             and int(fields[4], 16) & 0xFFFFFFFF == 0xFFFFFFFF

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from forkserve._handler import EXIT_HANDLER_RAISED, Handler, run_handler
+from forkserve._signals import SERVER_SIGNALS
 
 
 def fork_handler(
@@ -28,13 +30,24 @@ def fork_handler(
     listeners, the selector, the signal pipe and handlers); then the handler runs; the
     child always ends with ``os._exit`` and never returns into the parent's loop.
 
+    The server's signals are blocked across fork(2): a signal that reached the child
+    before it reset its handlers would otherwise run the parent's no-op handler (and
+    be lost) and write its number into the parent's wakeup pipe (and be taken as the
+    parent's own). The child unblocks them only once they are back to SIG_DFL.
+
     Resource handling: the caller still owns ``conn`` in the parent and must close it.
 
     Raises:
         OSError: fork(2) failed (EAGAIN, ENOMEM); nothing was started.
     """
-    pid = os.fork()
+    signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVER_SIGNALS)
+        raise
     if pid:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVER_SIGNALS)
         try:
             os.setpgid(pid, pid)
         except (ProcessLookupError, PermissionError):
@@ -44,6 +57,7 @@ def fork_handler(
     try:
         os.setpgid(0, 0)
         close_parent_resources()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVER_SIGNALS)
         status = run_handler(handler, conn, peer)
     except BaseException:  # noqa: BLE001 - a bug in the set-up: report it, never return
         traceback.print_exc()

@@ -2,30 +2,44 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
 
 
-@dataclasses.dataclass(slots=True)
 class Child:
-    """A forked child: its pid (also its process group), its peer, when it started."""
+    """A forked child: its pid (also its process group), its peer, when it started.
 
-    pid: int
-    peer: str
-    started: float
+    A plain class with slots, not a dataclass: dataclasses imports inspect and ast,
+    memory the parent would carry into every fork.
+    """
+
+    __slots__ = ("peer", "pid", "started")
+
+    def __init__(self, pid: int, peer: str, started: float) -> None:
+        self.pid = pid
+        self.peer = peer
+        self.started = started
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class Exited:
     """A reaped child. ``child`` is None for a pid forkserve did not start."""
 
-    pid: int
-    child: Child | None
-    exit_code: int | None
-    signal_number: int | None
-    core_dumped: bool
+    __slots__ = ("child", "core_dumped", "exit_code", "pid", "signal_number")
+
+    def __init__(
+        self,
+        pid: int,
+        child: Child | None,
+        exit_code: int | None,
+        signal_number: int | None,
+        core_dumped: bool,
+    ) -> None:
+        self.pid = pid
+        self.child = child
+        self.exit_code = exit_code
+        self.signal_number = signal_number
+        self.core_dumped = core_dumped
 
     def status_fields(self) -> dict[str, object]:
         """Log fields: ``exit=N``, or ``signal=SIGKILL(9)`` (plus ``core=yes``)."""

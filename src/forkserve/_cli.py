@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 from forkserve import __version__
 from forkserve._address import parse_listen_address
 from forkserve._errors import EXIT_USAGE, AddressError, ForkserveError
 from forkserve._log import DEBUG, INFO, QUIET
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 class Parser(argparse.ArgumentParser):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import traceback
 from collections.abc import Callable
-from typing import Any
 
 from forkserve._handler import EXIT_HANDLER_RAISED, Handler, run_handler
 from forkserve._signals import SERVER_SIGNALS
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is what we avoid
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def fork_handler(
@@ -60,6 +63,8 @@ def fork_handler(
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVER_SIGNALS)
         status = run_handler(handler, conn, peer)
     except BaseException:  # noqa: BLE001 - a bug in the set-up: report it, never return
+        import traceback
+
         traceback.print_exc()
     finally:
         os._exit(status)

@@ -16,7 +16,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
 
 from forkserve._address import format_address
 from forkserve._children import ChildTable, Exited
@@ -25,6 +24,10 @@ from forkserve._handler import Handler
 from forkserve._listen import Listener
 from forkserve._log import Log
 from forkserve._signals import SignalPipe
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
+if TYPE_CHECKING:
+    from typing import Any
 
 # accept(2) errors that mean "out of a resource": log once per burst, stop accepting
 # for ACCEPT_PAUSE, try again. Spinning on them at 100% CPU is what tcpserver and many

@@ -7,22 +7,17 @@ import signal
 import socket
 from collections.abc import Callable
 
-from forkserve._handler import EXIT_HANDLER_RAISED, Handler, run_handler
+from forkserve._handler import EXIT_HANDLER_RAISED, Connection, Service
 from forkserve._signals import SERVER_SIGNALS
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is what we avoid
 
-if TYPE_CHECKING:
-    from typing import Any
-
-
-def fork_handler(
+def fork_child(
     conn: socket.socket,
-    peer: Any,
-    handler: Handler,
+    info: Connection,
+    service: Service,
     close_parent_resources: Callable[[], None],
 ) -> int:
-    """Fork a child that runs ``handler(conn, peer)``; in the parent, return its pid.
+    """Fork a child that runs ``service(conn, info)``; in the parent, return its pid.
 
     The child becomes the leader of a process group of its own, so that a terminal's
     Ctrl-C reaches only the parent (which then drains gracefully) and so that the
@@ -30,7 +25,7 @@ def fork_handler(
     setpgid, the usual way to close the race with a parent that signals at once.
 
     In the child, ``close_parent_resources`` first undoes the parent's set-up (the
-    listeners, the selector, the signal pipe and handlers); then the handler runs; the
+    listeners, the selector, the signal pipe and handlers); then the service runs; the
     child always ends with ``os._exit`` and never returns into the parent's loop.
 
     The server's signals are blocked across fork(2): a signal that reached the child
@@ -61,7 +56,7 @@ def fork_handler(
         os.setpgid(0, 0)
         close_parent_resources()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVER_SIGNALS)
-        status = run_handler(handler, conn, peer)
+        status = service(conn, info)
     except BaseException:  # noqa: BLE001 - a bug in the set-up: report it, never return
         import traceback
 

@@ -42,6 +42,49 @@ class Handler(Protocol):
     def __call__(self, conn: socket.socket, peer: Any, /) -> object: ...
 
 
+class Connection:
+    """What the parent knows about a connection when it forks the child for it.
+
+    Attributes:
+        peer: the client's address, as ``getpeername()`` returns it.
+        connnum: connections open from the client's address, this one included
+            (UCSPI's ``TCPCONNNUM``).
+        env: extra environment variables for this connection's program or handler.
+    """
+
+    __slots__ = ("connnum", "env", "peer")
+
+    def __init__(self, peer: Any, connnum: int = 1, env: dict[str, str] | None = None) -> None:
+        self.peer = peer
+        self.connnum = connnum
+        self.env = env if env is not None else {}
+
+
+class Service(Protocol):
+    """What a child runs for a connection: returns the child's exit code.
+
+    Python handlers are wrapped by ``PythonService``; exec mode has its own.
+    """
+
+    def __call__(self, conn: socket.socket, info: Connection, /) -> int: ...
+
+
+class PythonService:
+    """Runs a Python ``Handler`` in the child, with the connection's extra environment."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def __call__(self, conn: socket.socket, info: Connection) -> int:
+        if info.env:
+            import os
+
+            os.environ.update(info.env)
+        return run_handler(self.handler, conn, info.peer)
+
+
 def echo(conn: socket.socket, peer: Any) -> None:
     """RFC 862 echo: send back every byte received, until the client closes.
 

@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from forkserve._address import format_address
 from forkserve._children import ChildTable, Exited
-from forkserve._forking import fork_handler
-from forkserve._handler import Handler
+from forkserve._forking import fork_child
+from forkserve._handler import Connection, Service
 from forkserve._listen import Listener
 from forkserve._log import Log
 from forkserve._signals import SignalPipe
@@ -58,6 +58,11 @@ ACCEPT_BATCH = 64
 KILL_AFTER = 3.0
 
 
+def source_of(peer: Any) -> str:
+    """The client address a connection counts against: the peer's host."""
+    return peer[0] if isinstance(peer, tuple) else ""
+
+
 class Loop:
     """The parent's state and event handlers. ``run()`` returns when stopped.
 
@@ -69,7 +74,7 @@ class Loop:
     def __init__(
         self,
         listener: Listener,
-        handler: Handler,
+        service: Service,
         log: Log,
         *,
         max_conns: int,
@@ -77,7 +82,7 @@ class Loop:
         ready: Callable[[], None] | None = None,
     ) -> None:
         self.listener: Listener | None = listener
-        self.handler = handler
+        self.service = service
         self.log = log
         self.max_conns = max_conns
         self.grace = grace
@@ -229,8 +234,10 @@ class Loop:
     def start_child(self, conn: socket.socket, peer: Any) -> None:
         """Fork a child for ``conn``; the parent's copy is closed either way."""
         peer_text = format_address(peer)
+        source = source_of(peer)
+        info = Connection(peer, self.children.open_from(source) + 1)
         try:
-            pid = fork_handler(conn, peer, self.handler, self.close_in_child)
+            pid = fork_child(conn, info, self.service, self.close_in_child)
         except OSError as exc:
             name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
             self.log.warning("fork-failed", peer=peer_text, error=name)
@@ -238,11 +245,11 @@ class Loop:
             return
         finally:
             conn.close()
-        self.children.add(pid, peer_text)
+        self.children.add(pid, peer_text, source)
         self.log.info("accept", peer=peer_text, pid=pid, conns=self.active())
 
     def close_in_child(self) -> None:
-        """Undo the parent's set-up in a fresh child (see fork_handler)."""
+        """Undo the parent's set-up in a fresh child (see fork_child)."""
         self.sel.close()
         if self.listener is not None:
             self.listener.close()

@@ -8,7 +8,7 @@ from types import TracebackType
 
 from forkserve._address import parse_listen_address
 from forkserve._errors import UsageError
-from forkserve._handler import Handler, echo
+from forkserve._handler import Handler, PythonService, Service, echo
 from forkserve._listen import DEFAULT_BACKLOG, Listener
 from forkserve._log import Log
 from forkserve._loop import Loop
@@ -63,6 +63,7 @@ class Server:
             raise UsageError(f"grace must be 0 or more seconds, not {grace}")
         host, port = parse_listen_address(address) if isinstance(address, str) else address
         self.handler = handler
+        self.service: Service = PythonService(handler)
         self.max_conns = max_conns
         self.grace = grace
         self.log = log if log is not None else Log()
@@ -93,7 +94,7 @@ class Server:
         )
         loop = Loop(
             self.listener,
-            self.handler,
+            self.service,
             self.log,
             max_conns=self.max_conns,
             grace=self.grace,

@@ -11,7 +11,7 @@ from forkserve._errors import UsageError
 from forkserve._handler import Handler, PythonService, Service, echo
 from forkserve._listen import DEFAULT_BACKLOG, Listener
 from forkserve._log import Log
-from forkserve._loop import Loop
+from forkserve._loop import ForkLoop
 
 # The process models `forkserve serve --mode` offers; the benchmark suite runs each.
 MODES = ("fork",)
@@ -92,7 +92,7 @@ class Server:
             max_conns=self.max_conns,
             pid=os.getpid(),
         )
-        loop = Loop(
+        loop = ForkLoop(
             self.listener,
             self.service,
             self.log,

@@ -119,14 +119,21 @@ class ChildTable:
                 return exited
             exited.append(decode_status(pid, status, self._remove(pid)))
 
-    def signal_all(self, sig: int) -> None:
-        """Send ``sig`` to every child's process group (the child and what it started)."""
-        for pid in list(self._children):
+    def pids(self) -> list[int]:
+        return list(self._children)
+
+    def signal(self, pid: int, sig: int) -> None:
+        """Send ``sig`` to a child's process group (the child and what it started)."""
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            # The group is gone or not yet formed; signal the child itself.
             try:
-                os.killpg(pid, sig)
+                os.kill(pid, sig)
             except ProcessLookupError:
-                # The group is gone or not yet formed; signal the child itself.
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass  # exited; the reaper will see it
+                pass  # exited; the reaper will see it
+
+    def signal_all(self, sig: int) -> None:
+        """Send ``sig`` to every child's process group."""
+        for pid in list(self._children):
+            self.signal(pid, sig)

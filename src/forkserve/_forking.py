@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from collections.abc import Callable
 
-from forkserve._handler import EXIT_HANDLER_RAISED, Connection, Service
+from forkserve._handler import EXIT_HANDLER_RAISED
 from forkserve._signals import SERVER_SIGNALS
 
 
-def fork_child(
-    conn: socket.socket,
-    info: Connection,
-    service: Service,
-    close_parent_resources: Callable[[], None],
-) -> int:
-    """Fork a child that runs ``service(conn, info)``; in the parent, return its pid.
+def fork_child(run: Callable[[], int], close_parent_resources: Callable[[], None]) -> int:
+    """Fork a child that runs ``run()`` and exits with its result; return its pid.
 
     The child becomes the leader of a process group of its own, so that a terminal's
     Ctrl-C reaches only the parent (which then drains gracefully) and so that the
@@ -25,7 +19,7 @@ def fork_child(
     setpgid, the usual way to close the race with a parent that signals at once.
 
     In the child, ``close_parent_resources`` first undoes the parent's set-up (the
-    listeners, the selector, the signal pipe and handlers); then the service runs; the
+    listeners, the selector, the signal pipe and handlers); then ``run`` runs; the
     child always ends with ``os._exit`` and never returns into the parent's loop.
 
     The server's signals are blocked across fork(2): a signal that reached the child
@@ -33,7 +27,7 @@ def fork_child(
     be lost) and write its number into the parent's wakeup pipe (and be taken as the
     parent's own). The child unblocks them only once they are back to SIG_DFL.
 
-    Resource handling: the caller still owns ``conn`` in the parent and must close it.
+    Resource handling: the caller still owns, in the parent, what ``run`` uses.
 
     Raises:
         OSError: fork(2) failed (EAGAIN, ENOMEM); nothing was started.
@@ -56,7 +50,7 @@ def fork_child(
         os.setpgid(0, 0)
         close_parent_resources()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVER_SIGNALS)
-        status = service(conn, info)
+        status = run()
     except BaseException:  # noqa: BLE001 - a bug in the set-up: report it, never return
         import traceback
 

@@ -13,12 +13,19 @@ from forkserve._exec import describe as describe_program
 from forkserve._handler import Handler, PythonService, Service, echo
 from forkserve._listen import DEFAULT_BACKLOG, Listener
 from forkserve._log import Log
-from forkserve._loop import Loop
+from forkserve._loop import ForkLoop
+from forkserve._prefork import PreforkLoop
+from forkserve._supervise import Supervisor
 
 # The process models `forkserve serve --mode` offers; the benchmark suite runs each.
-MODES = ("fork",)
+MODES = ("fork", "prefork")
 DEFAULT_MAX_CONNS = 1000
 DEFAULT_GRACE = 10.0
+# Prefork pool defaults: a couple of spare workers keep the first connections of a
+# burst from waiting for a fork; 64 workers of a few MiB each fit a small machine.
+DEFAULT_MIN_SPARE = 2
+DEFAULT_MAX_SPARE = 8
+DEFAULT_MAX_WORKERS = 64
 
 
 class Server:
@@ -42,6 +49,13 @@ class Server:
             they are sent SIGTERM (and SIGKILL 3 seconds later).
         banner: bytes sent to each client before the handler or program starts.
         log: where events go; by default one line each on standard error.
+        mode: "fork" (a fresh process per connection) or "prefork" (a pool of
+            reusable workers, each serving one connection at a time).
+        min_spare, max_spare: prefork: idle workers kept ready, at least and at most.
+        max_workers: prefork: workers at most, which is also the cap on connections
+            served at once (``max_conns`` is fork mode's).
+        max_requests: prefork: a worker is replaced after this many connections
+            (0: never).
 
     Raises:
         UsageError: an argument out of range, or an address that does not parse;
@@ -65,9 +79,25 @@ class Server:
         grace: float = DEFAULT_GRACE,
         banner: bytes = b"",
         log: Log | None = None,
+        mode: str = "fork",
+        min_spare: int = DEFAULT_MIN_SPARE,
+        max_spare: int = DEFAULT_MAX_SPARE,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        max_requests: int = 0,
     ) -> None:
+        if mode not in MODES:
+            raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if max_conns < 1:
             raise UsageError(f"max_conns must be at least 1, not {max_conns}")
+        if not 1 <= min_spare <= max_spare <= max_workers:
+            raise UsageError(
+                "the pool needs 1 <= min_spare <= max_spare <= max_workers, "
+                f"not {min_spare}, {max_spare}, {max_workers}"
+            )
+        if max_requests < 0:
+            raise UsageError(f"max_requests must be 0 (no limit) or more, not {max_requests}")
+        self.mode = mode
+        self.pool = (min_spare, max_spare, max_workers, max_requests)
         if backlog < 1:
             raise UsageError(f"backlog must be at least 1, not {backlog}")
         if not grace >= 0:
@@ -78,16 +108,7 @@ class Server:
         self.max_conns = max_conns
         self.grace = grace
         self.log = log if log is not None else Log()
-        if isinstance(handler, str):
-            from forkserve._load import load_handler
-
-            handler = load_handler(handler)
-        self.handler = handler
-        self.service: Service
-        if isinstance(handler, Program):
-            self.service = ExecService(handler, self.log, banner)
-        else:
-            self.service = PythonService(handler, banner)
+        self.handler, self.service = make_service(handler, banner, self.log, mode)
         self.listener = Listener.bind(host, port, backlog)
 
     @property
@@ -106,24 +127,41 @@ class Server:
             ready: called once signals are handled and the loop is about to wait:
                 the moment to announce readiness (``--print-port`` does).
         """
-        fields: dict[str, object] = {
-            "address": self.listener.describe(),
-            "mode": "fork",
-            "max_conns": self.max_conns,
-            "pid": os.getpid(),
-        }
+        announce = None if ready is None else (lambda: ready(self))
+        min_spare, max_spare, max_workers, max_requests = self.pool
+        loop: Supervisor
+        if self.mode == "prefork":
+            limit: dict[str, object] = {"max_workers": max_workers}
+            loop = PreforkLoop(
+                self.listener,
+                self.service,
+                self.log,
+                min_spare=min_spare,
+                max_spare=max_spare,
+                max_workers=max_workers,
+                max_requests=max_requests,
+                grace=self.grace,
+                ready=announce,
+            )
+        else:
+            limit = {"max_conns": self.max_conns}
+            loop = ForkLoop(
+                self.listener,
+                self.service,
+                self.log,
+                max_conns=self.max_conns,
+                grace=self.grace,
+                ready=announce,
+            )
+        fields: dict[str, object] = {"address": self.listener.describe(), "mode": self.mode}
+        fields.update(limit, pid=os.getpid())
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)
         self.log.notice("listen", **fields)
-        loop = Loop(
-            self.listener,
-            self.service,
-            self.log,
-            max_conns=self.max_conns,
-            grace=self.grace,
-            ready=None if ready is None else (lambda: ready(self)),
-        )
-        loop.run()
+        try:
+            loop.run()
+        finally:
+            loop.close()
         self.log.notice("stopped", pid=os.getpid())
 
     def close(self) -> None:
@@ -139,3 +177,26 @@ class Server:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def make_service(
+    handler: Handler | Program | str, banner: bytes, log: Log, mode: str
+) -> tuple[Handler | Program, Service]:
+    """Load a handler name, and wrap the handler or program as what children run.
+
+    Raises:
+        HandlerError: a handler name that does not load.
+        UsageError: a program in prefork mode: exec replaces the process, so a
+            worker could serve only one connection; fork mode is exec's model.
+    """
+    if isinstance(handler, str):
+        from forkserve._load import load_handler
+
+        handler = load_handler(handler)
+    if isinstance(handler, Program):
+        if mode != "fork":
+            raise UsageError(
+                "a program replaces the process that runs it: exec mode needs --mode fork"
+            )
+        return handler, ExecService(handler, log, banner)
+    return handler, PythonService(handler, banner)

@@ -25,3 +25,30 @@ def start_server() -> Iterator[ServerFactory]:
     for server in started:
         leftovers.extend(server.close())
     assert not leftovers, f"processes left behind: {leftovers}"
+
+
+@pytest.fixture(params=["fork", "prefork"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Both process models: a test that takes ``serve`` runs once for each."""
+    return str(request.param)
+
+
+@pytest.fixture
+def serve(start_server: ServerFactory, mode: str) -> ServerFactory:
+    """``start_server`` in the current ``mode``."""
+
+    def start(*args: str, **kwargs: Any) -> ServerProcess:
+        return start_server(*mode_args(mode), *args, **kwargs)
+
+    return start
+
+
+def mode_args(mode: str) -> list[str]:
+    return ["--mode", "prefork"] if mode == "prefork" else []
+
+
+def limit_args(mode: str, n: int) -> list[str]:
+    """Serve at most ``n`` connections at once, in either mode."""
+    if mode == "prefork":
+        return ["--max-workers", str(n), "--min-spare", "1", "--max-spare", str(n)]
+    return ["--max-conns", str(n)]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ServerFactory
+from tests.integration.conftest import ServerFactory, limit_args
 from tests.support import (
     connect,
     echo_roundtrip,
@@ -45,8 +45,8 @@ def test_three_clients_three_children_then_none(start_server: ServerFactory) -> 
     assert server.stop() == 0
 
 
-def test_accept_and_end_lines_carry_the_fields(start_server: ServerFactory) -> None:
-    server = start_server("--max-conns", "7")
+def test_accept_and_end_lines_carry_the_fields(serve: ServerFactory, mode: str) -> None:
+    server = serve(*limit_args(mode, 7))
     with connect(server.port) as sock:
         local = sock.getsockname()
     (accept,) = server.wait_event("accept")
@@ -61,21 +61,21 @@ def test_accept_and_end_lines_carry_the_fields(start_server: ServerFactory) -> N
 
 
 @pytest.mark.parametrize("size", [1, 255, 256, 257, 4096, 65537])
-def test_messages_of_256_bytes_and_more(start_server: ServerFactory, size: int) -> None:
-    server = start_server()
+def test_messages_of_256_bytes_and_more(serve: ServerFactory, size: int) -> None:
+    server = serve()
     payload = bytes(random.getrandbits(8) for _ in range(size))
     assert echo_roundtrip(server.port, payload) == payload
 
 
-def test_multi_megabyte_payload_partial_writes(start_server: ServerFactory) -> None:
+def test_multi_megabyte_payload_partial_writes(serve: ServerFactory) -> None:
     """The seed ignored write()'s return value; 24 MiB must come back whole."""
-    server = start_server()
+    server = serve()
     payload = random.randbytes(24 * 1024 * 1024)
     assert echo_roundtrip(server.port, payload) == payload
 
 
-def test_binary_data_with_nul_bytes(start_server: ServerFactory) -> None:
-    server = start_server()
+def test_binary_data_with_nul_bytes(serve: ServerFactory) -> None:
+    server = serve()
     payload = bytes(range(256)) * 64 + b"\x00" * 1000
     assert echo_roundtrip(server.port, payload) == payload
     log = server.log_text()
@@ -83,17 +83,17 @@ def test_binary_data_with_nul_bytes(start_server: ServerFactory) -> None:
     assert "\\x00" not in log  # peers' bytes are not logged at all at the default level
 
 
-def test_half_close_gets_every_byte_back(start_server: ServerFactory) -> None:
-    server = start_server()
+def test_half_close_gets_every_byte_back(serve: ServerFactory) -> None:
+    server = serve()
     with connect(server.port) as sock:
         sock.sendall(b"x" * 100_000)
         sock.shutdown(socket.SHUT_WR)
         assert recv_all(sock) == b"x" * 100_000
 
 
-def test_client_reset_mid_stream_ends_the_child_quietly(start_server: ServerFactory) -> None:
+def test_client_reset_mid_stream_ends_the_child_quietly(serve: ServerFactory) -> None:
     """The seed spun at 100% CPU writing -1 bytes after ECONNRESET."""
-    server = start_server()
+    server = serve()
     sock = connect(server.port)
     sock.sendall(b"a" * 500_000)  # more than the buffers hold: the child is mid-stream
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -104,8 +104,8 @@ def test_client_reset_mid_stream_ends_the_child_quietly(start_server: ServerFact
     assert echo_roundtrip(server.port, b"still serving") == b"still serving"
 
 
-def test_child_killed_by_sigkill_is_logged_as_signal_9(start_server: ServerFactory) -> None:
-    server = start_server()
+def test_child_killed_by_sigkill_is_logged_as_signal_9(serve: ServerFactory) -> None:
+    server = serve()
     with connect(server.port):
         (accept,) = server.wait_event("accept")
         os.kill(int(accept["pid"]), signal.SIGKILL)
@@ -116,21 +116,21 @@ def test_child_killed_by_sigkill_is_logged_as_signal_9(start_server: ServerFacto
     assert echo_roundtrip(server.port, b"next") == b"next"
 
 
-def test_restart_right_after_stop_binds_at_once(start_server: ServerFactory) -> None:
+def test_restart_right_after_stop_binds_at_once(serve: ServerFactory) -> None:
     """SO_REUSEADDR: TIME_WAIT connections on the port do not block a restart."""
-    first = start_server()
+    first = serve()
     port = first.port
     for _ in range(3):
         assert echo_roundtrip(port, b"hello") == b"hello"
     first.wait_event("end", count=3)
     assert first.stop() == 0
-    second = start_server(address=f"127.0.0.1:{port}")
+    second = serve(address=f"127.0.0.1:{port}")
     assert second.port == port
     assert echo_roundtrip(port, b"again") == b"again"
 
 
-def test_max_conns_backlog_is_the_queue(start_server: ServerFactory) -> None:
-    server = start_server("--max-conns", "2")
+def test_max_conns_backlog_is_the_queue(serve: ServerFactory, mode: str) -> None:
+    server = serve(*limit_args(mode, 2))
     held = [connect(server.port) for _ in range(2)]
     server.wait_event("accept", count=2)
     # The third completes its handshake in the kernel's backlog, but is not accepted.
@@ -151,8 +151,8 @@ def test_max_conns_backlog_is_the_queue(start_server: ServerFactory) -> None:
     assert server.stop() == 0
 
 
-def test_sigterm_drains_connections_in_flight(start_server: ServerFactory) -> None:
-    server = start_server()
+def test_sigterm_drains_connections_in_flight(serve: ServerFactory) -> None:
+    server = serve()
     sock = connect(server.port)
     sock.sendall(b"first")
     assert recv_exactly(sock, 5) == b"first"
@@ -172,9 +172,9 @@ def test_sigterm_drains_connections_in_flight(start_server: ServerFactory) -> No
     assert server.leftovers() == []
 
 
-def test_sigterm_serves_clients_waiting_in_the_backlog(start_server: ServerFactory) -> None:
+def test_sigterm_serves_clients_waiting_in_the_backlog(serve: ServerFactory, mode: str) -> None:
     """A client whose handshake completed before SIGTERM is served, not reset."""
-    server = start_server("--max-conns", "1")
+    server = serve(*limit_args(mode, 1))
     held = connect(server.port)
     server.wait_event("accept")
     queued = connect(server.port)
@@ -188,8 +188,8 @@ def test_sigterm_serves_clients_waiting_in_the_backlog(start_server: ServerFacto
     assert server.wait_exit() == 0
 
 
-def test_grace_expiry_terminates_children(start_server: ServerFactory) -> None:
-    server = start_server("--grace", "0.3")
+def test_grace_expiry_terminates_children(serve: ServerFactory) -> None:
+    server = serve("--grace", "0.3")
     with connect(server.port):
         server.wait_event("accept")
         server.send_signal(signal.SIGTERM)
@@ -200,8 +200,8 @@ def test_grace_expiry_terminates_children(start_server: ServerFactory) -> None:
     assert server.leftovers() == []
 
 
-def test_sigquit_stops_at_once(start_server: ServerFactory) -> None:
-    server = start_server("--grace", "60")
+def test_sigquit_stops_at_once(serve: ServerFactory) -> None:
+    server = serve("--grace", "60")
     socks = [connect(server.port) for _ in range(3)]
     server.wait_event("accept", count=3)
     server.send_signal(signal.SIGQUIT)
@@ -213,8 +213,8 @@ def test_sigquit_stops_at_once(start_server: ServerFactory) -> None:
         sock.close()
 
 
-def test_second_sigint_stops_at_once(start_server: ServerFactory) -> None:
-    server = start_server("--grace", "60")
+def test_second_sigint_stops_at_once(serve: ServerFactory) -> None:
+    server = serve("--grace", "60")
     with connect(server.port):
         server.wait_event("accept")
         server.send_signal(signal.SIGINT)
@@ -254,9 +254,9 @@ def _cpu_ticks(pid: int) -> int:
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="syscall numbers are x86_64's")
-def test_idle_server_waits_without_timeout(start_server: ServerFactory) -> None:
+def test_idle_server_waits_without_timeout(serve: ServerFactory) -> None:
     """No polling interval: idle, the parent blocks in epoll_wait with timeout -1."""
-    server = start_server()
+    server = serve()
     assert echo_roundtrip(server.port, b"x") == b"x"
     server.wait_event("end")
     epoll_wait, epoll_pwait = 232, 281
@@ -312,15 +312,15 @@ def test_bad_arguments_exit_100(args: list[str]) -> None:
     assert b"Traceback" not in result.stderr
 
 
-def test_ipv6_loopback(start_server: ServerFactory) -> None:
-    server = start_server(address="[::1]:0")
+def test_ipv6_loopback(serve: ServerFactory) -> None:
+    server = serve(address="[::1]:0")
     assert echo_roundtrip(server.port, b"six", host="::1") == b"six"
     (accept,) = server.wait_event("accept")
     assert accept["peer"].startswith("[::1]:")
 
 
-def test_dual_stack_accepts_ipv4_and_ipv6(start_server: ServerFactory) -> None:
-    server = start_server(address="[::]:0")
+def test_dual_stack_accepts_ipv4_and_ipv6(serve: ServerFactory) -> None:
+    server = serve(address="[::]:0")
     assert echo_roundtrip(server.port, b"four", host="127.0.0.1") == b"four"
     assert echo_roundtrip(server.port, b"six", host="::1") == b"six"
     peers = [e["peer"] for e in server.wait_event("accept", count=2)]
@@ -339,11 +339,11 @@ def test_version() -> None:
     assert console.stdout == result.stdout
 
 
-def test_real_peer_socat_client(start_server: ServerFactory) -> None:
+def test_real_peer_socat_client(serve: ServerFactory) -> None:
     socat = pytest.importorskip("shutil").which("socat")
     if socat is None:
         pytest.skip("socat is not installed (make test installs it)")
-    server = start_server()
+    server = serve()
     payload = b"line one\n\nline three\n" + bytes(range(256))
     result = subprocess.run(
         [socat, "-t", "5", "-", f"TCP:127.0.0.1:{server.port}"],

@@ -139,6 +139,8 @@ def test_httpd_example_with_curl(start_server: ServerFactory) -> None:
         (["--local-host", "x"], "--local-host sets UCSPI variables"),
         (["--banner", "bad\\q"], "invalid escape"),
         (["--"], "'--' must be followed by a PROGRAM"),
+        (["--", ""], "empty program name"),
+        (["--mode", "prefork", "--", "cat"], "exec mode needs --mode fork"),
     ],
 )
 def test_bad_service_options_exit_100_with_one_line(args: list[str], message: str) -> None:
@@ -149,6 +151,18 @@ def test_bad_service_options_exit_100_with_one_line(args: list[str], message: st
     assert stderr.count("\n") == 1, stderr
     assert message in stderr
     assert "Traceback" not in stderr
+
+
+def test_prefork_workers_run_a_handler_by_name_with_the_banner(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server(
+        "--mode", "prefork", "--handler", "examples.kv:handle", "--banner", "kv\\r\\n", cwd=ROOT
+    )
+    for _ in range(2):
+        with connect(server.port) as sock:
+            sock.sendall(b"SET a 1\nGET a\nQUIT\n")
+            assert recv_all(sock) == b"kv\r\nOK\r\nVALUE 1\r\nBYE\r\n"
 
 
 def test_dashes_belong_to_serve_only() -> None:

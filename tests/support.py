@@ -27,7 +27,14 @@ FORKSERVE = [sys.executable, "-m", "forkserve"]
 
 
 def parse_line(line: str) -> tuple[str, dict[str, str]] | None:
-    """Split ``TS EVENT k=v k="json string"`` into ``(event, fields)``; None if not a log line."""
+    """Split ``TS EVENT k=v k="json string"`` into ``(event, fields)``; None if not a log line.
+
+    A JSON line (``--log-format json``) gives the same: its fields as text.
+    """
+    if line.startswith("{"):
+        record = json.loads(line)
+        record.pop("ts")
+        return str(record.pop("event")), {k: str(v) for k, v in record.items()}
     parts = line.split(" ", 2)
     if len(parts) < 2 or not re.match(r"\d{4}-\d\d-\d\dT", parts[0]):
         return None

@@ -221,6 +221,15 @@ def mode_options(args: argparse.Namespace) -> dict[str, int]:
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    from forkserve._log import FORMATS
+
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text: one 'TIMESTAMP EVENT key=value ...' line per event (default); "
+        "json: one JSON object per line with the same fields",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "-q", "--quiet", action="store_true", help="log only warnings and life-cycle events"
@@ -232,7 +241,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from forkserve._log import Log
     from forkserve._server import Server
 
-    log = Log(QUIET if args.quiet else DEBUG if args.verbose else INFO)
+    log = Log(QUIET if args.quiet else DEBUG if args.verbose else INFO, format=args.log_format)
     with Server(
         args.address,
         choose_service(args),

@@ -1,8 +1,14 @@
-"""Rendering of log events as text lines (pure: no I/O).
+"""Rendering of log events as text lines or JSON objects (pure: no I/O).
 
-A log line is ``TIMESTAMP EVENT key=value ...``. Values that contain spaces, quotes,
+A text line is ``TIMESTAMP EVENT key=value ...``. Values that contain spaces, quotes,
 ``=`` or anything unprintable are written as JSON strings, so every line splits
 unambiguously on spaces and no byte from a peer reaches the log raw.
+
+A JSON line (``--log-format json``) is one object with the same fields:
+``{"ts": TIMESTAMP, "event": EVENT, "key": value, ...}``. Whole numbers and booleans
+stay JSON numbers and booleans; every other value is the string the text line shows
+(``"duration": "0.002s"``, ``"conns": "1/1000"``), so the two formats carry the same
+information and a field means the same in both.
 """
 
 from __future__ import annotations
@@ -51,3 +57,29 @@ def render_text(ts: float, event: str, fields: Mapping[str, object]) -> str:
     parts = [format_timestamp(ts), event]
     parts.extend(f"{key}={format_value(value)}" for key, value in fields.items())
     return " ".join(parts)
+
+
+def json_value(value: object) -> object:
+    """A field value as JSON carries it: numbers and booleans as such, the rest as text."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        # JSON has no NaN or infinity: those go as text.
+        return round(value, 3) if abs(value) < float("inf") else str(value)
+    if isinstance(value, bytes):
+        return escape_bytes(value)
+    return str(value)
+
+
+def render_json(ts: float, event: str, fields: Mapping[str, object]) -> str:
+    """Render one event as a JSON object on one line, without the trailing newline.
+
+    ``ensure_ascii`` keeps the line 7-bit clean: whatever a value holds, the line has
+    no control character and no raw byte from a peer.
+    """
+    import json  # only when JSON logs were chosen: the parent stays lean otherwise
+
+    record: dict[str, object] = {"ts": format_timestamp(ts), "event": event}
+    for key, value in fields.items():
+        record[key] = json_value(value)
+    return json.dumps(record, ensure_ascii=True, separators=(",", ":"))

@@ -21,6 +21,8 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is what we a
 
 if TYPE_CHECKING:
     from typing import Any, Protocol
+
+    from forkserve._log import Log
 else:  # typing costs the parent ~6 ms and memory every child maps: see _types
     Any = object
     Protocol = object
@@ -75,13 +77,17 @@ class PythonService:
     Args:
         handler: the handler.
         banner: bytes written to the client before the handler starts (``--banner``).
+        log: with JSON logs, a handler's traceback is logged as a ``handler-error``
+            event (so every line stays one JSON object); otherwise, or without a
+            log, it is written to standard error as Python prints it.
     """
 
-    __slots__ = ("banner", "handler")
+    __slots__ = ("banner", "handler", "log")
 
-    def __init__(self, handler: Handler, banner: bytes = b"") -> None:
+    def __init__(self, handler: Handler, banner: bytes = b"", log: Log | None = None) -> None:
         self.handler = handler
         self.banner = banner
+        self.log = log
 
     def __call__(self, conn: socket.socket, info: Connection) -> int:
         if self.banner and not write_banner(conn, self.banner):
@@ -91,7 +97,7 @@ class PythonService:
             import os
 
             os.environ.update(info.env)
-        return run_handler(self.handler, conn, info.peer)
+        return run_handler(self.handler, conn, info.peer, self.log)
 
 
 def write_banner(conn: socket.socket, banner: bytes) -> bool:
@@ -126,8 +132,11 @@ def echo(conn: socket.socket, peer: Any) -> None:
             view = memoryview(buf)
 
 
-def run_handler(handler: Handler, conn: socket.socket, peer: Any) -> int:
+def run_handler(handler: Handler, conn: socket.socket, peer: Any, log: Log | None = None) -> int:
     """Run ``handler`` for one connection and return the exit code for its process.
+
+    Args:
+        log: where a JSON-format traceback goes (see PythonService).
 
     Resource handling: closes ``conn`` whatever happens.
     """
@@ -140,19 +149,25 @@ def run_handler(handler: Handler, conn: socket.socket, peer: Any) -> int:
             return EXIT_HANDLER_OK
         return exc.code if isinstance(exc.code, int) else EXIT_HANDLER_RAISED
     except BaseException:  # noqa: BLE001 - a handler bug must not escape the child
-        _report_exception()
+        _report_exception(log)
         return EXIT_HANDLER_RAISED
     finally:
         conn.close()
     return EXIT_HANDLER_OK
 
 
-def _report_exception() -> None:
-    """Write the handler's traceback to the log, prefixed so it greps with the pid."""
+def _report_exception(log: Log | None) -> None:
+    """Write the handler's traceback to the log: raw, or as one JSON event."""
     try:
         import traceback
 
         text = traceback.format_exc()
+        if log is not None and log.format == "json":
+            import os
+
+            error = text.rstrip("\n").rpartition("\n")[2]
+            log.warning("handler-error", pid=os.getpid(), error=error, traceback=text)
+            return
         sys.stderr.write(text)
         sys.stderr.flush()
     except Exception:  # noqa: BLE001, S110 - stderr gone: nothing else to tell

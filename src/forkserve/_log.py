@@ -12,9 +12,11 @@ import errno
 import os
 import time
 
-from forkserve._events import render_text
+from forkserve._events import render_json, render_text
 
 QUIET, INFO, DEBUG = 0, 1, 2
+# --log-format: how each event is written.
+FORMATS = ("text", "json")
 
 
 class Log:
@@ -24,14 +26,22 @@ class Log:
         level: QUIET shows warnings and errors only; INFO adds one line per connection
             (``accept`` and ``end``); DEBUG adds internal detail.
         fd: where lines go.
+        format: "text" (``TS EVENT k=v ...``) or "json" (one object per line).
+
+    Raises:
+        ValueError: an unknown format.
     """
 
-    def __init__(self, level: int = INFO, fd: int = 2) -> None:
+    def __init__(self, level: int = INFO, fd: int = 2, format: str = "text") -> None:
+        if format not in FORMATS:
+            raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {format!r}")
         self.level = level
         self.fd = fd
+        self.format = format
+        self._render = render_json if format == "json" else render_text
 
     def _emit(self, event: str, fields: dict[str, object]) -> None:
-        data = (render_text(time.time(), event, fields) + "\n").encode("utf-8", "replace")
+        data = (self._render(time.time(), event, fields) + "\n").encode("utf-8", "replace")
         while data:
             try:
                 written = os.write(self.fd, data)

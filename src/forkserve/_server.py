@@ -199,4 +199,4 @@ def make_service(
                 "a program replaces the process that runs it: exec mode needs --mode fork"
             )
         return handler, ExecService(handler, log, banner)
-    return handler, PythonService(handler, banner)
+    return handler, PythonService(handler, banner, log)

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import json
 import signal
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from forkserve._children import Child, decode_status, describe_signal
-from forkserve._events import escape_bytes, format_timestamp, format_value, render_text
+from forkserve._events import (
+    escape_bytes,
+    format_timestamp,
+    format_value,
+    json_value,
+    render_json,
+    render_text,
+)
 from tests.support import parse_line
 
 
@@ -47,3 +55,25 @@ def test_decode_status() -> None:
         "core": "yes",
     }
     assert describe_signal(99) == "SIG99(99)"
+
+
+@given(st.dictionaries(st.text(min_size=1), st.one_of(st.text(), st.binary(), st.integers())))
+def test_json_line_has_the_text_line_fields(fields: dict[str, object]) -> None:
+    fields = {k: v for k, v in fields.items() if k not in ("ts", "event") and k.isidentifier()}
+    line = render_json(0.0, "x", fields)
+    assert "\n" not in line
+    assert line.isascii()
+    record = json.loads(line)
+    assert record.pop("ts") == "1970-01-01T00:00:00.000Z"
+    assert record.pop("event") == "x"
+    text = parse_line(render_text(0.0, "x", fields))
+    assert text is not None
+    assert {k: str(v) for k, v in record.items()} == text[1]
+
+
+def test_json_values() -> None:
+    assert json_value(3) == 3
+    assert json_value(True) is True
+    assert json_value(0.12345) == 0.123
+    assert json_value(b"\x00a") == "\\x00a"
+    assert json_value("1/10") == "1/10"

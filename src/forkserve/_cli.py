@@ -105,6 +105,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM/SIGINT, how long connections may take to finish before their "
         f"processes are terminated (default {DEFAULT_GRACE:g})",
     )
+    parser.add_argument(
+        "--metrics",
+        type=listen_address,
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics and a health check "
+        "at /healthz, from the server's own loop",
+    )
     add_service_arguments(parser)
     add_verbosity(parser)
 
@@ -250,6 +257,7 @@ def run_serve(args: argparse.Namespace) -> int:
         banner=args.banner,
         log=log,
         mode=args.mode,
+        metrics=args.metrics,
         **mode_options(args),
     ) as server:
         server.serve_forever(ready=announce_port if args.print_port else None)

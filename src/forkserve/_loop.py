@@ -43,8 +43,11 @@ class ForkLoop(Supervisor):
     def has_slot(self) -> bool:
         return len(self.children) < self.max_conns
 
-    def active(self) -> str:
-        return f"{len(self.children)}/{self.max_conns}"
+    def busy(self) -> int:
+        return len(self.children)
+
+    def capacity(self) -> int:
+        return self.max_conns
 
     def before_wait(self) -> None:
         """Watch the listener only while a connection could be taken now.
@@ -99,6 +102,7 @@ class ForkLoop(Supervisor):
             self.sigs.close_in_child()
         for other, _ in self.pending:
             os.close(other.fileno())
+        self.close_endpoint_in_child()
 
     def stop_listening(self) -> None:
         if self.listening and self.listener is not None:

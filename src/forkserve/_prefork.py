@@ -96,8 +96,17 @@ class PreforkLoop(Supervisor):
     def has_slot(self) -> bool:
         return self.in_use() < self.max_workers
 
-    def active(self) -> str:
-        return f"{self.in_use()}/{self.max_workers}"
+    def busy(self) -> int:
+        return self.in_use()
+
+    def capacity(self) -> int:
+        return self.max_workers
+
+    def gauges(self) -> dict[str, object]:
+        workers = {"busy": 0, "idle": 0, "starting": 0}
+        for worker in self.workers.values():
+            workers[worker.state] += 1
+        return {**super().gauges(), "workers": workers}
 
     def start(self) -> None:
         self.sel.register(self.status_r, selectors.EVENT_READ)
@@ -119,6 +128,7 @@ class PreforkLoop(Supervisor):
             os.close(self.alive_w)
             for conn, _ in self.pending:
                 conn.close()
+            self.close_endpoint_in_child()
             worker.install_signals()
 
         try:
@@ -204,6 +214,7 @@ class PreforkLoop(Supervisor):
                 continue  # already reaped
             if kind == "A":
                 worker.state, worker.since, worker.peer = "busy", now, detail
+                self.metrics.accepted()
                 self.log.info("accept", peer=detail, pid=pid, conns=self.active())
             elif kind in "ER":
                 if kind == "E":
@@ -214,6 +225,7 @@ class PreforkLoop(Supervisor):
 
     def log_end(self, worker: WorkerState, now: float, **status: object) -> None:
         worker.state = "idle"  # counts in active() no more
+        self.metrics.ended(now - worker.since)
         self.log.info(
             "end",
             pid=worker.pid,
@@ -240,6 +252,7 @@ class PreforkLoop(Supervisor):
             else:
                 reason = "crashed"
                 self.note_crash(now)
+            self.metrics.exited(ended.exit_code, ended.signal_number)
             log = self.log.warning if reason == "crashed" else self.log.info
             fields = ended.status_fields()
             log("worker-exit", pid=ended.pid, **fields, served=worker.served, reason=reason)
@@ -280,6 +293,7 @@ class PreforkLoop(Supervisor):
         os.close(self.alive_r)
         for other, _ in self.pending:
             other.close()
+        self.close_endpoint_in_child()
 
     def terminate_children(self) -> None:
         """Workers get SIGQUIT, on which they die by SIGTERM (see _worker); children

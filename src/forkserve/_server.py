@@ -17,6 +17,10 @@ from forkserve._loop import ForkLoop
 from forkserve._prefork import PreforkLoop
 from forkserve._supervise import Supervisor
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
+if TYPE_CHECKING:
+    from forkserve._endpoint import MetricsEndpoint
+
 # The process models `forkserve serve --mode` offers; the benchmark suite runs each.
 MODES = ("fork", "prefork")
 DEFAULT_MAX_CONNS = 1000
@@ -26,6 +30,8 @@ DEFAULT_GRACE = 10.0
 DEFAULT_MIN_SPARE = 2
 DEFAULT_MAX_SPARE = 8
 DEFAULT_MAX_WORKERS = 64
+# The metrics endpoint's listen queue: scrapers are few.
+ENDPOINT_BACKLOG = 16
 
 
 class Server:
@@ -56,6 +62,8 @@ class Server:
             served at once (``max_conns`` is fork mode's).
         max_requests: prefork: a worker is replaced after this many connections
             (0: never).
+        metrics: ``(host, port)`` or ``"[HOST:]PORT"`` where to serve Prometheus
+            metrics (``/metrics``) and a health check (``/healthz``); None for none.
 
     Raises:
         UsageError: an argument out of range, or an address that does not parse;
@@ -84,6 +92,7 @@ class Server:
         max_spare: int = DEFAULT_MAX_SPARE,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_requests: int = 0,
+        metrics: tuple[str, int] | str | None = None,
     ) -> None:
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -110,6 +119,13 @@ class Server:
         self.log = log if log is not None else Log()
         self.handler, self.service = make_service(handler, banner, self.log, mode)
         self.listener = Listener.bind(host, port, backlog)
+        self.endpoint: MetricsEndpoint | None = None
+        if metrics is not None:
+            try:
+                self.endpoint = bind_metrics(metrics)
+            except BaseException:
+                self.listener.close()
+                raise
 
     @property
     def address(self) -> tuple[str, int]:
@@ -153,6 +169,8 @@ class Server:
                 grace=self.grace,
                 ready=announce,
             )
+        if self.endpoint is not None:
+            serve_metrics(loop, self.endpoint, self.mode, self.log)
         fields: dict[str, object] = {"address": self.listener.describe(), "mode": self.mode}
         fields.update(limit, pid=os.getpid())
         if isinstance(self.handler, Program):
@@ -166,6 +184,8 @@ class Server:
 
     def close(self) -> None:
         self.listener.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
 
     def __enter__(self) -> Server:
         return self
@@ -177,6 +197,30 @@ class Server:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def bind_metrics(address: tuple[str, int] | str) -> MetricsEndpoint:
+    """Bind the metrics endpoint (its modules are imported only when it is asked for).
+
+    Raises:
+        AddressError: the address does not parse or resolve.
+        BindError: the address cannot be bound.
+    """
+    from forkserve._endpoint import MetricsEndpoint
+
+    host, port = parse_listen_address(address) if isinstance(address, str) else address
+    return MetricsEndpoint(Listener.bind(host, port, ENDPOINT_BACKLOG))
+
+
+def serve_metrics(loop: Supervisor, endpoint: MetricsEndpoint, mode: str, log: Log) -> None:
+    """Give ``loop`` the counters and the endpoint that serves them."""
+    from forkserve._metrics import Metrics, answer
+
+    metrics = Metrics(mode)
+    loop.metrics = metrics
+    loop.endpoint = endpoint
+    endpoint.respond = lambda data: answer(data, lambda: metrics.render(loop.gauges()), loop.health)
+    log.notice("metrics", address=endpoint.describe(), paths="/metrics,/healthz")
 
 
 def make_service(

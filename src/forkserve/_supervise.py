@@ -30,8 +30,30 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typi
 if TYPE_CHECKING:
     from typing import Any
 
+    from forkserve._endpoint import MetricsEndpoint
+    from forkserve._metrics import Metrics
+
 # After SIGTERM to the children, wait this long before SIGKILL.
 KILL_AFTER = 3.0
+
+
+class NoMetrics:
+    """What the loop records into without ``--metrics``: nothing (see _metrics.Metrics)."""
+
+    def accepted(self) -> None:
+        pass
+
+    def rejected(self, reason: str, count: int = 1) -> None:
+        pass
+
+    def forked(self, seconds: float) -> None:
+        pass
+
+    def ended(self, seconds: float) -> None:
+        pass
+
+    def exited(self, exit_code: int | None, signal_number: int | None) -> None:
+        pass
 
 
 def source_of(peer: Any) -> str:
@@ -73,35 +95,60 @@ class Supervisor:
         self.pending: collections.deque[tuple[socket.socket, Any]] = collections.deque()
         self.paused_until = 0.0
         self.burst: tuple[str, int] | None = None  # (errno name, failures) while paused
+        # --metrics: where counts go, and the HTTP endpoint served from this loop.
+        self.metrics: Metrics | NoMetrics = NoMetrics()
+        self.endpoint: MetricsEndpoint | None = None
 
     # -- the loop -------------------------------------------------------------------
 
     def run(self) -> None:
+        """Serve until stopped. A selector key with data is a callback: ``data(mask)``."""
         with SignalPipe() as sigs, self.sel:
             self.sigs = sigs
             self.sel.register(sigs, selectors.EVENT_READ)
+            if self.endpoint is not None:
+                self.endpoint.attach(self.sel)
             self.start()
             # Everything allocated so far lives as long as the parent: keep the
             # collector away from it, so a child never copies pages just to scan them.
             gc.freeze()
             if self.ready is not None:
                 self.ready()
-            while not self.finished():
-                self.before_wait()
-                events = self.sel.select(self.timeout())
-                if any(key.fileobj is sigs for key, _ in events):
-                    self.on_signals(sigs.drain())
-                for key, mask in events:
-                    if key.fileobj is not sigs:
-                        self.on_ready(key, mask)
-                self.on_timers(time.monotonic())
+            try:
+                while not self.finished():
+                    self.before_wait()
+                    events = self.sel.select(self.timeout())
+                    if any(key.fileobj is sigs for key, _ in events):
+                        self.on_signals(sigs.drain())
+                    for key, mask in events:
+                        if key.data is not None:
+                            key.data(mask)
+                        elif key.fileobj is not sigs:
+                            self.on_ready(key, mask)
+                    self.on_timers(time.monotonic())
+            finally:
+                self.close_endpoint()
         self.sigs = None
 
     def timeout(self) -> float | None:
         """Seconds until the nearest deadline, or None to wait for events only."""
         now = time.monotonic()
-        deadlines = [d for d in (self.deadline, *self.deadlines()) if d is not None]
+        endpoint = self.endpoint.deadline() if self.endpoint is not None else None
+        deadlines = [d for d in (self.deadline, endpoint, *self.deadlines()) if d is not None]
         return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def close_endpoint(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+            self.endpoint = None
+
+    def gauges(self) -> dict[str, object]:
+        """The numbers a scrape reads now: connections ``active`` and their ``limit``."""
+        return {"active": self.busy(), "limit": self.capacity()}
+
+    def health(self) -> tuple[int, bytes]:
+        """``/healthz``: 200 while serving; 503 once stopping, so a balancer moves on."""
+        return (200, b"ok\n") if self.stopping is None else (503, b"stopping\n")
 
     def on_signals(self, signals: list[int]) -> None:
         for number in signals:
@@ -136,6 +183,8 @@ class Supervisor:
         self.deadline = time.monotonic() + KILL_AFTER
 
     def on_timers(self, now: float) -> None:
+        if self.endpoint is not None:
+            self.endpoint.on_deadline(now)
         self.on_deadlines(now)
         if self.deadline is None or now < self.deadline:
             return
@@ -184,6 +233,7 @@ class Supervisor:
 
     def fork_connection(self, conn: socket.socket, peer: Any) -> None:
         """Fork a child that serves ``conn``; the parent's copy is closed either way."""
+        taken = time.monotonic()
         peer_text = format_address(peer)
         source = source_of(peer)
         info = Connection(peer, self.children.open_from(source) + 1)
@@ -193,11 +243,14 @@ class Supervisor:
         except OSError as exc:
             name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
             self.log.warning("fork-failed", peer=peer_text, error=name)
+            self.metrics.rejected("fork-failed")
             self.pause_accepting(f"fork:{name}")
             return
         finally:
             conn.close()
-        self.children.add(pid, peer_text, source)
+        child = self.children.add(pid, peer_text, source)
+        self.metrics.accepted()
+        self.metrics.forked(child.started - taken)
         self.log.info("accept", peer=peer_text, pid=pid, conns=self.active())
 
     def log_child_end(self, ended: Exited, now: float) -> None:
@@ -205,6 +258,8 @@ class Supervisor:
         if ended.child is None:
             self.log.debug("end-unknown", pid=ended.pid, **ended.status_fields())
             return
+        self.metrics.exited(ended.exit_code, ended.signal_number)
+        self.metrics.ended(now - ended.child.started)
         fields: dict[str, object] = {"pid": ended.pid, "peer": ended.child.peer}
         fields.update(ended.status_fields())
         fields["duration"] = f"{now - ended.child.started:.3f}s"
@@ -246,6 +301,7 @@ class Supervisor:
             conn.close()
         if self.pending:
             self.log.warning("dropped", queued=len(self.pending))
+            self.metrics.rejected("dropped", len(self.pending))
             self.pending.clear()
         if self.children:
             self.log.notice("terminate", signal="SIGTERM", children=len(self.children))
@@ -268,6 +324,11 @@ class Supervisor:
     def close_in_child(self) -> None:
         """Undo the parent's set-up in a fresh connection child (see fork_child)."""
         raise NotImplementedError
+
+    def close_endpoint_in_child(self) -> None:
+        """The metrics sockets are the parent's: closed in every child."""
+        if self.endpoint is not None:
+            self.endpoint.close_in_child()
 
     def start(self) -> None:
         """Set up before the loop first waits (prefork starts its workers here)."""
@@ -300,4 +361,12 @@ class Supervisor:
 
     def active(self) -> str:
         """``busy/limit`` for the logs."""
+        return f"{self.busy()}/{self.capacity()}"
+
+    def busy(self) -> int:
+        """Connections being served now."""
+        raise NotImplementedError
+
+    def capacity(self) -> int:
+        """Connections served at once, at most."""
         raise NotImplementedError

@@ -5,7 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ["typing", "dataclasses", "inspect", "traceback", "json", "ipaddress", "pathlib"]
+HEAVY = [
+    "typing",
+    "dataclasses",
+    "inspect",
+    "traceback",
+    "json",
+    "ipaddress",
+    "pathlib",
+    "prometheus_client",  # only with --metrics
+]
 
 SCRIPT = f"""
 import sys

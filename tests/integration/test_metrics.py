@@ -1,0 +1,158 @@
+"""--metrics: Prometheus exposition and /healthz, served from the parent's own loop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from forkserve._metrics import MAX_REQUEST
+from tests.integration.conftest import ServerFactory
+from tests.support import (
+    WAIT,
+    ServerProcess,
+    connect,
+    echo_roundtrip,
+    recv_all,
+    recv_exactly,
+    run_cli,
+    wait_until,
+)
+
+METRICS = ("--metrics", "127.0.0.1:0")
+
+
+def metrics_port(server: ServerProcess) -> int:
+    address = server.wait_event("metrics")[0]["address"]
+    return int(address.rpartition(":")[2])
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    with connect(port) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        reply = recv_all(sock)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+def scrape(server: ServerProcess) -> dict[tuple[str, str], float]:
+    """Every sample, keyed by name and rendered labels, parsed by prometheus_client."""
+    status, body = http_get(metrics_port(server), "/metrics")
+    assert status == 200
+    found = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            found[sample.name, labels] = sample.value
+    return found
+
+
+def test_counters_move_with_connections(serve: ServerFactory, mode: str) -> None:
+    server = serve(*METRICS)
+    before = scrape(server)
+    assert before["forkserve_connections_accepted_total", ""] == 0
+    for n in range(3):
+        assert echo_roundtrip(server.port, b"x" * n) == b"x" * n
+    server.wait_event("end", 3)
+    after = scrape(server)
+    assert after["forkserve_connections_accepted_total", ""] == 3
+    assert after["forkserve_connection_duration_seconds_count", ""] == 3
+    assert after["forkserve_connections_active", ""] == 0
+    if mode == "fork":
+        assert after["forkserve_children_exited_total", "outcome=ok"] == 3
+        assert after["forkserve_accept_to_fork_seconds_count", ""] == 3
+    else:
+        assert after["forkserve_workers", "state=idle"] >= 1
+    assert after["forkserve_connections_rejected_total", "reason=dropped"] == 0
+
+
+def test_active_gauge_and_a_killed_child(serve: ServerFactory, mode: str) -> None:
+    server = serve(*METRICS)
+    with connect(server.port) as held:
+        held.sendall(b"ping")
+        assert recv_exactly(held, 4) == b"ping"
+        now = scrape(server)
+        assert now["forkserve_connections_active", ""] == 1
+        if mode == "prefork":
+            assert now["forkserve_workers", "state=busy"] == 1
+        pid = int(server.wait_event("accept")[0]["pid"])
+        os.kill(pid, signal.SIGKILL)
+        server.wait_event("end", pid=pid)
+    assert scrape(server)["forkserve_children_exited_total", "outcome=signal"] == 1
+
+
+def test_healthz_says_stopping_during_the_drain(serve: ServerFactory) -> None:
+    server = serve(*METRICS)
+    port = metrics_port(server)
+    assert http_get(port, "/healthz") == (200, b"ok\n")
+    assert http_get(port, "/nothing")[0] == 404
+    with connect(server.port) as held:
+        held.sendall(b"a")
+        assert recv_exactly(held, 1) == b"a"
+        server.send_signal(signal.SIGTERM)
+        server.wait_event("stop")
+        assert http_get(port, "/healthz") == (503, b"stopping\n")
+    assert server.wait_exit() == 0
+
+
+def test_slow_scrapers_never_block_the_parent(serve: ServerFactory) -> None:
+    server = serve(*METRICS)
+    port = metrics_port(server)
+    silent = [connect(port) for _ in range(10)]  # more than the endpoint serves at once
+    try:
+        silent[0].sendall(b"GET /metr")  # half a request, then nothing
+        assert echo_roundtrip(server.port, b"still serving") == b"still serving"
+        for sock in silent:
+            sock.close()
+        with connect(port) as huge:
+            # One byte over the limit: anything more would still be unread when the
+            # endpoint closes, and the kernel would reset the connection instead.
+            huge.sendall(b"G" * (MAX_REQUEST + 1))
+            assert recv_all(huge).startswith(b"HTTP/1.0 431 ")
+        assert http_get(port, "/healthz")[0] == 200
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def socket_inode(port: int) -> str:
+    """The inode of the listening TCP socket on ``port``, from /proc/net/tcp."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+            return fields[9]
+    raise AssertionError(f"no listener on {port}")
+
+
+def open_sockets(pid: int) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
+
+
+def test_children_do_not_hold_the_metrics_socket(serve: ServerFactory) -> None:
+    server = serve(*METRICS)
+    inode = socket_inode(metrics_port(server))
+    assert inode in open_sockets(server.pid)
+    with connect(server.port) as held:
+        held.sendall(b"a")
+        assert recv_exactly(held, 1) == b"a"
+        kids = wait_until(server.children, WAIT, "a child")
+        for pid in kids:
+            assert inode not in open_sockets(pid)
+
+
+def test_metrics_address_in_use_is_exit_111(start_server: ServerFactory) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_cli(["serve", "0", "--metrics", f"127.0.0.1:{port}"])
+    assert result.returncode == 111
+    assert b"address already in use" in result.stderr

@@ -67,6 +67,8 @@ class ServerProcess:
         preexec_fn: Callable[[], None] | None = None,
         command: Sequence[str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        pass_fds: Sequence[int] = (),
+        print_port: bool = True,
     ) -> None:
         argv = command if command is not None else [*FORKSERVE, "serve", address, "--print-port"]
         self.argv = [*argv, *args]
@@ -79,13 +81,14 @@ class ServerProcess:
             cwd=cwd,
             process_group=0,
             preexec_fn=preexec_fn,  # noqa: PLW1509 - only resource limits, no threads then
+            pass_fds=pass_fds,
         )
         self.pid = self.proc.pid
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
-        self.port = self._read_port()
+        self.port = self._read_port() if print_port else 0
         self.descendants_seen: set[int] = set()
 
     def _read_stderr(self) -> None:
@@ -290,14 +293,20 @@ def run_cli(
     input: bytes = b"",
     timeout: float = WAIT,
     cwd: str | os.PathLike[str] | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    command: Sequence[str] = FORKSERVE,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [*FORKSERVE, *args],
+        [*command, *args],
         input=input,
         capture_output=True,
         timeout=timeout,
         check=False,
         cwd=cwd,
+        env=env,
+        pass_fds=pass_fds,
     )
 
 

@@ -67,8 +67,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "address",
         metavar="[HOST:]PORT",
         type=listen_address,
+        nargs="?",
         help="where to listen: 9000, 0.0.0.0:9000, [::]:9000 (dual stack), [::1]:0; "
-        "the host defaults to 127.0.0.1 and port 0 picks a free port",
+        "the host defaults to 127.0.0.1 and port 0 picks a free port. Under systemd "
+        "socket activation (LISTEN_FDS) the passed socket is served instead",
     )
     parser.add_argument(
         "--print-port",
@@ -249,8 +251,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from forkserve._server import Server
 
     log = Log(QUIET if args.quiet else DEBUG if args.verbose else INFO, format=args.log_format)
+    listen_fd, metrics_fd = inherited_sockets()
+    if listen_fd is None and args.address is None:
+        raise UsageError("the [HOST:]PORT to listen on is missing (see --help)")
     with Server(
-        args.address,
+        args.address or ("127.0.0.1", 0),
         choose_service(args),
         backlog=args.backlog,
         grace=args.grace,
@@ -258,10 +263,23 @@ def run_serve(args: argparse.Namespace) -> int:
         log=log,
         mode=args.mode,
         metrics=args.metrics,
+        fd=listen_fd,
+        metrics_fd=metrics_fd,
         **mode_options(args),
     ) as server:
         server.serve_forever(ready=announce_port if args.print_port else None)
     return 0
+
+
+def inherited_sockets() -> tuple[int | None, int | None]:
+    """Sockets passed by systemd (or an upgrading master): ``(listen_fd, metrics_fd)``."""
+    import os
+
+    if "LISTEN_FDS" not in os.environ:
+        return None, None
+    from forkserve._systemd import adopt_sockets
+
+    return adopt_sockets(os.environ)
 
 
 def choose_service(args: argparse.Namespace) -> Handler | Program | str:

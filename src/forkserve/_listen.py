@@ -93,6 +93,30 @@ class Listener:
             raise BindError(f"cannot listen on {where}: {exc.strerror}") from None
         return cls(sock)
 
+    @classmethod
+    def from_fd(cls, fd: int) -> Listener:
+        """Adopt an inherited listening socket (socket activation, or an upgrade).
+
+        Raises:
+            UsageError: ``fd`` is not a listening TCP socket (forkserve serves TCP;
+                a Unix socket from a socket unit is refused here, not at accept).
+        """
+        from forkserve._errors import UsageError
+
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise UsageError(f"descriptor {fd} passed to serve on: {exc.strerror}") from None
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        if (
+            sock.family not in (socket.AF_INET, socket.AF_INET6)
+            or sock.type != socket.SOCK_STREAM
+            or not listening
+        ):
+            sock.detach()
+            raise UsageError(f"descriptor {fd} passed to serve on is not a listening TCP socket")
+        return cls(sock)
+
     @property
     def address(self) -> tuple[str, int]:
         """The bound ``(host, port)``; the real port when port 0 was asked for."""

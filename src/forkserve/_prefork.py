@@ -128,7 +128,7 @@ class PreforkLoop(Supervisor):
             os.close(self.alive_w)
             for conn, _ in self.pending:
                 conn.close()
-            self.close_endpoint_in_child()
+            self.close_extras_in_child()
             worker.install_signals()
 
         try:
@@ -293,7 +293,7 @@ class PreforkLoop(Supervisor):
         os.close(self.alive_r)
         for other, _ in self.pending:
             other.close()
-        self.close_endpoint_in_child()
+        self.close_extras_in_child()
 
     def terminate_children(self) -> None:
         """Workers get SIGQUIT, on which they die by SIGTERM (see _worker); children

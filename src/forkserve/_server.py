@@ -20,6 +20,7 @@ from forkserve._supervise import Supervisor
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
     from forkserve._endpoint import MetricsEndpoint
+    from forkserve._systemd import Notifier
 
 # The process models `forkserve serve --mode` offers; the benchmark suite runs each.
 MODES = ("fork", "prefork")
@@ -64,6 +65,12 @@ class Server:
             (0: never).
         metrics: ``(host, port)`` or ``"[HOST:]PORT"`` where to serve Prometheus
             metrics (``/metrics``) and a health check (``/healthz``); None for none.
+        fd: serve on this inherited listening socket instead of binding
+            ``address`` (socket activation: see ``forkserve._systemd``).
+        metrics_fd: serve metrics on this inherited listening socket.
+
+    Under systemd (``NOTIFY_SOCKET`` set), readiness and status are notified
+    (READY, STATUS, STOPPING), and the variable is removed from the environment.
 
     Raises:
         UsageError: an argument out of range, or an address that does not parse;
@@ -93,6 +100,8 @@ class Server:
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_requests: int = 0,
         metrics: tuple[str, int] | str | None = None,
+        fd: int | None = None,
+        metrics_fd: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -118,14 +127,22 @@ class Server:
         self.grace = grace
         self.log = log if log is not None else Log()
         self.handler, self.service = make_service(handler, banner, self.log, mode)
-        self.listener = Listener.bind(host, port, backlog)
+        self.inherited = fd is not None
+        self.listener = (
+            Listener.from_fd(fd) if fd is not None else Listener.bind(host, port, backlog)
+        )
         self.endpoint: MetricsEndpoint | None = None
-        if metrics is not None:
-            try:
-                self.endpoint = bind_metrics(metrics)
-            except BaseException:
-                self.listener.close()
-                raise
+        self.notifier: Notifier | None = None
+        try:
+            if metrics is not None or metrics_fd is not None:
+                self.endpoint = bind_metrics(metrics, metrics_fd)
+            if os.environ.get("NOTIFY_SOCKET"):
+                from forkserve._systemd import Notifier
+
+                self.notifier = Notifier.from_environ(os.environ, self.log)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def address(self) -> tuple[str, int]:
@@ -171,7 +188,13 @@ class Server:
             )
         if self.endpoint is not None:
             serve_metrics(loop, self.endpoint, self.mode, self.log)
+        if self.notifier is not None:
+            from forkserve._systemd import Status
+
+            loop.status = Status(self.notifier)
         fields: dict[str, object] = {"address": self.listener.describe(), "mode": self.mode}
+        if self.inherited:
+            fields["fd"] = self.listener.fileno()
         fields.update(limit, pid=os.getpid())
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)
@@ -186,6 +209,8 @@ class Server:
         self.listener.close()
         if self.endpoint is not None:
             self.endpoint.close()
+        if self.notifier is not None:
+            self.notifier.close()
 
     def __enter__(self) -> Server:
         return self
@@ -199,8 +224,8 @@ class Server:
         self.close()
 
 
-def bind_metrics(address: tuple[str, int] | str) -> MetricsEndpoint:
-    """Bind the metrics endpoint (its modules are imported only when it is asked for).
+def bind_metrics(address: tuple[str, int] | str | None, fd: int | None) -> MetricsEndpoint:
+    """Bind the metrics endpoint, or adopt ``fd`` (imported only when asked for).
 
     Raises:
         AddressError: the address does not parse or resolve.
@@ -208,6 +233,9 @@ def bind_metrics(address: tuple[str, int] | str) -> MetricsEndpoint:
     """
     from forkserve._endpoint import MetricsEndpoint
 
+    if fd is not None:
+        return MetricsEndpoint(Listener.from_fd(fd))
+    assert address is not None
     host, port = parse_listen_address(address) if isinstance(address, str) else address
     return MetricsEndpoint(Listener.bind(host, port, ENDPOINT_BACKLOG))
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from forkserve._endpoint import MetricsEndpoint
     from forkserve._metrics import Metrics
+    from forkserve._systemd import Status
 
 # After SIGTERM to the children, wait this long before SIGKILL.
 KILL_AFTER = 3.0
@@ -98,6 +99,8 @@ class Supervisor:
         # --metrics: where counts go, and the HTTP endpoint served from this loop.
         self.metrics: Metrics | NoMetrics = NoMetrics()
         self.endpoint: MetricsEndpoint | None = None
+        # Under systemd (NOTIFY_SOCKET): READY, STATUS and STOPPING notifications.
+        self.status: Status | None = None
 
     # -- the loop -------------------------------------------------------------------
 
@@ -114,9 +117,15 @@ class Supervisor:
             gc.freeze()
             if self.ready is not None:
                 self.ready()
+            if self.status is not None:
+                self.status.ready(self.active())
             try:
                 while not self.finished():
                     self.before_wait()
+                    if self.status is not None:
+                        self.status.update(
+                            self.stopping is not None, self.active(), time.monotonic()
+                        )
                     events = self.sel.select(self.timeout())
                     if any(key.fileobj is sigs for key, _ in events):
                         self.on_signals(sigs.drain())
@@ -134,7 +143,9 @@ class Supervisor:
         """Seconds until the nearest deadline, or None to wait for events only."""
         now = time.monotonic()
         endpoint = self.endpoint.deadline() if self.endpoint is not None else None
-        deadlines = [d for d in (self.deadline, endpoint, *self.deadlines()) if d is not None]
+        status = self.status.due if self.status is not None else None
+        own = (self.deadline, endpoint, status)
+        deadlines = [d for d in (*own, *self.deadlines()) if d is not None]
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def close_endpoint(self) -> None:
@@ -325,10 +336,12 @@ class Supervisor:
         """Undo the parent's set-up in a fresh connection child (see fork_child)."""
         raise NotImplementedError
 
-    def close_endpoint_in_child(self) -> None:
-        """The metrics sockets are the parent's: closed in every child."""
+    def close_extras_in_child(self) -> None:
+        """The metrics and notification sockets are the parent's: closed in every child."""
         if self.endpoint is not None:
             self.endpoint.close_in_child()
+        if self.status is not None:
+            self.status.notifier.close_in_child()
 
     def start(self) -> None:
         """Set up before the loop first waits (prefork starts its workers here)."""

@@ -1,0 +1,148 @@
+"""systemd's side of the OS shell: inherited sockets and readiness notifications.
+
+The protocols themselves are parsed in _activation (pure). Both sets of variables
+are removed from the environment once read, so that no connection child, handler or
+exec'd program sees them: a program that finds ``LISTEN_FDS`` or ``NOTIFY_SOCKET``
+might take them for its own (sd_listen_fds(3) and sd_notify(3) both recommend
+unsetting them).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+
+from forkserve._activation import (
+    LISTEN_VARIABLES,
+    choose_sockets,
+    notify_address,
+    notify_message,
+    parse_listen_fds,
+    status_text,
+)
+from forkserve._log import Log
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
+
+def adopt_sockets(environ: MutableMapping[str, str]) -> tuple[int | None, int | None]:
+    """Take the sockets passed by socket activation (or by an upgrading master).
+
+    Returns:
+        ``(listen_fd, metrics_fd)`` (see ``choose_sockets``); ``(None, None)`` when
+        nothing was passed to this process. The descriptors are made
+        close-on-exec, and the LISTEN_* variables are removed from ``environ``.
+
+    Raises:
+        UsageError: malformed variables, or more sockets than forkserve serves.
+    """
+    try:
+        passed = parse_listen_fds(environ, os.getpid())
+    finally:
+        for name in LISTEN_VARIABLES:
+            environ.pop(name, None)
+    for fd, _ in passed:
+        os.set_inheritable(fd, False)
+    return choose_sockets(passed)
+
+
+class Notifier:
+    """Sends sd_notify(3) datagrams to the service manager.
+
+    Args:
+        value: ``NOTIFY_SOCKET`` as it was set (kept for an upgrade's new master).
+        log: where a failed send is reported, once.
+
+    Resource handling: owns an unbound datagram socket; ``close()`` closes it and
+    children close their copy (``close_in_child``). Error handling: a failed send
+    never stops the server; the first is logged, the rest are dropped.
+
+    Raises:
+        UsageError: ``value`` is neither a path nor ``@name``.
+    """
+
+    def __init__(self, value: str, log: Log) -> None:
+        self.value = value
+        self.address = notify_address(value)
+        self.log = log
+        self.failed = False
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+
+    @classmethod
+    def from_environ(cls, environ: MutableMapping[str, str], log: Log) -> Notifier | None:
+        """A notifier if ``NOTIFY_SOCKET`` is set (and then removed from ``environ``)."""
+        value = environ.pop("NOTIFY_SOCKET", None)
+        return cls(value, log) if value else None
+
+    def send(self, **fields: object) -> None:
+        try:
+            self.sock.sendto(notify_message(fields), self.address)
+        except OSError as exc:
+            if exc.errno not in (
+                errno.ECONNREFUSED,
+                errno.ENOENT,
+                errno.EAGAIN,
+                errno.ENOBUFS,
+                errno.EPERM,
+                errno.EACCES,
+            ):
+                raise
+            if not self.failed:
+                self.failed = True
+                name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                self.log.warning("notify-failed", socket=self.value, error=name)
+
+    def reloading(self) -> None:
+        """``RELOADING=1`` with the CLOCK_MONOTONIC time, as Type=notify-reload wants."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send(RELOADING=1, MONOTONIC_USEC=usec)
+
+    def close_in_child(self) -> None:
+        os.close(self.sock.fileno())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# STATUS= is refreshed at most this often: a notification per accept would be a
+# system call per connection for a line a human reads.
+STATUS_INTERVAL = 1.0
+
+
+class Status:
+    """Keeps systemd informed as the loop runs: READY, STATUS, STOPPING.
+
+    Args:
+        notifier: where notifications go.
+    """
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self.sent = ""
+        self.next_at = 0.0
+        self.due: float | None = None  # a change waits for next_at
+        self.stopping_sent = False
+
+    def ready(self, conns: str) -> None:
+        self.sent = status_text("serving", conns)
+        self.notifier.send(READY=1, STATUS=self.sent)
+        self.next_at = time.monotonic() + STATUS_INTERVAL
+
+    def update(self, stopping: bool, conns: str, now: float) -> None:
+        """Called each turn of the loop: send what changed, rate-limited."""
+        if stopping and not self.stopping_sent:
+            self.stopping_sent = True
+            self.notifier.send(STOPPING=1)
+        text = status_text("stopping" if stopping else "serving", conns)
+        if text == self.sent:
+            self.due = None
+        elif now < self.next_at:
+            self.due = self.next_at
+        else:
+            self.notifier.send(STATUS=text)
+            self.sent, self.next_at, self.due = text, now + STATUS_INTERVAL, None

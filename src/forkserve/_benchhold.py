@@ -21,7 +21,7 @@ from forkserve._verify import (
     Problem,
     Stream,
     VerifyError,
-    extra,
+    extra_bytes,
     mismatch,
     no_eof,
     short,
@@ -135,4 +135,4 @@ async def _async_eof(config: Config, sock: socket.socket, conn: str, offset: int
     except OSError as exc:
         raise VerifyError(os_problem(exc, conn, offset)) from None
     if data:
-        raise VerifyError(extra(conn, offset, data))
+        raise VerifyError(extra_bytes(conn, offset, data))

@@ -31,7 +31,7 @@ from forkserve._verify import (
     Problem,
     Stream,
     VerifyError,
-    extra,
+    extra_bytes,
     mismatch,
     no_eof,
     short,
@@ -181,7 +181,7 @@ class Echo:
         except OSError as exc:
             raise VerifyError(os_problem(exc, self.conn, offset)) from None
         if n:
-            raise VerifyError(extra(self.conn, offset, bytes(self.buf[:n])))
+            raise VerifyError(extra_bytes(self.conn, offset, bytes(self.buf[:n])))
 
     def half_close(self, offset: int) -> None:
         try:

@@ -164,7 +164,7 @@ def short(conn: str, offset: int, expected: int, why: str) -> Problem:
     return Problem(SHORT, conn, offset, f"{why} after {offset} of {expected} bytes")
 
 
-def extra(conn: str, offset: int, data: bytes) -> Problem:
+def extra_bytes(conn: str, offset: int, data: bytes) -> Problem:
     detail = f"{len(data)}+ bytes after the last echoed byte: {data[:16]!r}"
     return Problem(EXTRA, conn, offset, detail)
 

@@ -19,7 +19,7 @@ SRC = pathlib.Path(_verify.__file__).parent
 @pytest.mark.parametrize("module", ["_verify.py", "_benchstats.py"])
 def test_pure_modules_import_no_os_facilities(module: str) -> None:
     tree = ast.parse((SRC / module).read_text())
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
@@ -88,7 +88,7 @@ def test_problem_descriptions_name_the_offset() -> None:
         in _verify.short("w1", 9, 10, "EOF").describe()
     )
     assert "missing EOF at offset 64" in _verify.no_eof("c1", 64, 1.0).describe()
-    assert "extra bytes at offset 16" in _verify.extra("c2", 16, b"x").describe()
+    assert "extra bytes at offset 16" in _verify.extra_bytes("c2", 16, b"x").describe()
     assert Problem("ECONNREFUSED", "w3.c0", None, "Connection refused").describe() == (
         "w3.c0: ECONNREFUSED: Connection refused"
     )

@@ -5,8 +5,6 @@ forkserve writes addresses the way URLs do: ``127.0.0.1:9000`` and ``[::1]:9000`
 
 from __future__ import annotations
 
-import ipaddress
-
 from forkserve._errors import AddressError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -36,6 +34,8 @@ def check_host(host: str) -> str:
     """
     if not host:
         raise AddressError("empty host")
+    import ipaddress  # lazily: the forking parent needs it only while parsing
+
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -65,6 +65,8 @@ def parse_listen_address(text: str, default_host: str = DEFAULT_HOST) -> tuple[s
         end = text.find("]")
         if end < 0:
             raise AddressError(f"invalid address {text!r}: missing ']' after the IPv6 address")
+        import ipaddress
+
         host, rest = text[1:end], text[end + 1 :]
         if not rest.startswith(":"):
             raise AddressError(f"invalid address {text!r}: expected ':PORT' after ']'")

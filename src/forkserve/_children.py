@@ -2,30 +2,46 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
 
 
-@dataclasses.dataclass(slots=True)
 class Child:
-    """A forked child: its pid (also its process group), its peer, when it started."""
+    """A forked child: its pid (also its process group), its peer, its source (the
+    client address its connection counts against), when it started.
 
-    pid: int
-    peer: str
-    started: float
+    A plain class with slots, not a dataclass: dataclasses imports inspect and ast,
+    memory the parent would carry into every fork.
+    """
+
+    __slots__ = ("peer", "pid", "source", "started")
+
+    def __init__(self, pid: int, peer: str, started: float, source: str = "") -> None:
+        self.pid = pid
+        self.peer = peer
+        self.started = started
+        self.source = source
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class Exited:
     """A reaped child. ``child`` is None for a pid forkserve did not start."""
 
-    pid: int
-    child: Child | None
-    exit_code: int | None
-    signal_number: int | None
-    core_dumped: bool
+    __slots__ = ("child", "core_dumped", "exit_code", "pid", "signal_number")
+
+    def __init__(
+        self,
+        pid: int,
+        child: Child | None,
+        exit_code: int | None,
+        signal_number: int | None,
+        core_dumped: bool,
+    ) -> None:
+        self.pid = pid
+        self.child = child
+        self.exit_code = exit_code
+        self.signal_number = signal_number
+        self.core_dumped = core_dumped
 
     def status_fields(self) -> dict[str, object]:
         """Log fields: ``exit=N``, or ``signal=SIGKILL(9)`` (plus ``core=yes``)."""
@@ -53,17 +69,38 @@ def decode_status(pid: int, status: int, child: Child | None) -> Exited:
 
 
 class ChildTable:
-    """Live children by pid. Each child leads its own process group (see _forking)."""
+    """Live children by pid, and how many each source has open.
+
+    Each child leads its own process group (see _forking). A source's count drops
+    whatever way its child ends (exit, crash, kill), because reaping is the only way
+    out of the table: systemd leaked such counts (issue 20685).
+    """
 
     def __init__(self) -> None:
         self._children: dict[int, Child] = {}
+        self._per_source: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._children)
 
-    def add(self, pid: int, peer: str) -> Child:
-        child = Child(pid, peer, time.monotonic())
+    def add(self, pid: int, peer: str, source: str = "") -> Child:
+        child = Child(pid, peer, time.monotonic(), source)
         self._children[pid] = child
+        self._per_source[source] = self._per_source.get(source, 0) + 1
+        return child
+
+    def open_from(self, source: str) -> int:
+        """Children now serving ``source``."""
+        return self._per_source.get(source, 0)
+
+    def _remove(self, pid: int) -> Child | None:
+        child = self._children.pop(pid, None)
+        if child is not None:
+            left = self._per_source[child.source] - 1
+            if left:
+                self._per_source[child.source] = left
+            else:
+                del self._per_source[child.source]
         return child
 
     def reap(self) -> list[Exited]:
@@ -80,16 +117,23 @@ class ChildTable:
                 return exited
             if pid == 0:
                 return exited
-            exited.append(decode_status(pid, status, self._children.pop(pid, None)))
+            exited.append(decode_status(pid, status, self._remove(pid)))
+
+    def pids(self) -> list[int]:
+        return list(self._children)
+
+    def signal(self, pid: int, sig: int) -> None:
+        """Send ``sig`` to a child's process group (the child and what it started)."""
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            # The group is gone or not yet formed; signal the child itself.
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass  # exited; the reaper will see it
 
     def signal_all(self, sig: int) -> None:
-        """Send ``sig`` to every child's process group (the child and what it started)."""
+        """Send ``sig`` to every child's process group."""
         for pid in list(self._children):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                # The group is gone or not yet formed; signal the child itself.
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass  # exited; the reaper will see it
+            self.signal(pid, sig)

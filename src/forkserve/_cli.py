@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 from forkserve import __version__
 from forkserve._address import parse_listen_address
 from forkserve._errors import EXIT_USAGE, AddressError, ForkserveError
 from forkserve._log import DEBUG, INFO, QUIET
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 class Parser(argparse.ArgumentParser):
@@ -53,7 +56,7 @@ def listen_address(text: str) -> tuple[str, int]:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     from forkserve._listen import DEFAULT_BACKLOG
-    from forkserve._server import DEFAULT_GRACE, DEFAULT_MAX_CONNS
+    from forkserve._server import DEFAULT_GRACE, DEFAULT_MAX_CONNS, MODES
 
     parser.add_argument(
         "address",
@@ -68,13 +71,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the bound port alone on one line of stdout once listening",
     )
     parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="fork",
+        help="fork: a fresh process per connection (default); prefork: a dynamic pool "
+        "of reusable worker processes",
+    )
+    parser.add_argument(
         "--max-conns",
         type=positive_int,
-        default=DEFAULT_MAX_CONNS,
         metavar="N",
-        help="connections served at once; more wait in the kernel backlog "
+        help="fork mode: connections served at once; more wait in the kernel backlog "
         f"(default {DEFAULT_MAX_CONNS})",
     )
+    add_pool_arguments(parser)
     parser.add_argument(
         "--backlog",
         type=positive_int,
@@ -91,6 +101,73 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         f"processes are terminated (default {DEFAULT_GRACE:g})",
     )
     add_verbosity(parser)
+
+
+def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
+    from forkserve._server import DEFAULT_MAX_SPARE, DEFAULT_MAX_WORKERS, DEFAULT_MIN_SPARE
+
+    pool = parser.add_argument_group("prefork pool (with --mode prefork)")
+    pool.add_argument(
+        "--min-spare",
+        type=positive_int,
+        metavar="N",
+        help=f"idle workers kept ready, at least (default {DEFAULT_MIN_SPARE})",
+    )
+    pool.add_argument(
+        "--max-spare",
+        type=positive_int,
+        metavar="N",
+        help=f"idle workers kept, at most; more retire (default {DEFAULT_MAX_SPARE})",
+    )
+    pool.add_argument(
+        "--max-workers",
+        type=positive_int,
+        metavar="N",
+        help="workers at most, which is also the cap on connections served at once "
+        f"(default {DEFAULT_MAX_WORKERS})",
+    )
+    pool.add_argument(
+        "--max-requests",
+        type=positive_int,
+        metavar="N",
+        help="replace a worker after it has served N connections (default: never)",
+    )
+
+
+POOL_OPTIONS = ("min_spare", "max_spare", "max_workers", "max_requests")
+
+
+def mode_options(args: argparse.Namespace) -> dict[str, int]:
+    """The options of the chosen mode, checked against it.
+
+    Raises:
+        UsageError: an option of the other mode was given.
+    """
+    from forkserve._errors import UsageError
+    from forkserve._server import (
+        DEFAULT_MAX_CONNS,
+        DEFAULT_MAX_SPARE,
+        DEFAULT_MAX_WORKERS,
+        DEFAULT_MIN_SPARE,
+    )
+
+    given = [name for name in POOL_OPTIONS if getattr(args, name) is not None]
+    if args.mode == "fork":
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UsageError(f"{flag} needs --mode prefork")
+        return {"max_conns": args.max_conns or DEFAULT_MAX_CONNS}
+    if args.max_conns is not None:
+        raise UsageError("--max-conns is fork mode's limit; in prefork mode use --max-workers")
+    max_workers = args.max_workers or DEFAULT_MAX_WORKERS
+    min_spare = args.min_spare or min(DEFAULT_MIN_SPARE, max_workers)
+    max_spare = args.max_spare or min(max(DEFAULT_MAX_SPARE, min_spare), max_workers)
+    return {
+        "min_spare": min_spare,
+        "max_spare": max_spare,
+        "max_workers": max_workers,
+        "max_requests": args.max_requests or 0,
+    }
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -110,10 +187,11 @@ def run_serve(args: argparse.Namespace) -> int:
     with Server(
         args.address,
         echo,
-        max_conns=args.max_conns,
         backlog=args.backlog,
         grace=args.grace,
         log=log,
+        mode=args.mode,
+        **mode_options(args),
     ) as server:
         server.serve_forever(ready=announce_port if args.print_port else None)
     return 0

@@ -103,14 +103,14 @@ def relay(sock: socket.socket, in_fd: int, out_fd: int, timeout: float | None) -
                     if not data:
                         input_open = False
                         if not outbuf:
-                            sock.shutdown(socket.SHUT_WR)
+                            half_close(sock)
                     continue
                 if mask & selectors.EVENT_READ and not receive(sock, out_fd):
                     return
                 if mask & selectors.EVENT_WRITE:
                     del outbuf[: send(sock, outbuf)]
                     if not outbuf and not input_open:
-                        sock.shutdown(socket.SHUT_WR)
+                        half_close(sock)
 
 
 def _watch(sel: selectors.BaseSelector, fd: int, reading: bool) -> None:
@@ -120,6 +120,16 @@ def _watch(sel: selectors.BaseSelector, fd: int, reading: bool) -> None:
         sel.register(fd, selectors.EVENT_READ)
     elif registered and not reading:
         sel.unregister(fd)
+
+
+def half_close(sock: socket.socket) -> None:
+    """End of input: shutdown(SHUT_WR), so the server sees EOF and can finish."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:  # the server reset the connection first
+            raise TemporaryError("connection reset by the server") from None
+        raise
 
 
 def receive(sock: socket.socket, out_fd: int) -> bool:

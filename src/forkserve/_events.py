@@ -8,7 +8,6 @@ unambiguously on spaces and no byte from a peer reaches the log raw.
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Mapping
 
 # A peer's bytes are shown at most this long in a log line.
@@ -42,6 +41,8 @@ def format_value(value: object) -> str:
     text = str(value)
     if text and text.isprintable() and not any(c in text for c in ' "=\\'):
         return text
+    import json  # only for the rare value that needs quoting
+
     return json.dumps(text)
 
 

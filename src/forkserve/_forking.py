@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
-import traceback
+import signal
 from collections.abc import Callable
-from typing import Any
 
-from forkserve._handler import EXIT_HANDLER_RAISED, Handler, run_handler
+from forkserve._handler import EXIT_HANDLER_RAISED
+from forkserve._signals import SERVER_SIGNALS
 
 
-def fork_handler(
-    conn: socket.socket,
-    peer: Any,
-    handler: Handler,
-    close_parent_resources: Callable[[], None],
-) -> int:
-    """Fork a child that runs ``handler(conn, peer)``; in the parent, return its pid.
+def fork_child(run: Callable[[], int], close_parent_resources: Callable[[], None]) -> int:
+    """Fork a child that runs ``run()`` and exits with its result; return its pid.
 
     The child becomes the leader of a process group of its own, so that a terminal's
     Ctrl-C reaches only the parent (which then drains gracefully) and so that the
@@ -25,16 +19,27 @@ def fork_handler(
     setpgid, the usual way to close the race with a parent that signals at once.
 
     In the child, ``close_parent_resources`` first undoes the parent's set-up (the
-    listeners, the selector, the signal pipe and handlers); then the handler runs; the
+    listeners, the selector, the signal pipe and handlers); then ``run`` runs; the
     child always ends with ``os._exit`` and never returns into the parent's loop.
 
-    Resource handling: the caller still owns ``conn`` in the parent and must close it.
+    The server's signals are blocked across fork(2): a signal that reached the child
+    before it reset its handlers would otherwise run the parent's no-op handler (and
+    be lost) and write its number into the parent's wakeup pipe (and be taken as the
+    parent's own). The child unblocks them only once they are back to SIG_DFL.
+
+    Resource handling: the caller still owns, in the parent, what ``run`` uses.
 
     Raises:
         OSError: fork(2) failed (EAGAIN, ENOMEM); nothing was started.
     """
-    pid = os.fork()
+    signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVER_SIGNALS)
+        raise
     if pid:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVER_SIGNALS)
         try:
             os.setpgid(pid, pid)
         except (ProcessLookupError, PermissionError):
@@ -44,8 +49,11 @@ def fork_handler(
     try:
         os.setpgid(0, 0)
         close_parent_resources()
-        status = run_handler(handler, conn, peer)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SERVER_SIGNALS)
+        status = run()
     except BaseException:  # noqa: BLE001 - a bug in the set-up: report it, never return
+        import traceback
+
         traceback.print_exc()
     finally:
         os._exit(status)

@@ -9,6 +9,29 @@ from types import TracebackType
 from forkserve._address import format_address
 from forkserve._errors import AddressError, BindError
 
+# accept(2) errors that mean "out of a resource": log once per burst, stop accepting
+# for ACCEPT_PAUSE, try again. Spinning on them at 100% CPU is what tcpserver and many
+# event loops do; trio's serve_listeners pauses the same way.
+CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Errors that belong to one connection, not to the listener: skip it and go on.
+# ECONNABORTED (gunicorn's workers/sync.py ignores it too), and the network errors
+# accept(2) on Linux may pass on from the new socket ("Error handling" in the man page).
+CONNECTION_ERRNOS = frozenset(
+    {
+        errno.ECONNABORTED,
+        errno.EPROTO,
+        errno.ENOPROTOOPT,
+        errno.EHOSTDOWN,
+        errno.ENONET,
+        errno.EHOSTUNREACH,
+        errno.EOPNOTSUPP,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EPERM,  # a firewall rule refused it after the handshake
+    }
+)
+ACCEPT_PAUSE = 0.1
+
 # The kernel queues completed handshakes here while forkserve is at --max-conns or busy
 # forking; it is the only queue forkserve has (no accept-then-close). 1024 holds about
 # half a second of the fork mode's accept rate measured on a 2-core machine, so a

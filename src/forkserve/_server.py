@@ -8,15 +8,22 @@ from types import TracebackType
 
 from forkserve._address import parse_listen_address
 from forkserve._errors import UsageError
-from forkserve._handler import Handler, echo
+from forkserve._handler import Handler, PythonService, Service, echo
 from forkserve._listen import DEFAULT_BACKLOG, Listener
 from forkserve._log import Log
-from forkserve._loop import Loop
+from forkserve._loop import ForkLoop
+from forkserve._prefork import PreforkLoop
+from forkserve._supervise import Supervisor
 
 # The process models `forkserve serve --mode` offers; the benchmark suite runs each.
-MODES = ("fork",)
+MODES = ("fork", "prefork")
 DEFAULT_MAX_CONNS = 1000
 DEFAULT_GRACE = 10.0
+# Prefork pool defaults: a couple of spare workers keep the first connections of a
+# burst from waiting for a fork; 64 workers of a few MiB each fit a small machine.
+DEFAULT_MIN_SPARE = 2
+DEFAULT_MAX_SPARE = 8
+DEFAULT_MAX_WORKERS = 64
 
 
 class Server:
@@ -33,6 +40,13 @@ class Server:
         grace: on SIGTERM or SIGINT, how long children may take to finish before
             they are sent SIGTERM (and SIGKILL 3 seconds later).
         log: where events go; by default one line each on standard error.
+        mode: "fork" (a fresh process per connection) or "prefork" (a pool of
+            reusable workers, each serving one connection at a time).
+        min_spare, max_spare: prefork: idle workers kept ready, at least and at most.
+        max_workers: prefork: workers at most, which is also the cap on connections
+            served at once (``max_conns`` is fork mode's).
+        max_requests: prefork: a worker is replaced after this many connections
+            (0: never).
 
     Raises:
         UsageError: an argument out of range, or an address that does not parse.
@@ -54,15 +68,32 @@ class Server:
         backlog: int = DEFAULT_BACKLOG,
         grace: float = DEFAULT_GRACE,
         log: Log | None = None,
+        mode: str = "fork",
+        min_spare: int = DEFAULT_MIN_SPARE,
+        max_spare: int = DEFAULT_MAX_SPARE,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        max_requests: int = 0,
     ) -> None:
+        if mode not in MODES:
+            raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if max_conns < 1:
             raise UsageError(f"max_conns must be at least 1, not {max_conns}")
+        if not 1 <= min_spare <= max_spare <= max_workers:
+            raise UsageError(
+                "the pool needs 1 <= min_spare <= max_spare <= max_workers, "
+                f"not {min_spare}, {max_spare}, {max_workers}"
+            )
+        if max_requests < 0:
+            raise UsageError(f"max_requests must be 0 (no limit) or more, not {max_requests}")
+        self.mode = mode
+        self.pool = (min_spare, max_spare, max_workers, max_requests)
         if backlog < 1:
             raise UsageError(f"backlog must be at least 1, not {backlog}")
         if not grace >= 0:
             raise UsageError(f"grace must be 0 or more seconds, not {grace}")
         host, port = parse_listen_address(address) if isinstance(address, str) else address
         self.handler = handler
+        self.service: Service = PythonService(handler)
         self.max_conns = max_conns
         self.grace = grace
         self.log = log if log is not None else Log()
@@ -84,22 +115,38 @@ class Server:
             ready: called once signals are handled and the loop is about to wait:
                 the moment to announce readiness (``--print-port`` does).
         """
-        self.log.notice(
-            "listen",
-            address=self.listener.describe(),
-            mode="fork",
-            max_conns=self.max_conns,
-            pid=os.getpid(),
-        )
-        loop = Loop(
-            self.listener,
-            self.handler,
-            self.log,
-            max_conns=self.max_conns,
-            grace=self.grace,
-            ready=None if ready is None else (lambda: ready(self)),
-        )
-        loop.run()
+        announce = None if ready is None else (lambda: ready(self))
+        min_spare, max_spare, max_workers, max_requests = self.pool
+        loop: Supervisor
+        if self.mode == "prefork":
+            limit: dict[str, object] = {"max_workers": max_workers}
+            loop = PreforkLoop(
+                self.listener,
+                self.service,
+                self.log,
+                min_spare=min_spare,
+                max_spare=max_spare,
+                max_workers=max_workers,
+                max_requests=max_requests,
+                grace=self.grace,
+                ready=announce,
+            )
+        else:
+            limit = {"max_conns": self.max_conns}
+            loop = ForkLoop(
+                self.listener,
+                self.service,
+                self.log,
+                max_conns=self.max_conns,
+                grace=self.grace,
+                ready=announce,
+            )
+        address = self.listener.describe()
+        self.log.notice("listen", address=address, mode=self.mode, **limit, pid=os.getpid())
+        try:
+            loop.run()
+        finally:
+            loop.close()
         self.log.notice("stopped", pid=os.getpid())
 
     def close(self) -> None:

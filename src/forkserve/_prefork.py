@@ -1,0 +1,295 @@
+"""Prefork mode's supervisor: a dynamic pool of reusable workers, like Apache's prefork.
+
+The pool keeps between ``min_spare`` and ``max_spare`` idle workers, and at most
+``max_workers`` in all (which is also the cap on connections served at once; past it
+the kernel's accept queue holds clients). It is event-driven, never polled: workers
+report each change of state on a datagram socket (see _worker), exits arrive as
+SIGCHLD, and the only timers are the ones a state needs (retiring a surplus idle
+worker, waiting out a crash back-off).
+
+- Spawning: when idle workers fall below ``min_spare``, spawn the shortfall at once;
+  while shortfalls follow one another, each batch doubles (1, 2, 4 ... 32), as Apache
+  does, so a burst is met quickly without a fork storm in the steady state.
+- Retiring: an idle worker beyond ``max_spare`` retires once it has been idle for
+  RETIRE_IDLE seconds, so a pool does not shrink and regrow between two bursts.
+- Recycling: a worker exits after ``max_requests`` connections and is replaced.
+- Crashes: a worker that dies unasked is logged with its status and replaced after a
+  back-off that doubles with each crash in a row (0.1 s up to 10 s) and resets when a
+  worker completes a connection.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from forkserve._children import Exited
+from forkserve._forking import fork_child
+from forkserve._handler import Service
+from forkserve._listen import Listener
+from forkserve._log import Log
+from forkserve._supervise import Supervisor
+from forkserve._worker import Worker, decode
+
+RETIRE_IDLE = 1.0
+MAX_SPAWN_BATCH = 32
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 10.0
+
+
+class WorkerState:
+    """The supervisor's view of one worker."""
+
+    __slots__ = ("peer", "pid", "served", "since", "state", "stopping")
+
+    def __init__(self, pid: int, now: float) -> None:
+        self.pid = pid
+        self.state = "starting"  # "starting", "idle" or "busy"
+        self.since = now  # when it entered that state
+        self.peer = ""
+        self.served = 0
+        self.stopping = False  # asked to retire or to stop
+
+
+class PreforkLoop(Supervisor):
+    """The prefork supervisor. See the module docstring for the pool's rules."""
+
+    def __init__(
+        self,
+        listener: Listener,
+        service: Service,
+        log: Log,
+        *,
+        min_spare: int,
+        max_spare: int,
+        max_workers: int,
+        max_requests: int,
+        grace: float,
+        ready: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(listener, service, log, grace=grace, ready=ready)
+        self.min_spare = min_spare
+        self.max_spare = max_spare
+        self.max_workers = max_workers
+        self.max_requests = max_requests
+        self.workers: dict[int, WorkerState] = {}
+        self.spawn_batch = 1
+        self.crashes = 0
+        self.backoff_until = 0.0
+        self.status_r, self.status_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.status_r.setblocking(False)
+        # Workers watch the read end: EOF means the supervisor stops (or died).
+        self.alive_r, self.alive_w = os.pipe()
+
+    def count(self, state: str) -> int:
+        return sum(1 for w in self.workers.values() if w.state == state and not w.stopping)
+
+    def in_use(self) -> int:
+        """Connections being served: by busy workers, and by children forked at a stop."""
+        busy = sum(1 for w in self.workers.values() if w.state == "busy")
+        return busy + len(self.children) - len(self.workers)
+
+    def has_slot(self) -> bool:
+        return self.in_use() < self.max_workers
+
+    def active(self) -> str:
+        return f"{self.in_use()}/{self.max_workers}"
+
+    def start(self) -> None:
+        self.sel.register(self.status_r, selectors.EVENT_READ)
+        self.maintain(time.monotonic())
+
+    # -- workers ------------------------------------------------------------------
+
+    def spawn(self, now: float) -> None:
+        assert self.listener is not None
+        worker = Worker(
+            self.listener.sock, self.status_w, self.alive_r, self.service, self.max_requests
+        )
+
+        def close_in_worker() -> None:
+            self.sel.close()
+            if self.sigs is not None:
+                self.sigs.close_in_child()
+            self.status_r.close()
+            os.close(self.alive_w)
+            for conn, _ in self.pending:
+                conn.close()
+            worker.install_signals()
+
+        try:
+            pid = fork_child(worker.run, close_in_worker)
+        except OSError as exc:
+            self.log.warning("fork-failed", error=os.strerror(exc.errno or 0))
+            self.note_crash(now)
+            return
+        finally:
+            worker.wake_r.close()
+            worker.wake_w.close()
+        self.workers[pid] = WorkerState(pid, now)
+        self.children.add(pid, "worker")
+        self.log.debug("worker-start", pid=pid, workers=len(self.workers))
+
+    def maintain(self, now: float) -> None:
+        """Spawn up to ``min_spare`` idle workers; retire idle ones beyond ``max_spare``."""
+        if self.stopping is not None:
+            return
+        spare = self.count("idle") + self.count("starting")
+        room = self.max_workers - sum(1 for w in self.workers.values() if not w.stopping)
+        if spare < self.min_spare and room > 0 and now >= self.backoff_until:
+            for _ in range(min(max(self.min_spare - spare, self.spawn_batch), room)):
+                self.spawn(now)
+            self.spawn_batch = min(self.spawn_batch * 2, MAX_SPAWN_BATCH)
+        elif spare >= self.min_spare:
+            self.spawn_batch = 1
+        surplus = self.count("idle") - self.max_spare
+        idle = sorted(
+            (w for w in self.workers.values() if w.state == "idle" and not w.stopping),
+            key=lambda w: w.since,
+        )
+        for worker in idle[: max(0, surplus)]:
+            if now - worker.since >= RETIRE_IDLE:
+                self.retire(worker, "surplus")
+
+    def retire(self, worker: WorkerState, reason: str) -> None:
+        worker.stopping = True
+        self.log.debug("worker-retire", pid=worker.pid, reason=reason)
+        os.kill(worker.pid, signal.SIGTERM)
+
+    def deadlines(self) -> tuple[float | None, ...]:
+        if self.stopping is not None:
+            return ()
+        retire_at = None
+        idle = [w.since for w in self.workers.values() if w.state == "idle" and not w.stopping]
+        if len(idle) > self.max_spare:
+            retire_at = min(idle) + RETIRE_IDLE
+        spare = self.count("idle") + self.count("starting")
+        backoff = self.backoff_until if spare < self.min_spare and self.backoff_until else None
+        return retire_at, backoff
+
+    def on_deadlines(self, now: float) -> None:
+        self.maintain(now)
+
+    def note_crash(self, now: float) -> None:
+        self.backoff_until = now + min(BACKOFF_FIRST * 2**self.crashes, BACKOFF_MAX)
+        self.crashes += 1
+
+    def on_pool_signal(self, number: int) -> None:
+        """SIGTTIN grows the spare range by one worker, SIGTTOU shrinks it."""
+        step = 1 if number == signal.SIGTTIN else -1
+        self.min_spare = max(1, self.min_spare + step)
+        self.max_spare = max(self.min_spare, self.max_spare + step)
+        self.log.notice("pool", min_spare=self.min_spare, max_spare=self.max_spare)
+        self.maintain(time.monotonic())
+
+    # -- what workers report ----------------------------------------------------------
+
+    def on_ready(self, key: selectors.SelectorKey, mask: int) -> None:
+        if key.fileobj is self.status_r:
+            self.read_status(time.monotonic())
+            self.maintain(time.monotonic())
+
+    def read_status(self, now: float) -> None:
+        while True:
+            try:
+                kind, pid, detail = decode(self.status_r.recv(4096))
+            except BlockingIOError:
+                return
+            worker = self.workers.get(pid)
+            if worker is None:
+                continue  # already reaped
+            if kind == "A":
+                worker.state, worker.since, worker.peer = "busy", now, detail
+                self.log.info("accept", peer=detail, pid=pid, conns=self.active())
+            elif kind in "ER":
+                if kind == "E":
+                    worker.served += 1
+                    self.crashes = 0
+                    self.log_end(worker, now, exit=int(detail))
+                worker.state, worker.since, worker.peer = "idle", now, ""
+
+    def log_end(self, worker: WorkerState, now: float, **status: object) -> None:
+        worker.state = "idle"  # counts in active() no more
+        self.log.info(
+            "end",
+            pid=worker.pid,
+            peer=worker.peer,
+            **status,
+            duration=f"{now - worker.since:.3f}s",
+            conns=self.active(),
+        )
+
+    def on_exits(self, exits: list[Exited]) -> None:
+        now = time.monotonic()
+        self.read_status(now)  # an "E" sent just before exiting must count first
+        for ended in exits:
+            worker = self.workers.pop(ended.pid, None)
+            if worker is None:
+                self.log_child_end(ended, now)  # a connection served at the stop
+                continue
+            if worker.state == "busy":
+                self.log_end(worker, now, **ended.status_fields())
+            if worker.stopping or self.stopping is not None:
+                reason = "stopped"
+            elif ended.exit_code == 0:
+                reason = "max-requests"  # the one way a worker leaves cleanly unasked
+            else:
+                reason = "crashed"
+                self.note_crash(now)
+            log = self.log.warning if reason == "crashed" else self.log.info
+            fields = ended.status_fields()
+            log("worker-exit", pid=ended.pid, **fields, served=worker.served, reason=reason)
+        self.serve_pending()
+        self.maintain(now)
+
+    # -- stopping --------------------------------------------------------------------
+
+    def stop_listening(self) -> None:
+        """Stop taking connections, the way fork mode does.
+
+        Workers share the listening socket, so closing the supervisor's copy would
+        not stop it, and a busy worker cannot close its own until its connection
+        ends. So, once begin_graceful_stop has accepted what was queued (served by
+        fork-mode children), the socket is shut down for every holder at once: new
+        clients are refused from then on, and each worker's accept fails with
+        EINVAL. Closing the alive pipe tells idle workers to go; busy ones go once
+        their connection ends.
+        """
+        if self.listener is not None:
+            self.listener.sock.shutdown(socket.SHUT_RD)
+        super().stop_listening()
+        if self.alive_w >= 0:
+            os.close(self.alive_w)
+            self.alive_w = -1
+        for worker in self.workers.values():
+            worker.stopping = True
+
+    def close_in_child(self) -> None:
+        """Undo the supervisor's set-up in a child forked for one connection."""
+        self.sel.close()
+        if self.sigs is not None:
+            self.sigs.close_in_child()
+        if self.listener is not None:
+            self.listener.close()
+        for sock in (self.status_r, self.status_w):
+            sock.close()
+        os.close(self.alive_r)
+        for other, _ in self.pending:
+            other.close()
+
+    def terminate_children(self) -> None:
+        """Workers get SIGQUIT, on which they die by SIGTERM (see _worker); children
+        forked at the stop get SIGTERM: every status reads as in fork mode."""
+        for pid in self.children.pids():
+            self.children.signal(pid, signal.SIGQUIT if pid in self.workers else signal.SIGTERM)
+
+    def close(self) -> None:
+        self.status_r.close()
+        self.status_w.close()
+        os.close(self.alive_r)
+        if self.alive_w >= 0:
+            os.close(self.alive_w)

@@ -1,0 +1,303 @@
+"""What both process models' parents share: the loop skeleton, signals, and stopping.
+
+The loop reads like s6-tcpserverd's: wait, handle signals first (SIGCHLD reaps every
+finished child), then whatever else became ready, then timers. The only timeouts are
+the ones a state needs, so an idle parent sleeps in epoll_wait with no timeout and
+uses no CPU. ``ForkLoop`` (fork mode) and ``PreforkLoop`` (prefork mode) fill in what
+differs: what a connection is given to, and what an exit means.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import gc
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from forkserve._address import format_address
+from forkserve._children import ChildTable, Exited
+from forkserve._forking import fork_child
+from forkserve._handler import Connection, Service
+from forkserve._listen import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS, Listener
+from forkserve._log import Log
+from forkserve._signals import SignalPipe
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
+if TYPE_CHECKING:
+    from typing import Any
+
+# After SIGTERM to the children, wait this long before SIGKILL.
+KILL_AFTER = 3.0
+
+
+def source_of(peer: Any) -> str:
+    """The client address a connection counts against: the peer's host."""
+    return peer[0] if isinstance(peer, tuple) else ""
+
+
+class Supervisor:
+    """The parent's loop and stop sequence. ``run()`` returns once stopped.
+
+    Stopping, gracefully (SIGTERM, SIGINT): ``begin_graceful_stop`` lets the subclass
+    stop taking connections; children then have ``grace`` seconds, after which
+    ``expire_grace`` asks them to end (SIGTERM) and, KILL_AFTER seconds
+    later, whatever is left gets SIGKILL. Fast (SIGQUIT, a second SIGINT): straight to
+    ``expire_grace``.
+    """
+
+    def __init__(
+        self,
+        listener: Listener,
+        service: Service,
+        log: Log,
+        *,
+        grace: float,
+        ready: Callable[[], None] | None,
+    ) -> None:
+        self.listener: Listener | None = listener
+        self.service = service
+        self.log = log
+        self.grace = grace
+        self.ready = ready
+        self.children = ChildTable()
+        self.stopping: str | None = None  # None, "graceful" or "fast"
+        self.phase = ""  # while stopping: "drain", "term" or "kill"
+        self.deadline: float | None = None
+        self.sel: selectors.BaseSelector = selectors.DefaultSelector()
+        self.sigs: SignalPipe | None = None
+        # Connections accepted at a stop while at the limit: served as slots free up.
+        self.pending: collections.deque[tuple[socket.socket, Any]] = collections.deque()
+        self.paused_until = 0.0
+        self.burst: tuple[str, int] | None = None  # (errno name, failures) while paused
+
+    # -- the loop -------------------------------------------------------------------
+
+    def run(self) -> None:
+        with SignalPipe() as sigs, self.sel:
+            self.sigs = sigs
+            self.sel.register(sigs, selectors.EVENT_READ)
+            self.start()
+            # Everything allocated so far lives as long as the parent: keep the
+            # collector away from it, so a child never copies pages just to scan them.
+            gc.freeze()
+            if self.ready is not None:
+                self.ready()
+            while not self.finished():
+                self.before_wait()
+                events = self.sel.select(self.timeout())
+                if any(key.fileobj is sigs for key, _ in events):
+                    self.on_signals(sigs.drain())
+                for key, mask in events:
+                    if key.fileobj is not sigs:
+                        self.on_ready(key, mask)
+                self.on_timers(time.monotonic())
+        self.sigs = None
+
+    def timeout(self) -> float | None:
+        """Seconds until the nearest deadline, or None to wait for events only."""
+        now = time.monotonic()
+        deadlines = [d for d in (self.deadline, *self.deadlines()) if d is not None]
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def on_signals(self, signals: list[int]) -> None:
+        for number in signals:
+            if number in (signal.SIGTERM, signal.SIGINT):
+                if self.stopping is None:
+                    self.stopping = "graceful"
+                    self.begin_graceful_stop(signal.Signals(number).name)
+                    self.phase = "drain"
+                    self.deadline = time.monotonic() + self.grace
+                elif number == signal.SIGINT and self.stopping == "graceful":
+                    self.fast_stop(signal.Signals(number).name)  # a second Ctrl-C
+            elif number == signal.SIGQUIT and self.stopping != "fast":
+                self.fast_stop(signal.Signals(number).name)
+            elif number in (signal.SIGTTIN, signal.SIGTTOU):
+                self.on_pool_signal(number)
+            elif number != signal.SIGCHLD:
+                self.log.debug("signal-ignored", signal=signal.Signals(number).name)
+        if signal.SIGCHLD in signals:
+            self.on_exits(self.children.reap())
+
+    def fast_stop(self, signame: str) -> None:
+        if self.stopping is None:
+            self.begin_graceful_stop(signame, fast=True)
+        self.stopping = "fast"
+        self.log.notice("stop", signal=signame, mode="fast", conns=self.active())
+        self.end_children()
+
+    def end_children(self) -> None:
+        """Ask every child to end now; SIGKILL follows KILL_AFTER seconds later."""
+        self.expire_grace()
+        self.phase = "term"
+        self.deadline = time.monotonic() + KILL_AFTER
+
+    def on_timers(self, now: float) -> None:
+        self.on_deadlines(now)
+        if self.deadline is None or now < self.deadline:
+            return
+        if self.phase == "drain":
+            self.end_children()
+        elif self.phase == "term":
+            self.log.warning("kill", signal="SIGKILL", children=len(self.children))
+            self.children.signal_all(signal.SIGKILL)
+            self.phase = "kill"
+            self.deadline = None
+
+    # -- accepting --------------------------------------------------------------------
+
+    def accept_one(self) -> tuple[socket.socket, Any] | None:
+        """Accept one connection, applying the errno policy; None when there is none.
+
+        Raises:
+            OSError: an errno no policy names: a bug, so it crashes loudly.
+        """
+        assert self.listener is not None
+        while True:
+            try:
+                conn, peer = self.listener.accept()
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno in CONNECTION_ERRNOS:
+                    continue
+                if exc.errno in CAPACITY_ERRNOS:
+                    self.pause_accepting(errno.errorcode[exc.errno])
+                    return None
+                raise
+            if self.burst is not None:
+                name, failures = self.burst
+                self.log.notice("accept-resumed", after=name, failures=failures)
+                self.burst = None
+            return conn, peer
+
+    def pause_accepting(self, reason: str) -> None:
+        """Stop accepting for ACCEPT_PAUSE; log only the first failure of a burst."""
+        if self.burst is None:
+            self.log.warning("accept-paused", error=reason, pause=f"{ACCEPT_PAUSE}s")
+            self.burst = (reason, 0)
+        self.burst = (self.burst[0], self.burst[1] + 1)
+        self.paused_until = time.monotonic() + ACCEPT_PAUSE
+
+    def fork_connection(self, conn: socket.socket, peer: Any) -> None:
+        """Fork a child that serves ``conn``; the parent's copy is closed either way."""
+        peer_text = format_address(peer)
+        source = source_of(peer)
+        info = Connection(peer, self.children.open_from(source) + 1)
+        service = self.service
+        try:
+            pid = fork_child(lambda: service(conn, info), self.close_in_child)
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            self.log.warning("fork-failed", peer=peer_text, error=name)
+            self.pause_accepting(f"fork:{name}")
+            return
+        finally:
+            conn.close()
+        self.children.add(pid, peer_text, source)
+        self.log.info("accept", peer=peer_text, pid=pid, conns=self.active())
+
+    def log_child_end(self, ended: Exited, now: float) -> None:
+        """The ``end`` line of a reaped connection child (or a debug line if unknown)."""
+        if ended.child is None:
+            self.log.debug("end-unknown", pid=ended.pid, **ended.status_fields())
+            return
+        fields: dict[str, object] = {"pid": ended.pid, "peer": ended.child.peer}
+        fields.update(ended.status_fields())
+        fields["duration"] = f"{now - ended.child.started:.3f}s"
+        fields["conns"] = self.active()
+        self.log.info("end", **fields)
+
+    def serve_pending(self) -> None:
+        while self.pending and self.has_slot():
+            self.fork_connection(*self.pending.popleft())
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def begin_graceful_stop(self, signame: str, fast: bool = False) -> None:
+        """Serve what already completed its handshake, then stop listening.
+
+        Connections waiting in the backlog are accepted until EAGAIN before the
+        listener closes: closing it with them queued would reset clients that had
+        connected successfully (gunicorn issue 3397). Past the limit they wait in
+        ``pending`` for a slot, within the same grace period. A fast stop skips this.
+        """
+        if self.listener is not None and not fast:
+            while (accepted := self.accept_one()) is not None:
+                self.pending.append(accepted)
+            self.serve_pending()
+        self.stop_listening()
+        if not fast:
+            self.log.notice(
+                "stop",
+                signal=signame,
+                mode="graceful",
+                conns=self.active(),
+                queued=len(self.pending),
+                grace=f"{self.grace}s",
+            )
+
+    def expire_grace(self) -> None:
+        """Drop what is still queued and ask every child to end now."""
+        for conn, _ in self.pending:
+            conn.close()
+        if self.pending:
+            self.log.warning("dropped", queued=len(self.pending))
+            self.pending.clear()
+        if self.children:
+            self.log.notice("terminate", signal="SIGTERM", children=len(self.children))
+        self.terminate_children()
+
+    def finished(self) -> bool:
+        return self.stopping is not None and not self.children and not self.pending
+
+    def stop_listening(self) -> None:
+        """Close the listener: the kernel refuses new clients from now on."""
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+    def terminate_children(self) -> None:
+        self.children.signal_all(signal.SIGTERM)
+
+    # -- what the process models fill in ------------------------------------------------
+
+    def close_in_child(self) -> None:
+        """Undo the parent's set-up in a fresh connection child (see fork_child)."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Set up before the loop first waits (prefork starts its workers here)."""
+
+    def close(self) -> None:
+        """Release what the model holds beyond the loop itself."""
+
+    def before_wait(self) -> None:
+        """Adjust what the selector watches before each wait."""
+
+    def deadlines(self) -> tuple[float | None, ...]:
+        """The model's own deadlines (monotonic times), besides the stop deadline."""
+        return ()
+
+    def on_deadlines(self, now: float) -> None:
+        """Act on the model's own deadlines that have passed."""
+
+    def on_ready(self, key: selectors.SelectorKey, mask: int) -> None:
+        """A descriptor other than the signal pipe is ready."""
+
+    def on_pool_signal(self, number: int) -> None:
+        self.log.debug("signal-ignored", signal=signal.Signals(number).name)
+
+    def on_exits(self, exits: list[Exited]) -> None:
+        raise NotImplementedError
+
+    def has_slot(self) -> bool:
+        """Whether one more connection may be served now."""
+        raise NotImplementedError
+
+    def active(self) -> str:
+        """``busy/limit`` for the logs."""
+        raise NotImplementedError

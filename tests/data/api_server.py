@@ -1,0 +1,30 @@
+"""A forkserve.Server with test handlers, chosen by name on the command line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+import forkserve
+
+
+def raises(conn: socket.socket, peer: Any) -> None:
+    conn.sendall(b"about to fail\n")
+    raise ValueError("handler bug")
+
+
+def exits_7(conn: socket.socket, peer: Any) -> None:
+    sys.exit(7)
+
+
+def peer_and_pid(conn: socket.socket, peer: Any) -> None:
+    conn.sendall(f"{peer[0]} {peer[1]} {os.getpid()} {os.getpgrp()}\n".encode())
+
+
+HANDLERS = {"raises": raises, "exits_7": exits_7, "peer_and_pid": peer_and_pid}
+
+if __name__ == "__main__":
+    with forkserve.Server(sys.argv[2], HANDLERS[sys.argv[1]]) as server:
+        server.serve_forever(ready=lambda s: print(s.port, flush=True))

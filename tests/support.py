@@ -1,0 +1,294 @@
+"""Test helpers: the real forkserve CLI as a subprocess, log events, and /proc.
+
+Integration tests never sleep to synchronise: they read the port from --print-port,
+wait for log lines with deadlines, and give every socket a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+WAIT = 15.0  # the longest any single wait in a test may take
+
+FORKSERVE = [sys.executable, "-m", "forkserve"]
+
+
+def parse_line(line: str) -> tuple[str, dict[str, str]] | None:
+    """Split ``TS EVENT k=v k="json string"`` into ``(event, fields)``; None if not a log line."""
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or not re.match(r"\d{4}-\d\d-\d\dT", parts[0]):
+        return None
+    fields: dict[str, str] = {}
+    rest = parts[2] if len(parts) == 3 else ""
+    while rest:
+        key, _, rest = rest.partition("=")
+        if rest.startswith('"'):
+            value, end = json.JSONDecoder().raw_decode(rest)
+            rest = rest[end:].lstrip(" ")
+        else:
+            value, _, rest = rest.partition(" ")
+        fields[key] = str(value)
+    return parts[1], fields
+
+
+class ServerProcess:
+    """``forkserve serve`` running as a subprocess in its own process group.
+
+    Resource handling: ``close()`` stops it (SIGTERM, then SIGKILL to the group) and
+    kills anything it left behind, so a failing test cannot leak processes.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        address: str = "127.0.0.1:0",
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+        command: Sequence[str] | None = None,
+    ) -> None:
+        argv = command if command is not None else [*FORKSERVE, "serve", address, "--print-port"]
+        self.argv = [*argv, *args]
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            process_group=0,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - only resource limits, no threads then
+        )
+        self.pid = self.proc.pid
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        self.port = self._read_port()
+        self.descendants_seen: set[int] = set()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            with self._cond:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("<eof>")
+            self._cond.notify_all()
+
+    def _read_port(self) -> int:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        data = b""
+        deadline = time.monotonic() + WAIT
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(0.0, left))
+            if not ready:
+                self.close()
+                raise AssertionError(f"no port printed within {WAIT}s: {self.log_text()}")
+            chunk = os.read(fd, 100)
+            if not chunk:
+                self.proc.wait(WAIT)
+                raise AssertionError(
+                    f"server exited {self.proc.returncode} before printing its port: "
+                    f"{self.log_text()}"
+                )
+            data += chunk
+        return int(data)
+
+    # -- the log ------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def events(self, name: str, **match: object) -> list[dict[str, str]]:
+        """Every logged ``name`` event whose fields equal ``match``."""
+        found = []
+        with self._cond:
+            lines = list(self.lines)
+        for line in lines:
+            parsed = parse_line(line)
+            if parsed is None or parsed[0] != name:
+                continue
+            if all(parsed[1].get(k) == str(v) for k, v in match.items()):
+                found.append(parsed[1])
+        return found
+
+    def wait_event(
+        self, name: str, count: int = 1, timeout: float = WAIT, **match: object
+    ) -> list[dict[str, str]]:
+        """Wait until at least ``count`` matching events are logged; return them all."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = self.events(name, **match)
+                if len(found) >= count:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.lines and self.lines[-1] == "<eof>"):
+                    raise AssertionError(
+                        f"waited {timeout}s for {count} x {name} {match}; log:\n{self.log_text()}"
+                    )
+                self._cond.wait(left)
+
+    # -- processes ------------------------------------------------------------------
+
+    def children(self) -> list[int]:
+        """Live (non-zombie) children of the server, from /proc."""
+        kids = [pid for pid, state in children_of(self.pid) if state != "Z"]
+        self.descendants_seen.update(kids)
+        return kids
+
+    def zombies(self) -> list[int]:
+        return [pid for pid, state in children_of(self.pid) if state == "Z"]
+
+    def send_signal(self, sig: int) -> None:
+        self.children()
+        os.kill(self.pid, sig)
+
+    def wait_exit(self, timeout: float = WAIT) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return code
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = WAIT) -> int:
+        """Signal the server, wait for it to exit, return its exit code."""
+        if self.proc.poll() is None:
+            self.send_signal(sig)
+        return self.wait_exit(timeout)
+
+    def leftovers(self) -> list[int]:
+        """Descendants seen during the test that are still alive (orphans)."""
+        return [pid for pid in self.descendants_seen if process_alive(pid)]
+
+    def close(self) -> list[int]:
+        """Stop the server if it runs; kill and return what it left behind."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait(WAIT)
+        left = self.leftovers()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._reader.join(WAIT)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        return left
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, ppid)`` of a process, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1])
+
+
+def process_alive(pid: int) -> bool:
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def children_of(parent: int) -> list[tuple[int, str]]:
+    """``(pid, state)`` of every process whose parent is ``parent``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = proc_stat(int(entry.name))
+            if stat is not None and stat[1] == parent:
+                found.append((int(entry.name), stat[0]))
+    return found
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "") -> Any:
+    """Poll ``predicate`` (for state only /proc shows) until truthy, or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+def connect(port: int, host: str = "127.0.0.1", timeout: float = WAIT) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.settimeout(timeout)
+    return sock
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    """Read until EOF."""
+    chunks = []
+    while chunk := sock.recv(1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def echo_roundtrip(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
+    """Send ``payload`` while reading the echo concurrently, half-close, read to EOF."""
+    with connect(port, host) as sock:
+
+        def send() -> None:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        received = recv_all(sock)
+        sender.join(WAIT)
+        return received
+
+
+def run_cli(
+    args: Sequence[str], input: bytes = b"", timeout: float = WAIT
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*FORKSERVE, *args], input=input, capture_output=True, timeout=timeout, check=False
+    )
+
+
+@contextlib.contextmanager
+def raw_listener(host: str = "127.0.0.1") -> Iterator[socket.socket]:
+    """A listening socket for tests that need a peer of their own."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        sock.listen(16)
+        sock.settimeout(WAIT)
+        yield sock

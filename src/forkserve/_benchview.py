@@ -101,7 +101,7 @@ def print_report(report: Report) -> None:
     from rich.table import Table
 
     data = report.to_json()
-    table = Table(title=f"forkserve bench {report.mode} {report.target}", title_justify="left")
+    table = Table()
     table.add_column("measure")
     table.add_column("value", justify="right")
     unit = UNIT_NAMES[report.mode]
@@ -138,6 +138,7 @@ def print_report(report: Report) -> None:
     for name, value in rows:
         table.add_row(name, value)
     console = Console(highlight=False)
+    console.print(f"[bold]forkserve bench {report.mode} {report.target}", markup=True)
     console.print(table)
     for line in data["problems"]:
         console.print(f"problem: {line}", markup=False)

@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the tests use as real peers: command:package pairs.
-DEBIAN_PEERS := socat:socat tcpserver:ucspi-tcp ncat:ncat
+# Debian packages the tests use as real peers: command:package pairs. tcpserver comes
+# from ucspi-tcp-ipv6 (the same tcpserver plus IPv6, which exec mode's environment is
+# compared against); a machine that has plain ucspi-tcp keeps it and the IPv6
+# comparison is skipped (the two packages conflict).
+DEBIAN_PEERS := socat:socat tcpserver:ucspi-tcp-ipv6 ncat:ncat curl:curl
 
 .PHONY: serve test lint typecheck unit integration debian-deps bench soak clean
 
@@ -37,7 +40,8 @@ debian-deps:
 	fi
 
 lint: $(VENV)/.stamp-test
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests examples
+	$(VENV)/bin/ruff format --check src tests examples
 
 typecheck: $(VENV)/.stamp-test
 	$(VENV)/bin/mypy

@@ -59,6 +59,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
         command: Sequence[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> None:
         argv = command if command is not None else [*FORKSERVE, "serve", address, "--print-port"]
         self.argv = [*argv, *args]
@@ -68,6 +69,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
+            cwd=cwd,
             process_group=0,
             preexec_fn=preexec_fn,  # noqa: PLW1509 - only resource limits, no threads then
         )
@@ -277,10 +279,18 @@ def echo_roundtrip(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
 
 
 def run_cli(
-    args: Sequence[str], input: bytes = b"", timeout: float = WAIT
+    args: Sequence[str],
+    input: bytes = b"",
+    timeout: float = WAIT,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [*FORKSERVE, *args], input=input, capture_output=True, timeout=timeout, check=False
+        [*FORKSERVE, *args],
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
     )
 
 

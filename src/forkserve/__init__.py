@@ -17,9 +17,12 @@ from forkserve._errors import (
     AddressError,
     BindError,
     ForkserveError,
+    HandlerError,
+    ProgramError,
     TemporaryError,
     UsageError,
 )
+from forkserve._exec import Program
 from forkserve._handler import Handler, echo
 from forkserve._log import Log
 from forkserve._server import Server
@@ -31,7 +34,10 @@ __all__ = [
     "BindError",
     "ForkserveError",
     "Handler",
+    "HandlerError",
     "Log",
+    "Program",
+    "ProgramError",
     "Server",
     "TemporaryError",
     "UsageError",

@@ -12,12 +12,17 @@ from collections.abc import Callable, Sequence
 
 from forkserve import __version__
 from forkserve._address import parse_listen_address
-from forkserve._errors import EXIT_USAGE, AddressError, ForkserveError
+from forkserve._errors import EXIT_USAGE, AddressError, ForkserveError, UsageError
 from forkserve._log import DEBUG, INFO, QUIET
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
     from typing import NoReturn
+
+    from forkserve._exec import Program
+    from forkserve._handler import Handler
+
+SERVE_USAGE = "forkserve serve [HOST:]PORT [options] [-- PROGRAM [ARGS...]]"
 
 
 class Parser(argparse.ArgumentParser):
@@ -100,7 +105,52 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM/SIGINT, how long connections may take to finish before their "
         f"processes are terminated (default {DEFAULT_GRACE:g})",
     )
+    add_service_arguments(parser)
     add_verbosity(parser)
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """What each connection runs: a handler, a built-in, or (after ``--``) a program."""
+    group = parser.add_argument_group(
+        "what runs for each connection",
+        "Echo by default. After '--', PROGRAM [ARGS...] is executed (never through a "
+        "shell) with the connection on fd 0 and 1 and the UCSPI environment "
+        "(PROTO, TCPREMOTEIP, ...).",
+    )
+    group.add_argument(
+        "--handler",
+        metavar="NAME",
+        help="a Python handler, imported once before serving: pkg.module:function, "
+        "path/to/file.py:function, or a built-in: echo, discard, daytime, chargen",
+    )
+    group.add_argument(
+        "--banner",
+        metavar="TEXT",
+        type=banner_bytes,
+        default=b"",
+        help="send TEXT to each client before the handler or program starts; "
+        "escapes \\n \\r \\t \\0 \\\\ \\xHH are decoded and no newline is added",
+    )
+    group.add_argument(
+        "--reverse-lookup",
+        action="store_true",
+        help="exec mode: set TCPREMOTEHOST and TCPLOCALHOST by reverse lookups "
+        "(tcpserver's -h; off by default)",
+    )
+    group.add_argument(
+        "--local-host",
+        metavar="NAME",
+        help="exec mode: set TCPLOCALHOST to NAME without a lookup (tcpserver's -l)",
+    )
+
+
+def banner_bytes(text: str) -> bytes:
+    from forkserve._config import parse_banner
+
+    try:
+        return parse_banner(text)
+    except ForkserveError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,22 +229,47 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from forkserve._handler import echo
     from forkserve._log import Log
     from forkserve._server import Server
 
     log = Log(QUIET if args.quiet else DEBUG if args.verbose else INFO)
     with Server(
         args.address,
-        echo,
+        choose_service(args),
         backlog=args.backlog,
         grace=args.grace,
+        banner=args.banner,
         log=log,
         mode=args.mode,
         **mode_options(args),
     ) as server:
         server.serve_forever(ready=announce_port if args.print_port else None)
     return 0
+
+
+def choose_service(args: argparse.Namespace) -> Handler | Program | str:
+    """The handler, handler name or Program the options ask for.
+
+    Raises:
+        UsageError: options that contradict each other.
+    """
+    from forkserve._exec import Program
+
+    if args.program:
+        if args.handler is not None:
+            raise UsageError("--handler and '-- PROGRAM' cannot be used together")
+        return Program(args.program, lookup_hosts=args.reverse_lookup, local_host=args.local_host)
+    for flag, value in (
+        ("--reverse-lookup", args.reverse_lookup),
+        ("--local-host", args.local_host),
+    ):
+        if value:
+            raise UsageError(f"{flag} sets UCSPI variables: it needs '-- PROGRAM'")
+    if args.handler is not None:
+        return str(args.handler)
+    from forkserve._handler import echo
+
+    return echo
 
 
 def announce_port(server: object) -> None:
@@ -236,18 +311,45 @@ def build_parser() -> Parser:
         ),
     ]
     for name, summary, add_arguments, run in subcommands:
-        sub = commands.add_parser(name, help=summary, description=summary)
+        usage = SERVE_USAGE if name == "serve" else None
+        sub = commands.add_parser(name, help=summary, description=summary, usage=usage)
         add_arguments(sub)
         sub.set_defaults(run=run)
     return parser
 
 
+def split_program(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split at the first ``--``: forkserve's arguments, then PROGRAM [ARGS...].
+
+    Everything after ``--`` belongs to the program, options included, so argparse
+    never sees it.
+    """
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own, program = split_program(argv)
+    parser = build_parser()
+    args = parser.parse_args(own)
+    if len(own) < len(argv):  # there was a '--'
+        if args.command != "serve":
+            parser.error(f"'--' introduces a PROGRAM for 'serve'; {args.command} takes none")
+        if not program:
+            parser.error("'--' must be followed by a PROGRAM to run")
+    args.program = program
     try:
         code: int = args.run(args)
     except ForkserveError as exc:
+        if getattr(args, "verbose", False) and exc.__cause__ is not None:
+            import traceback
+
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         print(f"forkserve {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -4,7 +4,9 @@ The tree::
 
     ForkserveError              any failure forkserve reports as one line, no traceback
     ├── UsageError              exit 100: bad arguments or configuration (permanent)
-    │   └── AddressError        a listen or connect address that does not parse or resolve
+    │   ├── AddressError        a listen or connect address that does not parse or resolve
+    │   ├── ProgramError        exec mode: the program is not found or not executable
+    │   └── HandlerError        --handler: a name that does not import or is not callable
     └── TemporaryError          exit 111: a system or temporary failure
         └── BindError           the address is in use, not ours, or not permitted
 
@@ -33,6 +35,14 @@ class UsageError(ForkserveError):
 
 class AddressError(UsageError):
     """An address that does not parse or does not resolve."""
+
+
+class ProgramError(UsageError):
+    """Exec mode's program is not found, not a file, or not executable (at start-up)."""
+
+
+class HandlerError(UsageError):
+    """A handler name that does not import, does not exist, or is not callable."""
 
 
 class TemporaryError(ForkserveError):

@@ -70,19 +70,41 @@ class Service(Protocol):
 
 
 class PythonService:
-    """Runs a Python ``Handler`` in the child, with the connection's extra environment."""
+    """Runs a Python ``Handler`` in the child, with the connection's extra environment.
 
-    __slots__ = ("handler",)
+    Args:
+        handler: the handler.
+        banner: bytes written to the client before the handler starts (``--banner``).
+    """
 
-    def __init__(self, handler: Handler) -> None:
+    __slots__ = ("banner", "handler")
+
+    def __init__(self, handler: Handler, banner: bytes = b"") -> None:
         self.handler = handler
+        self.banner = banner
 
     def __call__(self, conn: socket.socket, info: Connection) -> int:
+        if self.banner and not write_banner(conn, self.banner):
+            conn.close()
+            return EXIT_HANDLER_OK
         if info.env:
             import os
 
             os.environ.update(info.env)
         return run_handler(self.handler, conn, info.peer)
+
+
+def write_banner(conn: socket.socket, banner: bytes) -> bool:
+    """Send ``banner`` to the client, as tcpserver's ``-B`` does; False if it is gone.
+
+    A client that resets the connection before the banner is out is not a server
+    fault: the caller ends the child quietly (exit 0), as a handler would.
+    """
+    try:
+        conn.sendall(banner)
+    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+        return False
+    return True
 
 
 def echo(conn: socket.socket, peer: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import selectors
 import time
 from collections.abc import Callable
@@ -85,14 +86,19 @@ class ForkLoop(Supervisor):
         self.serve_pending()
 
     def close_in_child(self) -> None:
-        """Undo the parent's set-up in a fresh child (see fork_child)."""
-        self.sel.close()
+        """Undo the parent's set-up in a fresh child (see fork_child).
+
+        Descriptors are closed by number, not through their objects' close(): the
+        child never uses those objects again and ends in os._exit, and every object
+        a child touches is memory it copies from the parent (see _signals).
+        """
+        os.close(self.sel.fileno())  # type: ignore[attr-defined]
         if self.listener is not None:
-            self.listener.close()
+            os.close(self.listener.fileno())
         if self.sigs is not None:
             self.sigs.close_in_child()
         for other, _ in self.pending:
-            other.close()
+            os.close(other.fileno())
 
     def stop_listening(self) -> None:
         if self.listening and self.listener is not None:

@@ -8,6 +8,8 @@ from types import TracebackType
 
 from forkserve._address import parse_listen_address
 from forkserve._errors import UsageError
+from forkserve._exec import ExecService, Program
+from forkserve._exec import describe as describe_program
 from forkserve._handler import Handler, PythonService, Service, echo
 from forkserve._listen import DEFAULT_BACKLOG, Listener
 from forkserve._log import Log
@@ -29,16 +31,23 @@ DEFAULT_MAX_WORKERS = 64
 class Server:
     """A TCP server that forks one process per connection and runs ``handler`` in it.
 
+    ``handler`` is a Python callable, the name of one (``"pkg.module:function"``,
+    ``"path/file.py:function"`` or a built-in: ``"echo"``, ``"discard"``,
+    ``"daytime"``, ``"chargen"``), or a ``forkserve.Program`` to exec (exec mode).
+
     Binds when constructed, so ``address`` is known (port 0 picks a free port) and a
     bind failure raises here, before anything else starts.
 
     Args:
         address: ``(host, port)`` or ``"[HOST:]PORT"`` text (``"[::1]:9000"``).
-        handler: called as ``handler(conn, peer)`` in the child; see ``Handler``.
+        handler: called as ``handler(conn, peer)`` in the child (see ``Handler``); a
+            name, loaded now; or a ``Program``, executed with the connection on fd
+            0 and 1 and the UCSPI environment.
         max_conns: children at once; at the limit, new clients wait in the backlog.
         backlog: the listen(2) queue length.
         grace: on SIGTERM or SIGINT, how long children may take to finish before
             they are sent SIGTERM (and SIGKILL 3 seconds later).
+        banner: bytes sent to each client before the handler or program starts.
         log: where events go; by default one line each on standard error.
         mode: "fork" (a fresh process per connection) or "prefork" (a pool of
             reusable workers, each serving one connection at a time).
@@ -49,7 +58,8 @@ class Server:
             (0: never).
 
     Raises:
-        UsageError: an argument out of range, or an address that does not parse.
+        UsageError: an argument out of range, or an address that does not parse;
+            ``HandlerError`` for a handler name that does not load.
         BindError: the address cannot be bound (in use, not local, not permitted).
 
     Resource handling: owns the listening socket; ``close()`` (or leaving the ``with``
@@ -62,11 +72,12 @@ class Server:
     def __init__(
         self,
         address: tuple[str, int] | str = ("127.0.0.1", 0),
-        handler: Handler = echo,
+        handler: Handler | Program | str = echo,
         *,
         max_conns: int = DEFAULT_MAX_CONNS,
         backlog: int = DEFAULT_BACKLOG,
         grace: float = DEFAULT_GRACE,
+        banner: bytes = b"",
         log: Log | None = None,
         mode: str = "fork",
         min_spare: int = DEFAULT_MIN_SPARE,
@@ -91,12 +102,13 @@ class Server:
             raise UsageError(f"backlog must be at least 1, not {backlog}")
         if not grace >= 0:
             raise UsageError(f"grace must be 0 or more seconds, not {grace}")
+        if not isinstance(banner, bytes):
+            raise UsageError(f"banner must be bytes, not {type(banner).__name__}")
         host, port = parse_listen_address(address) if isinstance(address, str) else address
-        self.handler = handler
-        self.service: Service = PythonService(handler)
         self.max_conns = max_conns
         self.grace = grace
         self.log = log if log is not None else Log()
+        self.handler, self.service = make_service(handler, banner, self.log, mode)
         self.listener = Listener.bind(host, port, backlog)
 
     @property
@@ -141,8 +153,11 @@ class Server:
                 grace=self.grace,
                 ready=announce,
             )
-        address = self.listener.describe()
-        self.log.notice("listen", address=address, mode=self.mode, **limit, pid=os.getpid())
+        fields: dict[str, object] = {"address": self.listener.describe(), "mode": self.mode}
+        fields.update(limit, pid=os.getpid())
+        if isinstance(self.handler, Program):
+            fields["program"] = describe_program(self.handler.argv)
+        self.log.notice("listen", **fields)
         try:
             loop.run()
         finally:
@@ -162,3 +177,26 @@ class Server:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def make_service(
+    handler: Handler | Program | str, banner: bytes, log: Log, mode: str
+) -> tuple[Handler | Program, Service]:
+    """Load a handler name, and wrap the handler or program as what children run.
+
+    Raises:
+        HandlerError: a handler name that does not load.
+        UsageError: a program in prefork mode: exec replaces the process, so a
+            worker could serve only one connection; fork mode is exec's model.
+    """
+    if isinstance(handler, str):
+        from forkserve._load import load_handler
+
+        handler = load_handler(handler)
+    if isinstance(handler, Program):
+        if mode != "fork":
+            raise UsageError(
+                "a program replaces the process that runs it: exec mode needs --mode fork"
+            )
+        return handler, ExecService(handler, log, banner)
+    return handler, PythonService(handler, banner)

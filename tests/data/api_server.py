@@ -26,5 +26,11 @@ def peer_and_pid(conn: socket.socket, peer: Any) -> None:
 HANDLERS = {"raises": raises, "exits_7": exits_7, "peer_and_pid": peer_and_pid}
 
 if __name__ == "__main__":
-    with forkserve.Server(sys.argv[2], HANDLERS[sys.argv[1]]) as server:
+    service: forkserve.Handler | forkserve.Program
+    banner = b""
+    if sys.argv[1] == "program":  # exec mode through the API, with a banner
+        service, banner = forkserve.Program(["cat"]), b"banner\n"
+    else:
+        service = HANDLERS[sys.argv[1]]
+    with forkserve.Server(sys.argv[2], service, banner=banner) as server:
         server.serve_forever(ready=lambda s: print(s.port, flush=True))

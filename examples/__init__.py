@@ -1,0 +1,1 @@
+"""Example handlers for forkserve: ``--handler examples.kv:handle`` from the repository root."""

@@ -1,0 +1,111 @@
+"""Built-in services, the ones inetd has always offered: ``--handler NAME``.
+
+Each is an ordinary handler (``handler(conn, peer)``), so each runs in a process of
+its own like any other, and a client that goes away ends it quietly (exit 0).
+
+- ``echo``: RFC 862, every byte back until the client closes (in ``_handler``).
+- ``discard``: RFC 863, read and drop until the client closes.
+- ``daytime``: RFC 867, one human-readable line with the date, then close.
+- ``chargen``: RFC 864, the rotating 72-character lines until the client closes.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import time
+
+from forkserve._handler import ECHO_FIRST_BUFFER, Handler, echo
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
+if TYPE_CHECKING:
+    from typing import Any
+
+# RFC 864: the 95 printing ASCII characters (space to tilde), 72 per line, each
+# line starting one character further on; CRLF ends a line.
+CHARGEN_CHARACTERS = bytes(range(32, 127))
+CHARGEN_LINE_LENGTH = 72
+# The pattern repeats after one line per character: send it in blocks this large.
+CHARGEN_BLOCK_LINES = len(CHARGEN_CHARACTERS)
+
+
+def chargen_line(number: int) -> bytes:
+    """Line ``number`` (from 0) of RFC 864's pattern, with its CRLF."""
+    chars = CHARGEN_CHARACTERS
+    start = number % len(chars)
+    doubled = chars + chars
+    return doubled[start : start + CHARGEN_LINE_LENGTH] + b"\r\n"
+
+
+def chargen_block() -> bytes:
+    """One whole period of the pattern: 95 lines, 7,030 bytes."""
+    return b"".join(chargen_line(n) for n in range(CHARGEN_BLOCK_LINES))
+
+
+def daytime_line(now: float) -> bytes:
+    """RFC 867's answer: the local date and time, as inetd writes it (ctime(3) form).
+
+    The RFC prescribes no syntax, only "ASCII printing characters, space, carriage
+    return, and line feed"; inetd's internal service writes ``ctime()`` and CRLF,
+    e.g. ``Tue Nov 24 23:57:56 2026\\r\\n``.
+    """
+    return time.ctime(now).encode("ascii") + b"\r\n"
+
+
+def discard(conn: socket.socket, peer: Any) -> None:
+    """RFC 863 discard: read and drop everything until the client closes."""
+    buf = bytearray(ECHO_FIRST_BUFFER)
+    while conn.recv_into(buf):
+        pass
+
+
+def daytime(conn: socket.socket, peer: Any) -> None:
+    """RFC 867 daytime: send one date line and close; input is ignored."""
+    conn.sendall(daytime_line(time.time()))
+    try:
+        conn.shutdown(socket.SHUT_WR)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:  # the client has already gone: nothing to do
+            raise
+
+
+def chargen(conn: socket.socket, peer: Any) -> None:
+    """RFC 864 chargen: send the pattern until the client closes; input is dropped.
+
+    Sends whole 95-line periods, so the pattern continues across sends. Received
+    data is read and thrown away (the RFC says so, and a client that writes must
+    not stall). It ends when a send fails because the client closed: the reset
+    ends the child quietly with exit 0.
+    """
+    block = memoryview(chargen_block())
+    sink = bytearray(ECHO_FIRST_BUFFER)
+    poller = select.poll()
+    poller.register(conn, select.POLLOUT | select.POLLIN)
+    reading = True
+    sent = 0
+    while True:
+        for _, events in poller.poll():
+            if reading and events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                reading = drop_input(conn, sink)
+                if not reading:  # the client is done writing, maybe not reading
+                    poller.modify(conn, select.POLLOUT)
+            # POLLHUP or POLLERR: the send below raises and ends the child.
+            if events & (select.POLLOUT | select.POLLHUP | select.POLLERR):
+                sent = (sent + conn.send(block[sent:])) % len(block)
+
+
+def drop_input(conn: socket.socket, sink: bytearray) -> bool:
+    """Read what is waiting and drop it; False once the client has shut down writing."""
+    try:
+        return conn.recv_into(sink, 0, socket.MSG_DONTWAIT) > 0
+    except BlockingIOError:
+        return True
+
+
+BUILTINS: dict[str, Handler] = {
+    "echo": echo,
+    "discard": discard,
+    "daytime": daytime,
+    "chargen": chargen,
+}

@@ -1,0 +1,22 @@
+"""Modules the serving parent imports stay lean: fork cost grows with parent memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ["typing", "dataclasses", "inspect", "traceback", "json", "ipaddress", "pathlib"]
+
+SCRIPT = f"""
+import sys
+import forkserve, forkserve._cli, forkserve._exec, forkserve._load, forkserve._services
+heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
+print(" ".join(heavy))
+"""
+
+
+def test_parent_modules_import_nothing_heavy() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, timeout=30, check=True
+    )
+    assert result.stdout.decode().split() == []

@@ -14,7 +14,7 @@ information and a field means the same in both.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 # A peer's bytes are shown at most this long in a log line.
 PEER_BYTES_LIMIT = 64
@@ -24,6 +24,30 @@ def format_timestamp(ts: float) -> str:
     """Format a Unix time as ISO 8601 UTC with milliseconds: ``2026-11-24T23:57:56.123Z``."""
     moment = datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class Stamper:
+    """``format_timestamp`` for a stream of times, formatting each second only once.
+
+    The forking parent logs two lines per connection; every object its logging
+    touches is a page a child later keeps a copy of, so the hot path stays small.
+    """
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, ts: float) -> str:
+        second = int(ts)
+        micros = round((ts - second) * 1_000_000)  # as datetime rounds: half to even
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        if second != self._second:
+            self._second = second
+            self._prefix = format_timestamp(second)[:-4]  # without "000Z"
+        return f"{self._prefix}{micros // 1000:03d}Z"
 
 
 def escape_bytes(data: bytes, limit: int = PEER_BYTES_LIMIT) -> str:
@@ -40,22 +64,38 @@ def escape_bytes(data: bytes, limit: int = PEER_BYTES_LIMIT) -> str:
 
 def format_value(value: object) -> str:
     """Format one field value so that it contains no space and no control character."""
-    if isinstance(value, bytes):
-        value = escape_bytes(value)
-    if isinstance(value, float):
+    kind = type(value)
+    if kind is int:
+        return str(value)
+    if kind is bytes:
+        value = escape_bytes(value)  # type: ignore[arg-type]
+    elif kind is float:
         return f"{value:.3f}"
     text = str(value)
-    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+    if (
+        text.isprintable()
+        and text
+        and " " not in text
+        and '"' not in text
+        and "=" not in text
+        and "\\" not in text
+    ):
         return text
     import json  # only for the rare value that needs quoting
 
     return json.dumps(text)
 
 
-def render_text(ts: float, event: str, fields: Mapping[str, object]) -> str:
-    """Render one event as a text line, without the trailing newline."""
-    parts = [format_timestamp(ts), event]
-    parts.extend(f"{key}={format_value(value)}" for key, value in fields.items())
+def render_text(
+    ts: float, event: str, fields: Mapping[str, object], stamp: Callable[[float], str] | None = None
+) -> str:
+    """Render one event as a text line, without the trailing newline.
+
+    ``stamp`` formats the time (a ``Stamper`` in a long-lived logger).
+    """
+    parts = [(stamp or format_timestamp)(ts), event]
+    for key, value in fields.items():
+        parts.append(f"{key}={format_value(value)}")
     return " ".join(parts)
 
 
@@ -71,7 +111,9 @@ def json_value(value: object) -> object:
     return str(value)
 
 
-def render_json(ts: float, event: str, fields: Mapping[str, object]) -> str:
+def render_json(
+    ts: float, event: str, fields: Mapping[str, object], stamp: Callable[[float], str] | None = None
+) -> str:
     """Render one event as a JSON object on one line, without the trailing newline.
 
     ``ensure_ascii`` keeps the line 7-bit clean: whatever a value holds, the line has
@@ -79,7 +121,7 @@ def render_json(ts: float, event: str, fields: Mapping[str, object]) -> str:
     """
     import json  # only when JSON logs were chosen: the parent stays lean otherwise
 
-    record: dict[str, object] = {"ts": format_timestamp(ts), "event": event}
+    record: dict[str, object] = {"ts": (stamp or format_timestamp)(ts), "event": event}
     for key, value in fields.items():
         record[key] = json_value(value)
     return json.dumps(record, ensure_ascii=True, separators=(",", ":"))

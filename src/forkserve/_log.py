@@ -12,7 +12,7 @@ import errno
 import os
 import time
 
-from forkserve._events import render_json, render_text
+from forkserve._events import Stamper, render_json, render_text
 
 QUIET, INFO, DEBUG = 0, 1, 2
 # --log-format: how each event is written.
@@ -39,9 +39,11 @@ class Log:
         self.fd = fd
         self.format = format
         self._render = render_json if format == "json" else render_text
+        self.stamp = Stamper()
 
     def _emit(self, event: str, fields: dict[str, object]) -> None:
-        data = (self._render(time.time(), event, fields) + "\n").encode("utf-8", "replace")
+        line = self._render(time.time(), event, fields, self.stamp)
+        data = (line + "\n").encode("utf-8", "replace")
         while data:
             try:
                 written = os.write(self.fd, data)

@@ -77,3 +77,13 @@ def test_json_values() -> None:
     assert json_value(0.12345) == 0.123
     assert json_value(b"\x00a") == "\\x00a"
     assert json_value("1/10") == "1/10"
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_stamper_agrees_with_format_timestamp(ts: float) -> None:
+    from forkserve._events import Stamper
+
+    stamp = Stamper()
+    assert stamp(ts) == format_timestamp(ts)
+    assert stamp(ts + 1.25) == format_timestamp(ts + 1.25)  # a new second
+    assert stamp(ts) == format_timestamp(ts)  # and back

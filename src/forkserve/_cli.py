@@ -247,15 +247,16 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import os
+
     from forkserve._log import Log
     from forkserve._server import Server
 
     log = Log(QUIET if args.quiet else DEBUG if args.verbose else INFO, format=args.log_format)
-    listen_fd, metrics_fd = inherited_sockets()
-    if listen_fd is None and args.address is None:
+    if args.address is None and "LISTEN_FDS" not in os.environ:
         raise UsageError("the [HOST:]PORT to listen on is missing (see --help)")
     with Server(
-        args.address or ("127.0.0.1", 0),
+        args.address,
         choose_service(args),
         backlog=args.backlog,
         grace=args.grace,
@@ -263,23 +264,10 @@ def run_serve(args: argparse.Namespace) -> int:
         log=log,
         mode=args.mode,
         metrics=args.metrics,
-        fd=listen_fd,
-        metrics_fd=metrics_fd,
         **mode_options(args),
     ) as server:
         server.serve_forever(ready=announce_port if args.print_port else None)
     return 0
-
-
-def inherited_sockets() -> tuple[int | None, int | None]:
-    """Sockets passed by systemd (or an upgrading master): ``(listen_fd, metrics_fd)``."""
-    import os
-
-    if "LISTEN_FDS" not in os.environ:
-        return None, None
-    from forkserve._systemd import adopt_sockets
-
-    return adopt_sockets(os.environ)
 
 
 def choose_service(args: argparse.Namespace) -> Handler | Program | str:
@@ -312,6 +300,8 @@ def announce_port(server: object) -> None:
     from forkserve._server import Server
 
     assert isinstance(server, Server)
+    if server.handover is not None:
+        return  # an upgrade: same port, and stdout is the old master's reader's
     try:
         sys.stdout.write(f"{server.port}\n")
         sys.stdout.flush()

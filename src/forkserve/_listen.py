@@ -43,13 +43,19 @@ DEFAULT_BACKLOG = 1024
 class Listener:
     """A bound, listening, non-blocking TCP socket.
 
+    Args:
+        sock: the listening socket.
+        owned: bound by this process. An inherited socket (from systemd, or from
+            the master this one upgraded) is another's too, and is never shut down.
+
     Resource handling: owns the socket; ``close()`` closes it. Children close their
     inherited copy right after fork.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, owned: bool = True) -> None:
         sock.setblocking(False)
         self.sock = sock
+        self.owned = owned
 
     @classmethod
     def bind(cls, host: str, port: int, backlog: int = DEFAULT_BACKLOG) -> Listener:
@@ -94,7 +100,7 @@ class Listener:
         return cls(sock)
 
     @classmethod
-    def from_fd(cls, fd: int) -> Listener:
+    def from_fd(cls, fd: int, owned: bool = False) -> Listener:
         """Adopt an inherited listening socket (socket activation, or an upgrade).
 
         Raises:
@@ -115,7 +121,7 @@ class Listener:
         ):
             sock.detach()
             raise UsageError(f"descriptor {fd} passed to serve on is not a listening TCP socket")
-        return cls(sock)
+        return cls(sock, owned)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -271,9 +271,14 @@ class PreforkLoop(Supervisor):
         clients are refused from then on, and each worker's accept fails with
         EINVAL. Closing the alive pipe tells idle workers to go; busy ones go once
         their connection ends.
+
+        Never for a socket that is not ours alone: one systemd holds (shutting it
+        down would stop it for the next start too), or one a new master shares
+        during an upgrade. Workers then see only the alive pipe's end of file.
         """
-        if self.listener is not None:
-            self.listener.sock.shutdown(socket.SHUT_RD)
+        listener = self.listener
+        if listener is not None and listener.owned and self.upgrade is None:
+            listener.sock.shutdown(socket.SHUT_RD)
         super().stop_listening()
         if self.alive_w >= 0:
             os.close(self.alive_w)

@@ -21,6 +21,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free
 if TYPE_CHECKING:
     from forkserve._endpoint import MetricsEndpoint
     from forkserve._systemd import Notifier
+    from forkserve._upgrade import Handover
 
 # The process models `forkserve serve --mode` offers; the benchmark suite runs each.
 MODES = ("fork", "prefork")
@@ -86,7 +87,7 @@ class Server:
 
     def __init__(
         self,
-        address: tuple[str, int] | str = ("127.0.0.1", 0),
+        address: tuple[str, int] | str | None = ("127.0.0.1", 0),
         handler: Handler | Program | str = echo,
         *,
         max_conns: int = DEFAULT_MAX_CONNS,
@@ -103,34 +104,27 @@ class Server:
         fd: int | None = None,
         metrics_fd: int | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        if max_conns < 1:
-            raise UsageError(f"max_conns must be at least 1, not {max_conns}")
-        if not 1 <= min_spare <= max_spare <= max_workers:
-            raise UsageError(
-                "the pool needs 1 <= min_spare <= max_spare <= max_workers, "
-                f"not {min_spare}, {max_spare}, {max_workers}"
-            )
-        if max_requests < 0:
-            raise UsageError(f"max_requests must be 0 (no limit) or more, not {max_requests}")
-        self.mode = mode
-        self.pool = (min_spare, max_spare, max_workers, max_requests)
+        check_arguments(mode, max_conns, (min_spare, max_spare, max_workers, max_requests))
         if backlog < 1:
             raise UsageError(f"backlog must be at least 1, not {backlog}")
         if not grace >= 0:
             raise UsageError(f"grace must be 0 or more seconds, not {grace}")
         if not isinstance(banner, bytes):
             raise UsageError(f"banner must be bytes, not {type(banner).__name__}")
-        host, port = parse_listen_address(address) if isinstance(address, str) else address
+        self.mode = mode
+        self.pool = (min_spare, max_spare, max_workers, max_requests)
         self.max_conns = max_conns
         self.grace = grace
         self.log = log if log is not None else Log()
         self.handler, self.service = make_service(handler, banner, self.log, mode)
+        self.handover = take_handover()
+        if fd is None and "LISTEN_FDS" in os.environ:
+            from forkserve._systemd import adopt_sockets
+
+            fd, passed_metrics = adopt_sockets(os.environ)
+            metrics_fd = passed_metrics if metrics_fd is None else metrics_fd
         self.inherited = fd is not None
-        self.listener = (
-            Listener.from_fd(fd) if fd is not None else Listener.bind(host, port, backlog)
-        )
+        self.listener = self.open_listener(address, fd, backlog)
         self.endpoint: MetricsEndpoint | None = None
         self.notifier: Notifier | None = None
         try:
@@ -143,6 +137,18 @@ class Server:
         except BaseException:
             self.close()
             raise
+
+    def open_listener(
+        self, address: tuple[str, int] | str | None, fd: int | None, backlog: int
+    ) -> Listener:
+        """Adopt ``fd`` (socket activation, an upgrade), or bind ``address``."""
+        if fd is not None:
+            owned = self.handover is not None and self.handover.owned
+            return Listener.from_fd(fd, owned=owned)
+        if address is None:
+            raise UsageError("no address to listen on, and no socket passed (LISTEN_FDS)")
+        host, port = parse_listen_address(address) if isinstance(address, str) else address
+        return Listener.bind(host, port, backlog)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -160,7 +166,13 @@ class Server:
             ready: called once signals are handled and the loop is about to wait:
                 the moment to announce readiness (``--print-port`` does).
         """
-        announce = None if ready is None else (lambda: ready(self))
+
+        def announce() -> None:
+            if self.handover is not None:
+                self.handover.report_ready()
+            if ready is not None:
+                ready(self)
+
         min_spare, max_spare, max_workers, max_requests = self.pool
         loop: Supervisor
         if self.mode == "prefork":
@@ -191,10 +203,12 @@ class Server:
         if self.notifier is not None:
             from forkserve._systemd import Status
 
-            loop.status = Status(self.notifier)
+            loop.status = Status(self.notifier, upgraded=self.handover is not None)
         fields: dict[str, object] = {"address": self.listener.describe(), "mode": self.mode}
         if self.inherited:
             fields["fd"] = self.listener.fileno()
+        if self.handover is not None:
+            fields["upgraded_from"] = self.handover.from_pid
         fields.update(limit, pid=os.getpid())
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)
@@ -222,6 +236,31 @@ class Server:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def check_arguments(mode: str, max_conns: int, pool: tuple[int, int, int, int]) -> None:
+    """Raises UsageError for a mode, a limit or a pool out of range."""
+    min_spare, max_spare, max_workers, max_requests = pool
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if max_conns < 1:
+        raise UsageError(f"max_conns must be at least 1, not {max_conns}")
+    if not 1 <= min_spare <= max_spare <= max_workers:
+        raise UsageError(
+            "the pool needs 1 <= min_spare <= max_spare <= max_workers, "
+            f"not {min_spare}, {max_spare}, {max_workers}"
+        )
+    if max_requests < 0:
+        raise UsageError(f"max_requests must be 0 (no limit) or more, not {max_requests}")
+
+
+def take_handover() -> Handover | None:
+    """When started by an upgrading master: what it handed over (see _upgrade)."""
+    if "FORKSERVE_UPGRADE_FROM" not in os.environ:
+        return None
+    from forkserve._upgrade import Handover
+
+    return Handover.from_environ(os.environ)
 
 
 def bind_metrics(address: tuple[str, int] | str | None, fd: int | None) -> MetricsEndpoint:

@@ -24,37 +24,16 @@ from forkserve._forking import fork_child
 from forkserve._handler import Connection, Service
 from forkserve._listen import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS, Listener
 from forkserve._log import Log
+from forkserve._operate import Operations
 from forkserve._signals import SignalPipe
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
     from typing import Any
 
-    from forkserve._endpoint import MetricsEndpoint
-    from forkserve._metrics import Metrics
-    from forkserve._systemd import Status
 
 # After SIGTERM to the children, wait this long before SIGKILL.
 KILL_AFTER = 3.0
-
-
-class NoMetrics:
-    """What the loop records into without ``--metrics``: nothing (see _metrics.Metrics)."""
-
-    def accepted(self) -> None:
-        pass
-
-    def rejected(self, reason: str, count: int = 1) -> None:
-        pass
-
-    def forked(self, seconds: float) -> None:
-        pass
-
-    def ended(self, seconds: float) -> None:
-        pass
-
-    def exited(self, exit_code: int | None, signal_number: int | None) -> None:
-        pass
 
 
 def source_of(peer: Any) -> str:
@@ -62,7 +41,7 @@ def source_of(peer: Any) -> str:
     return peer[0] if isinstance(peer, tuple) else ""
 
 
-class Supervisor:
+class Supervisor(Operations):
     """The parent's loop and stop sequence. ``run()`` returns once stopped.
 
     Stopping, gracefully (SIGTERM, SIGINT): ``begin_graceful_stop`` lets the subclass
@@ -96,11 +75,7 @@ class Supervisor:
         self.pending: collections.deque[tuple[socket.socket, Any]] = collections.deque()
         self.paused_until = 0.0
         self.burst: tuple[str, int] | None = None  # (errno name, failures) while paused
-        # --metrics: where counts go, and the HTTP endpoint served from this loop.
-        self.metrics: Metrics | NoMetrics = NoMetrics()
-        self.endpoint: MetricsEndpoint | None = None
-        # Under systemd (NOTIFY_SOCKET): READY, STATUS and STOPPING notifications.
-        self.status: Status | None = None
+        self.init_operations()
 
     # -- the loop -------------------------------------------------------------------
 
@@ -122,10 +97,7 @@ class Supervisor:
             try:
                 while not self.finished():
                     self.before_wait()
-                    if self.status is not None:
-                        self.status.update(
-                            self.stopping is not None, self.active(), time.monotonic()
-                        )
+                    self.notify_status()
                     events = self.sel.select(self.timeout())
                     if any(key.fileobj is sigs for key, _ in events):
                         self.on_signals(sigs.drain())
@@ -142,24 +114,9 @@ class Supervisor:
     def timeout(self) -> float | None:
         """Seconds until the nearest deadline, or None to wait for events only."""
         now = time.monotonic()
-        endpoint = self.endpoint.deadline() if self.endpoint is not None else None
-        status = self.status.due if self.status is not None else None
-        own = (self.deadline, endpoint, status)
-        deadlines = [d for d in (*own, *self.deadlines()) if d is not None]
+        every = (self.deadline, *self.operations_deadlines(), *self.deadlines())
+        deadlines = [d for d in every if d is not None]
         return max(0.0, min(deadlines) - now) if deadlines else None
-
-    def close_endpoint(self) -> None:
-        if self.endpoint is not None:
-            self.endpoint.close()
-            self.endpoint = None
-
-    def gauges(self) -> dict[str, object]:
-        """The numbers a scrape reads now: connections ``active`` and their ``limit``."""
-        return {"active": self.busy(), "limit": self.capacity()}
-
-    def health(self) -> tuple[int, bytes]:
-        """``/healthz``: 200 while serving; 503 once stopping, so a balancer moves on."""
-        return (200, b"ok\n") if self.stopping is None else (503, b"stopping\n")
 
     def on_signals(self, signals: list[int]) -> None:
         for number in signals:
@@ -175,10 +132,13 @@ class Supervisor:
                 self.fast_stop(signal.Signals(number).name)
             elif number in (signal.SIGTTIN, signal.SIGTTOU):
                 self.on_pool_signal(number)
+            elif number == signal.SIGUSR2:
+                self.begin_upgrade()
             elif number != signal.SIGCHLD:
                 self.log.debug("signal-ignored", signal=signal.Signals(number).name)
         if signal.SIGCHLD in signals:
-            self.on_exits(self.children.reap())
+            self.on_exits(self.upgrade_exits(self.children.reap()))
+        self.notify_status()  # STOPPING=1 at once: the loop may end this turn
 
     def fast_stop(self, signame: str) -> None:
         if self.stopping is None:
@@ -194,8 +154,7 @@ class Supervisor:
         self.deadline = time.monotonic() + KILL_AFTER
 
     def on_timers(self, now: float) -> None:
-        if self.endpoint is not None:
-            self.endpoint.on_deadline(now)
+        self.operations_timers(now)
         self.on_deadlines(now)
         if self.deadline is None or now < self.deadline:
             return
@@ -335,13 +294,6 @@ class Supervisor:
     def close_in_child(self) -> None:
         """Undo the parent's set-up in a fresh connection child (see fork_child)."""
         raise NotImplementedError
-
-    def close_extras_in_child(self) -> None:
-        """The metrics and notification sockets are the parent's: closed in every child."""
-        if self.endpoint is not None:
-            self.endpoint.close_in_child()
-        if self.status is not None:
-            self.status.notifier.close_in_child()
 
     def start(self) -> None:
         """Set up before the loop first waits (prefork starts its workers here)."""

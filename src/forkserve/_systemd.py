@@ -119,10 +119,13 @@ class Status:
 
     Args:
         notifier: where notifications go.
+        upgraded: started by a SIGUSR2 upgrade: the service is running already and
+            the old master hands it over with MAINPID=, so no READY=1 here.
     """
 
-    def __init__(self, notifier: Notifier) -> None:
+    def __init__(self, notifier: Notifier, upgraded: bool = False) -> None:
         self.notifier = notifier
+        self.upgraded = upgraded
         self.sent = ""
         self.next_at = 0.0
         self.due: float | None = None  # a change waits for next_at
@@ -130,7 +133,10 @@ class Status:
 
     def ready(self, conns: str) -> None:
         self.sent = status_text("serving", conns)
-        self.notifier.send(READY=1, STATUS=self.sent)
+        if self.upgraded:
+            self.notifier.send(STATUS=self.sent)
+        else:
+            self.notifier.send(READY=1, STATUS=self.sent)
         self.next_at = time.monotonic() + STATUS_INTERVAL
 
     def update(self, stopping: bool, conns: str, now: float) -> None:

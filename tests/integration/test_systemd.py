@@ -97,7 +97,7 @@ def test_sockets_for_another_process_are_not_taken() -> None:
     env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_PID": "1"}
     result = run_cli(["serve"], env=env)
     assert result.returncode == 100
-    assert b"[HOST:]PORT to listen on is missing" in result.stderr
+    assert b"no address to listen on, and no socket passed" in result.stderr
 
 
 def test_two_sockets_to_serve_are_refused() -> None:

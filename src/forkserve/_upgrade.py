@@ -1,0 +1,235 @@
+"""SIGUSR2: a zero-downtime upgrade to a freshly executed copy of the server.
+
+As nginx and gunicorn do it: the running master (the old one) forks and execs its own
+command line (``sys.executable`` and ``sys.orig_argv``, so new code is loaded), handing
+over its listening sockets the way systemd's socket activation does (descriptors 3,
+4; ``LISTEN_FDS``, ``LISTEN_PID``, ``LISTEN_FDNAMES``), plus two variables of its own:
+
+- ``FORKSERVE_UPGRADE_FROM``: the old master's pid (the new one logs it, and does not
+  print ``--print-port`` again: the port is the same, and stdout is the old one's);
+- ``FORKSERVE_READY_FD``: the write end of a pipe. The new master writes
+  ``READY <pid>`` there once it serves; end of file without it means it failed.
+
+The socket is never closed nor shut down in between: both masters accept from the
+same kernel queue for a moment, so no client is refused. Once the new master is
+ready the old one stops accepting (it closes its copies; a prefork master closes its
+workers' alive pipe, never shutdown(2), which would stop the socket for the new
+master too), drains its own connections within ``--grace`` and exits. Its children
+are its own: the new master never sees them. If the new master exits first, or is
+not ready within UPGRADE_TIMEOUT, the old one keeps serving and says so.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import sys
+
+from forkserve._activation import METRICS_NAME
+from forkserve._signals import block, reset_in_child, unblock
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, MutableMapping
+
+    from forkserve._children import Exited
+    from forkserve._supervise import Supervisor
+
+UPGRADE_TIMEOUT = 30.0
+UPGRADE_FROM = "FORKSERVE_UPGRADE_FROM"
+READY_FD = "FORKSERVE_READY_FD"
+# Set when the old master had bound the listener itself (not systemd): the new master
+# then owns it too, and a prefork stop may shut it down (see PreforkLoop).
+OWNED = "FORKSERVE_LISTEN_OWNED"
+UPGRADE_VARIABLES = (UPGRADE_FROM, READY_FD, OWNED)
+
+
+class Upgrade:
+    """An upgrade started by the old master ``loop``: waiting for the new one, then
+    (once handed over) only remembering its pid, which is still the old master's child.
+
+    Resource handling: owns the read end of the ready pipe, registered in the loop's
+    selector until the new master answers, fails or times out.
+    """
+
+    def __init__(self, loop: Supervisor, pid: int, ready_r: int, now: float) -> None:
+        self.loop = loop
+        self.pid = pid
+        self.ready_r = ready_r
+        self.deadline: float | None = now + UPGRADE_TIMEOUT
+        self.reply = b""
+        self.handed_over = False
+        loop.sel.register(ready_r, selectors.EVENT_READ, self.on_pipe)
+
+    def on_pipe(self, mask: int) -> None:
+        try:
+            data = os.read(self.ready_r, 256)
+        except BlockingIOError:
+            return
+        self.reply += data
+        if self.reply.startswith(b"READY ") and self.reply.endswith(b"\n"):
+            self.finish()
+            self.handed_over = True
+            self.loop.hand_over(self.pid)
+        elif not data:
+            self.finish()
+            self.loop.log.warning("upgrade-failed", pid=self.pid, reason="exited-before-ready")
+
+    def on_deadline(self, now: float) -> None:
+        if self.deadline is not None and now >= self.deadline:
+            self.finish()
+            self.loop.log.warning(
+                "upgrade-failed", pid=self.pid, reason="timeout", timeout=f"{UPGRADE_TIMEOUT}s"
+            )
+            # SIGTERM: a graceful stop of the new master, which closes its copies of
+            # the sockets and never shuts them down (they are not its own yet).
+            os.kill(self.pid, signal.SIGTERM)
+
+    def take_exit(self, exits: list[Exited]) -> list[Exited]:
+        """Handle the new master's exit, if it is among ``exits``; return the others."""
+        for ended in exits:
+            if ended.pid == self.pid:
+                self.finish()
+                self.loop.log.notice("upgrade-exit", pid=self.pid, **ended.status_fields())
+                if not self.handed_over:
+                    self.loop.upgrade = None  # failed: a later SIGUSR2 may try again
+        return [ended for ended in exits if ended.pid != self.pid]
+
+    def finish(self) -> None:
+        """Stop waiting for the new master: close the pipe."""
+        if self.ready_r >= 0:
+            self.loop.sel.unregister(self.ready_r)
+            os.close(self.ready_r)
+            self.ready_r = -1
+        self.deadline = None
+
+    def close_in_child(self) -> None:
+        if self.ready_r >= 0:
+            os.close(self.ready_r)
+
+
+def start_upgrade(loop: Supervisor, now: float) -> Upgrade | None:
+    """SIGUSR2: start the new master; None (logged) if it could not be started."""
+    assert loop.listener is not None
+    sockets = [(loop.listener.fileno(), "forkserve")]
+    if loop.endpoint is not None:
+        sockets.append((loop.endpoint.listener.fileno(), METRICS_NAME))
+    notify = loop.status.notifier.value if loop.status is not None else None
+    try:
+        pid, ready_r = start_new_master(sockets, loop.listener.owned, notify, loop.close_in_child)
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        loop.log.warning("upgrade-failed", reason="fork", error=name)
+        return None
+    loop.log.notice("upgrade", pid=pid, argv=" ".join(sys.orig_argv))
+    return Upgrade(loop, pid, ready_r, now)
+
+
+def start_new_master(
+    sockets: list[tuple[int, str]],
+    owned: bool,
+    notify_socket: str | None,
+    close_in_child: Callable[[], None],
+) -> tuple[int, int]:
+    """Fork and exec the new master with ``sockets`` as descriptors 3, 4, ...
+
+    Args:
+        sockets: ``(fd, name)`` to hand over, in order.
+        owned: whether the old master bound the listener itself.
+        notify_socket: systemd's ``NOTIFY_SOCKET``, which the old master removed
+            from its environment and the new master needs.
+        close_in_child: the old master's own clean-up for a forked child.
+
+    Returns:
+        ``(pid, ready_r)``: the new master, and the read end of its ready pipe.
+
+    Raises:
+        OSError: pipe(2) or fork(2) failed; nothing was started.
+
+    Resource handling: the new master stays in the old one's process group, so a
+    terminal's Ctrl-C or a supervisor's group signal reaches both.
+    """
+    ready_r, ready_w = os.pipe()
+    os.set_blocking(ready_r, False)
+    block()
+    try:
+        pid = os.fork()
+    except OSError:
+        unblock()
+        os.close(ready_r)
+        os.close(ready_w)
+        raise
+    if pid == 0:
+        try:
+            _exec_new_master(sockets, ready_w, owned, notify_socket, close_in_child)
+        finally:
+            os._exit(111)
+    unblock()
+    os.close(ready_w)
+    return pid, ready_r
+
+
+def _exec_new_master(
+    sockets: list[tuple[int, str]],
+    ready_w: int,
+    owned: bool,
+    notify_socket: str | None,
+    close_in_child: Callable[[], None],
+) -> None:
+    """In the forked child: move the sockets to 3, 4, ..., set the variables, exec."""
+    import fcntl
+
+    # Above every target first, so that moving one never overwrites another.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd, _ in (*sockets, (ready_w, ""))]
+    close_in_child()  # closes the originals, the selector, the signal pipe...
+    reset_in_child()
+    for target, fd in enumerate(high, start=3):
+        os.dup2(fd, target)  # inheritable
+        os.close(fd)
+    env = dict(os.environ)
+    env.update(
+        LISTEN_FDS=str(len(sockets)),
+        LISTEN_PID=str(os.getpid()),
+        LISTEN_FDNAMES=":".join(name for _, name in sockets),
+    )
+    env[UPGRADE_FROM] = str(os.getppid())
+    env[READY_FD] = str(3 + len(sockets))
+    if owned:
+        env[OWNED] = "1"
+    if notify_socket is not None:
+        env["NOTIFY_SOCKET"] = notify_socket
+    unblock()
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    os.execve(sys.executable, argv, env)  # noqa: S606 - no shell, by design
+
+
+class Handover:
+    """The new master's side: who it replaces, and how to tell it that it serves."""
+
+    __slots__ = ("from_pid", "owned", "ready_fd")
+
+    def __init__(self, from_pid: int, ready_fd: int, owned: bool) -> None:
+        self.from_pid = from_pid
+        self.ready_fd = ready_fd
+        self.owned = owned
+
+    @classmethod
+    def from_environ(cls, environ: MutableMapping[str, str]) -> Handover | None:
+        """Take (and remove) the upgrade variables; None when not started by one."""
+        values = [environ.pop(name, None) for name in UPGRADE_VARIABLES]
+        from_pid, ready_fd, owned = values
+        if from_pid is None or ready_fd is None or not (from_pid + ready_fd).isdigit():
+            return None
+        os.set_inheritable(int(ready_fd), False)
+        return cls(int(from_pid), int(ready_fd), owned == "1")
+
+    def report_ready(self) -> None:
+        """Tell the old master this one serves; it may be gone already (EPIPE)."""
+        try:
+            os.write(self.ready_fd, f"READY {os.getpid()}\n".encode())
+        except BrokenPipeError:
+            pass  # the old master stopped meanwhile: this one serves on regardless
+        finally:
+            os.close(self.ready_fd)

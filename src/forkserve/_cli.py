@@ -11,16 +11,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from forkserve import __version__
-from forkserve._address import parse_listen_address
-from forkserve._errors import EXIT_USAGE, AddressError, ForkserveError, UsageError
-from forkserve._log import DEBUG, INFO, QUIET
+from forkserve._errors import EXIT_USAGE, ForkserveError, UsageError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
     from typing import NoReturn
 
-    from forkserve._exec import Program
-    from forkserve._handler import Handler
 
 SERVE_USAGE = "forkserve serve [HOST:]PORT [options] [-- PROGRAM [ARGS...]]"
 
@@ -52,107 +48,6 @@ def seconds(text: str) -> float:
     return value
 
 
-def listen_address(text: str) -> tuple[str, int]:
-    try:
-        return parse_listen_address(text)
-    except AddressError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    from forkserve._listen import DEFAULT_BACKLOG
-    from forkserve._server import DEFAULT_GRACE, DEFAULT_MAX_CONNS, MODES
-
-    parser.add_argument(
-        "address",
-        metavar="[HOST:]PORT",
-        type=listen_address,
-        nargs="?",
-        help="where to listen: 9000, 0.0.0.0:9000, [::]:9000 (dual stack), [::1]:0; "
-        "the host defaults to 127.0.0.1 and port 0 picks a free port. Under systemd "
-        "socket activation (LISTEN_FDS) the passed socket is served instead",
-    )
-    parser.add_argument(
-        "--print-port",
-        action="store_true",
-        help="print the bound port alone on one line of stdout once listening",
-    )
-    parser.add_argument(
-        "--mode",
-        choices=MODES,
-        default="fork",
-        help="fork: a fresh process per connection (default); prefork: a dynamic pool "
-        "of reusable worker processes",
-    )
-    parser.add_argument(
-        "--max-conns",
-        type=positive_int,
-        metavar="N",
-        help="fork mode: connections served at once; more wait in the kernel backlog "
-        f"(default {DEFAULT_MAX_CONNS})",
-    )
-    add_pool_arguments(parser)
-    parser.add_argument(
-        "--backlog",
-        type=positive_int,
-        default=DEFAULT_BACKLOG,
-        metavar="N",
-        help=f"listen queue length, capped by net.core.somaxconn (default {DEFAULT_BACKLOG})",
-    )
-    parser.add_argument(
-        "--grace",
-        type=seconds,
-        default=DEFAULT_GRACE,
-        metavar="SECONDS",
-        help="on SIGTERM/SIGINT, how long connections may take to finish before their "
-        f"processes are terminated (default {DEFAULT_GRACE:g})",
-    )
-    parser.add_argument(
-        "--metrics",
-        type=listen_address,
-        metavar="[HOST:]PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics and a health check "
-        "at /healthz, from the server's own loop",
-    )
-    add_service_arguments(parser)
-    add_verbosity(parser)
-
-
-def add_service_arguments(parser: argparse.ArgumentParser) -> None:
-    """What each connection runs: a handler, a built-in, or (after ``--``) a program."""
-    group = parser.add_argument_group(
-        "what runs for each connection",
-        "Echo by default. After '--', PROGRAM [ARGS...] is executed (never through a "
-        "shell) with the connection on fd 0 and 1 and the UCSPI environment "
-        "(PROTO, TCPREMOTEIP, ...).",
-    )
-    group.add_argument(
-        "--handler",
-        metavar="NAME",
-        help="a Python handler, imported once before serving: pkg.module:function, "
-        "path/to/file.py:function, or a built-in: echo, discard, daytime, chargen",
-    )
-    group.add_argument(
-        "--banner",
-        metavar="TEXT",
-        type=banner_bytes,
-        default=b"",
-        help="send TEXT to each client before the handler or program starts; "
-        "escapes \\n \\r \\t \\0 \\\\ \\xHH are decoded and no newline is added",
-    )
-    group.add_argument(
-        "--reverse-lookup",
-        action="store_true",
-        help="exec mode: set TCPREMOTEHOST and TCPLOCALHOST by reverse lookups "
-        "(tcpserver's -h; off by default)",
-    )
-    group.add_argument(
-        "--local-host",
-        metavar="NAME",
-        help="exec mode: set TCPLOCALHOST to NAME without a lookup (tcpserver's -l)",
-    )
-
-
 def banner_bytes(text: str) -> bytes:
     from forkserve._config import parse_banner
 
@@ -162,137 +57,45 @@ def banner_bytes(text: str) -> bytes:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
-    from forkserve._server import DEFAULT_MAX_SPARE, DEFAULT_MAX_WORKERS, DEFAULT_MIN_SPARE
-
-    pool = parser.add_argument_group("prefork pool (with --mode prefork)")
-    pool.add_argument(
-        "--min-spare",
-        type=positive_int,
-        metavar="N",
-        help=f"idle workers kept ready, at least (default {DEFAULT_MIN_SPARE})",
-    )
-    pool.add_argument(
-        "--max-spare",
-        type=positive_int,
-        metavar="N",
-        help=f"idle workers kept, at most; more retire (default {DEFAULT_MAX_SPARE})",
-    )
-    pool.add_argument(
-        "--max-workers",
-        type=positive_int,
-        metavar="N",
-        help="workers at most, which is also the cap on connections served at once "
-        f"(default {DEFAULT_MAX_WORKERS})",
-    )
-    pool.add_argument(
-        "--max-requests",
-        type=positive_int,
-        metavar="N",
-        help="replace a worker after it has served N connections (default: never)",
-    )
-
-
-POOL_OPTIONS = ("min_spare", "max_spare", "max_workers", "max_requests")
-
-
-def mode_options(args: argparse.Namespace) -> dict[str, int]:
-    """The options of the chosen mode, checked against it.
-
-    Raises:
-        UsageError: an option of the other mode was given.
-    """
-    from forkserve._errors import UsageError
-    from forkserve._server import (
-        DEFAULT_MAX_CONNS,
-        DEFAULT_MAX_SPARE,
-        DEFAULT_MAX_WORKERS,
-        DEFAULT_MIN_SPARE,
-    )
-
-    given = [name for name in POOL_OPTIONS if getattr(args, name) is not None]
-    if args.mode == "fork":
-        if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise UsageError(f"{flag} needs --mode prefork")
-        return {"max_conns": args.max_conns or DEFAULT_MAX_CONNS}
-    if args.max_conns is not None:
-        raise UsageError("--max-conns is fork mode's limit; in prefork mode use --max-workers")
-    max_workers = args.max_workers or DEFAULT_MAX_WORKERS
-    min_spare = args.min_spare or min(DEFAULT_MIN_SPARE, max_workers)
-    max_spare = args.max_spare or min(max(DEFAULT_MAX_SPARE, min_spare), max_workers)
-    return {
-        "min_spare": min_spare,
-        "max_spare": max_spare,
-        "max_workers": max_workers,
-        "max_requests": args.max_requests or 0,
-    }
-
-
-def add_verbosity(parser: argparse.ArgumentParser) -> None:
-    from forkserve._log import FORMATS
-
-    parser.add_argument(
-        "--log-format",
-        choices=FORMATS,
-        default="text",
-        help="text: one 'TIMESTAMP EVENT key=value ...' line per event (default); "
-        "json: one JSON object per line with the same fields",
-    )
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "-q", "--quiet", action="store_true", help="log only warnings and life-cycle events"
-    )
-    group.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
-
-
 def run_serve(args: argparse.Namespace) -> int:
+    """``forkserve serve``: resolve the settings (see _configure), then serve."""
     import os
 
+    from forkserve._configure import (
+        Configuration,
+        Reloader,
+        choose_service,
+        log_level,
+        mode_options,
+    )
     from forkserve._log import Log
     from forkserve._server import Server
 
-    log = Log(QUIET if args.quiet else DEBUG if args.verbose else INFO, format=args.log_format)
-    if args.address is None and "LISTEN_FDS" not in os.environ:
-        raise UsageError("the [HOST:]PORT to listen on is missing (see --help)")
-    with Server(
-        args.address,
-        choose_service(args),
-        backlog=args.backlog,
-        grace=args.grace,
-        banner=args.banner,
-        log=log,
-        mode=args.mode,
-        metrics=args.metrics,
-        **mode_options(args),
-    ) as server:
-        server.serve_forever(ready=announce_port if args.print_port else None)
-    return 0
-
-
-def choose_service(args: argparse.Namespace) -> Handler | Program | str:
-    """The handler, handler name or Program the options ask for.
-
-    Raises:
-        UsageError: options that contradict each other.
-    """
-    from forkserve._exec import Program
-
+    internal = ("command", "run", "program", "config")
+    given = {key: value for key, value in vars(args).items() if key not in internal}
+    if given.get("listen") is None:
+        given.pop("listen", None)  # the config file's, if any
     if args.program:
-        if args.handler is not None:
-            raise UsageError("--handler and '-- PROGRAM' cannot be used together")
-        return Program(args.program, lookup_hosts=args.reverse_lookup, local_host=args.local_host)
-    for flag, value in (
-        ("--reverse-lookup", args.reverse_lookup),
-        ("--local-host", args.local_host),
-    ):
-        if value:
-            raise UsageError(f"{flag} sets UCSPI variables: it needs '-- PROGRAM'")
-    if args.handler is not None:
-        return str(args.handler)
-    from forkserve._handler import echo
-
-    return echo
+        given["program"] = args.program
+    configuration = Configuration(given, getattr(args, "config", None))
+    values = configuration.resolve()
+    if values["listen"] is None and "LISTEN_FDS" not in os.environ:
+        raise UsageError("the [HOST:]PORT to listen on is missing (see --help)")
+    log = Log(log_level(values), format=str(values["log_format"]))
+    with Server(
+        values["listen"],  # type: ignore[arg-type]
+        choose_service(values),
+        backlog=values["backlog"],  # type: ignore[arg-type]
+        grace=values["grace"],  # type: ignore[arg-type]
+        banner=values["banner"],  # type: ignore[arg-type]
+        log=log,
+        mode=str(values["mode"]),
+        metrics=values["metrics"],  # type: ignore[arg-type]
+        reload=Reloader(configuration, values),
+        **mode_options(values),
+    ) as server:
+        server.serve_forever(ready=announce_port if values["print_port"] else None)
+    return 0
 
 
 def announce_port(server: object) -> None:
@@ -311,6 +114,7 @@ def announce_port(server: object) -> None:
 
 def build_parser() -> Parser:
     from forkserve import _bench, _client
+    from forkserve._configure import add_serve_arguments
 
     parser = Parser(
         prog="forkserve",

@@ -37,9 +37,13 @@ class Log:
             raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {format!r}")
         self.level = level
         self.fd = fd
+        self.set_format(format)
+        self.stamp = Stamper()
+
+    def set_format(self, format: str) -> None:
+        """Switch between "text" and "json" (a SIGHUP reload may)."""
         self.format = format
         self._render = render_json if format == "json" else render_text
-        self.stamp = Stamper()
 
     def _emit(self, event: str, fields: dict[str, object]) -> None:
         line = self._render(time.time(), event, fields, self.stamp)

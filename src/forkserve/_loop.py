@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import selectors
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from forkserve._children import Exited
 from forkserve._handler import Service
@@ -42,6 +42,10 @@ class ForkLoop(Supervisor):
 
     def has_slot(self) -> bool:
         return len(self.children) < self.max_conns
+
+    def reconfigure(self, settings: Mapping[str, object]) -> None:
+        """A reload's new limit applies from the next accept; children are untouched."""
+        self.max_conns = int(settings["max_conns"])  # type: ignore[call-overload]
 
     def busy(self) -> int:
         return len(self.children)

@@ -12,6 +12,8 @@ import time
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     from forkserve._children import Exited
     from forkserve._endpoint import MetricsEndpoint
     from forkserve._listen import Listener
@@ -63,6 +65,8 @@ class Operations:
         # SIGUSR2: the new master, while it starts and after the handover.
         self.upgrade: Upgrade | None = None
         self.handing_over = False
+        # SIGHUP: re-reads the configuration and applies it (set by Server).
+        self.reloader: Callable[[], None] | None = None
 
     # -- what the loop calls ------------------------------------------------------------
 
@@ -110,6 +114,29 @@ class Operations:
     def health(self) -> tuple[int, bytes]:
         """``/healthz``: 200 while serving; 503 once stopping, so a balancer moves on."""
         return (200, b"ok\n") if self.stopping is None else (503, b"stopping\n")
+
+    # -- SIGHUP -------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the configuration; new settings apply to new connections.
+
+        Under systemd: RELOADING=1 (with MONOTONIC_USEC) first, READY=1 after,
+        whether the new configuration was taken or refused.
+        """
+        if self.stopping is not None:
+            self.log.warning("reload-ignored", reason="stopping")
+            return
+        if self.status is not None:
+            self.status.notifier.reloading()
+        if self.reloader is not None:
+            self.reloader()
+        else:
+            self.log.notice("reload", changed="none", reason="no configuration to re-read")
+        if self.status is not None:
+            self.status.ready(self.active(), again=True)
+
+    def reconfigure(self, settings: Mapping[str, object]) -> None:
+        """Apply reloaded limits (each process model reads its own)."""
 
     # -- SIGUSR2 ------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from forkserve._children import Exited
 from forkserve._forking import fork_child
@@ -194,6 +194,20 @@ class PreforkLoop(Supervisor):
         self.min_spare = max(1, self.min_spare + step)
         self.max_spare = max(self.min_spare, self.max_spare + step)
         self.log.notice("pool", min_spare=self.min_spare, max_spare=self.max_spare)
+        self.maintain(time.monotonic())
+
+    def reconfigure(self, settings: Mapping[str, object]) -> None:
+        """A reload: new pool limits, and every worker replaced gracefully.
+
+        Workers run the service and settings they were forked with, so each is
+        asked to retire (SIGTERM: an idle one exits now, a busy one after its
+        connection) and new ones are forked with the new settings at once.
+        """
+        for name in ("min_spare", "max_spare", "max_workers", "max_requests"):
+            setattr(self, name, int(settings[name]))  # type: ignore[call-overload]
+        for worker in list(self.workers.values()):
+            if not worker.stopping:
+                self.retire(worker, "reload")
         self.maintain(time.monotonic())
 
     # -- what workers report ----------------------------------------------------------

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from forkserve._address import parse_listen_address
-from forkserve._errors import UsageError
+from forkserve._errors import ForkserveError, UsageError
 from forkserve._exec import ExecService, Program
 from forkserve._exec import describe as describe_program
 from forkserve._handler import Handler, PythonService, Service, echo
@@ -19,6 +19,8 @@ from forkserve._supervise import Supervisor
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from forkserve._endpoint import MetricsEndpoint
     from forkserve._systemd import Notifier
     from forkserve._upgrade import Handover
@@ -32,6 +34,7 @@ DEFAULT_GRACE = 10.0
 DEFAULT_MIN_SPARE = 2
 DEFAULT_MAX_SPARE = 8
 DEFAULT_MAX_WORKERS = 64
+POOL_NAMES = ("min_spare", "max_spare", "max_workers", "max_requests")
 # The metrics endpoint's listen queue: scrapers are few.
 ENDPOINT_BACKLOG = 16
 
@@ -69,6 +72,11 @@ class Server:
         fd: serve on this inherited listening socket instead of binding
             ``address`` (socket activation: see ``forkserve._systemd``).
         metrics_fd: serve metrics on this inherited listening socket.
+        reload: on SIGHUP, returns ``(settings, changed, needs_upgrade)``: the
+            reloadable settings to apply (``max_conns`` or the pool's four,
+            ``grace``, ``banner``, ``log_level``, ``log_format``), the names of
+            those that changed, and of changes that need a SIGUSR2 upgrade; or
+            raises ForkserveError to refuse the new configuration.
 
     Under systemd (``NOTIFY_SOCKET`` set), readiness and status are notified
     (READY, STATUS, STOPPING), and the variable is removed from the environment.
@@ -103,6 +111,7 @@ class Server:
         metrics: tuple[str, int] | str | None = None,
         fd: int | None = None,
         metrics_fd: int | None = None,
+        reload: Callable[[], tuple[dict[str, object], list[str], list[str]]] | None = None,
     ) -> None:
         check_arguments(mode, max_conns, (min_spare, max_spare, max_workers, max_requests))
         if backlog < 1:
@@ -117,6 +126,8 @@ class Server:
         self.grace = grace
         self.log = log if log is not None else Log()
         self.handler, self.service = make_service(handler, banner, self.log, mode)
+        self.reload_source = reload
+        self.loop: Supervisor | None = None
         self.handover = take_handover()
         if fd is None and "LISTEN_FDS" in os.environ:
             from forkserve._systemd import adopt_sockets
@@ -198,6 +209,8 @@ class Server:
                 grace=self.grace,
                 ready=announce,
             )
+        self.loop = loop
+        loop.reloader = self.reload
         if self.endpoint is not None:
             serve_metrics(loop, self.endpoint, self.mode, self.log)
         if self.notifier is not None:
@@ -218,6 +231,43 @@ class Server:
         finally:
             loop.close()
         self.log.notice("stopped", pid=os.getpid())
+
+    def reload(self) -> None:
+        """SIGHUP: take the new configuration, or refuse it and keep the old one.
+
+        New settings apply to new connections; live connections keep what they were
+        started with (a child has its own copy). Error handling: an invalid
+        configuration is logged (``reload-failed``) and changes nothing.
+        """
+        if self.reload_source is None:
+            self.log.notice("reload", changed="none", reason="no configuration to re-read")
+            return
+        try:
+            new, changed, upgrade = self.reload_source()
+            limit = new.get("max_conns", self.max_conns)
+            pool = tuple(new.get(name, 1) for name in POOL_NAMES)
+            check_arguments(self.mode, limit, pool)  # type: ignore[arg-type]
+        except ForkserveError as exc:
+            self.log.warning("reload-failed", error=str(exc), kept="the running configuration")
+            return
+        self.apply(new)
+        fields: dict[str, object] = {"changed": ",".join(changed) or "none"}
+        if upgrade:
+            fields["needs_upgrade"] = ",".join(upgrade)
+        self.log.notice("reload", **fields)
+
+    def apply(self, new: Mapping[str, object]) -> None:
+        """Apply reloaded settings to the log, the service and the loop."""
+        assert self.loop is not None
+        level, log_format, grace, banner = (
+            new[k] for k in ("log_level", "log_format", "grace", "banner")
+        )
+        assert isinstance(level, int) and isinstance(grace, float) and isinstance(banner, bytes)
+        self.log.level = level
+        self.log.set_format(str(log_format))
+        self.grace = self.loop.grace = grace
+        self.handler, self.loop.service = make_service(self.handler, banner, self.log, self.mode)
+        self.loop.reconfigure(new)
 
     def close(self) -> None:
         self.listener.close()

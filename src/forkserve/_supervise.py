@@ -134,6 +134,8 @@ class Supervisor(Operations):
                 self.on_pool_signal(number)
             elif number == signal.SIGUSR2:
                 self.begin_upgrade()
+            elif number == signal.SIGHUP:
+                self.reload()
             elif number != signal.SIGCHLD:
                 self.log.debug("signal-ignored", signal=signal.Signals(number).name)
         if signal.SIGCHLD in signals:

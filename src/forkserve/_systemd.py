@@ -131,9 +131,10 @@ class Status:
         self.due: float | None = None  # a change waits for next_at
         self.stopping_sent = False
 
-    def ready(self, conns: str) -> None:
+    def ready(self, conns: str, again: bool = False) -> None:
+        """READY=1 with the status: at start-up, and after a reload (``again``)."""
         self.sent = status_text("serving", conns)
-        if self.upgraded:
+        if self.upgraded and not again:
             self.notifier.send(STATUS=self.sent)
         else:
             self.notifier.send(READY=1, STATUS=self.sent)

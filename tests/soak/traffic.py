@@ -17,6 +17,15 @@ from dataclasses import dataclass, field
 
 POOL = random.Random(20261124).randbytes(1 << 20)
 CHUNK = 64 * 1024
+# Each client socket's kernel buffers, fixed (so not autotuned up to several MiB):
+# 1,000 connections streaming megabytes at once otherwise exceed the machine's TCP
+# memory (net.ipv4.tcp_mem: 2.2 GiB here), and the kernel resets connections ("TCP:
+# out of memory -- consider tuning tcp_mem" in dmesg, seen in the first full soak).
+CLIENT_BUFFER = 256 * 1024
+# And at most this much sent but not yet echoed back per connection: the client hashes
+# slower than it sends, and without a window the excess waits in the server's receive
+# buffers, with the same result.
+WINDOW = 512 * 1024
 
 
 def stream(seed: int, size: int) -> list[memoryview]:
@@ -68,17 +77,22 @@ async def echo_one(
         tally.failures.append(f"c{seed}: connect: {exc!r}")
         return tally
 
+    got = hashlib.sha256()
+    received = 0
+    progress = asyncio.Event()
+
     async def send() -> None:
         writer.write(command)
         for chunk in stream(seed, size):
+            while tally.sent - received > WINDOW:
+                progress.clear()
+                await progress.wait()
             writer.write(chunk)
             tally.sent += len(chunk)
             await writer.drain()
         if half_close:
             writer.write_eof()
 
-    got = hashlib.sha256()
-    received = 0
     sender = asyncio.create_task(send())
     try:
         async with asyncio.timeout(timeout):
@@ -88,6 +102,7 @@ async def echo_one(
                     break
                 got.update(data)
                 received += len(data)
+                progress.set()
             await sender
             if half_close and received == size and await reader.read(1):
                 tally.failures.append(f"c{seed}: extra bytes after {size}")

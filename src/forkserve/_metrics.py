@@ -160,6 +160,12 @@ class Metrics:
             "forkserve_connections_limit", "Connections served at once, at most.", "gauge"
         )
         self.workers = Family("forkserve_workers", "Prefork workers, by state.", "gauge", "state")
+        self.operations_total = Family(
+            "forkserve_operations",
+            "SIGHUP reloads and SIGUSR2 upgrades, by operation and result.",
+            "counter",
+            "operation",
+        )
         self.accepted_total.inc(by=0)
         # Known labels start at 0, so a rate() over them works from the first scrape.
         for label in ("ok", "error", "signal"):
@@ -182,6 +188,10 @@ class Metrics:
     def exited(self, exit_code: int | None, signal_number: int | None) -> None:
         self.exited_total.inc(outcome(exit_code, signal_number))
 
+    def operation(self, name: str) -> None:
+        """A reload or upgrade ended: ``reload-ok``, ``reload-failed``, ``upgrade-failed``."""
+        self.operations_total.inc(name)
+
     def render(self, gauges: Mapping[str, object]) -> bytes:
         """The text exposition, with gauges taken from ``gauges`` now.
 
@@ -200,6 +210,8 @@ class Metrics:
             self.active,
             self.limit,
         ]
+        if self.operations_total.values:
+            families.append(self.operations_total)
         workers = gauges.get("workers")
         if isinstance(workers, Mapping):
             for state, count in workers.items():

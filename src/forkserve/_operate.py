@@ -41,6 +41,9 @@ class NoMetrics:
     def exited(self, exit_code: int | None, signal_number: int | None) -> None:
         pass
 
+    def operation(self, name: str) -> None:
+        pass
+
 
 class Operations:
     """Metrics endpoint, systemd notifications and the SIGUSR2 upgrade, for the loop.

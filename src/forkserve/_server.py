@@ -239,6 +239,8 @@ class Server:
         started with (a child has its own copy). Error handling: an invalid
         configuration is logged (``reload-failed``) and changes nothing.
         """
+        loop = self.loop
+        assert loop is not None
         if self.reload_source is None:
             self.log.notice("reload", changed="none", reason="no configuration to re-read")
             return
@@ -249,12 +251,14 @@ class Server:
             check_arguments(self.mode, limit, pool)  # type: ignore[arg-type]
         except ForkserveError as exc:
             self.log.warning("reload-failed", error=str(exc), kept="the running configuration")
+            loop.metrics.operation("reload-failed")
             return
         self.apply(new)
         fields: dict[str, object] = {"changed": ",".join(changed) or "none"}
         if upgrade:
             fields["needs_upgrade"] = ",".join(upgrade)
         self.log.notice("reload", **fields)
+        loop.metrics.operation("reload-ok")
 
     def apply(self, new: Mapping[str, object]) -> None:
         """Apply reloaded settings to the log, the service and the loop."""

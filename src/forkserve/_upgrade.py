@@ -76,6 +76,7 @@ class Upgrade:
         elif not data:
             self.finish()
             self.loop.log.warning("upgrade-failed", pid=self.pid, reason="exited-before-ready")
+            self.loop.metrics.operation("upgrade-failed")
 
     def on_deadline(self, now: float) -> None:
         if self.deadline is not None and now >= self.deadline:
@@ -83,6 +84,7 @@ class Upgrade:
             self.loop.log.warning(
                 "upgrade-failed", pid=self.pid, reason="timeout", timeout=f"{UPGRADE_TIMEOUT}s"
             )
+            self.loop.metrics.operation("upgrade-failed")
             # SIGTERM: a graceful stop of the new master, which closes its copies of
             # the sockets and never shuts them down (they are not its own yet).
             os.kill(self.pid, signal.SIGTERM)

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 from tests.integration.conftest import ServerFactory
+from tests.integration.test_metrics import scrape
 from tests.integration.test_systemd import notify_socket, wait_notification
 from tests.support import FORKSERVE, ServerProcess, connect, recv_exactly, run_cli
 
@@ -89,7 +90,7 @@ def test_a_broken_file_keeps_the_running_configuration(
     serve: ServerFactory, tmp_path: Path
 ) -> None:
     path = tmp_path / "f.toml"
-    server = serve("--config", write(path, 'banner = "kept\\n"\n'))
+    server = serve("--config", write(path, 'banner = "kept\\n"\n'), "--metrics", "127.0.0.1:0")
     write(path, "banner = \n")
     server.send_signal(signal.SIGHUP)
     failed = server.wait_event("reload-failed")[0]
@@ -99,6 +100,7 @@ def test_a_broken_file_keeps_the_running_configuration(
     assert "banner: invalid escape" in server.wait_event("reload-failed", 2)[1]["error"]
     with greeted(server.port, b"kept\n") as sock:
         assert echoes(sock)
+    assert scrape(server)["forkserve_operations_total", "operation=reload-failed"] == 2
 
 
 def test_prefork_reload_replaces_workers_gracefully(

@@ -24,6 +24,7 @@ def test_counters_and_gauges_render() -> None:
     metrics.exited(None, 9)
     metrics.ended(0.02)
     metrics.forked(0.001)
+    metrics.operation("reload-ok")
     got = samples(metrics.render({"active": 1, "limit": 64, "workers": {"busy": 1, "idle": 2}}))
     assert got["forkserve_connections_accepted_total", ()] == 2
     assert got["forkserve_connections_rejected_total", (("reason", "denied"),)] == 1
@@ -36,6 +37,7 @@ def test_counters_and_gauges_render() -> None:
     assert got["forkserve_connections_active", ()] == 1
     assert got["forkserve_connections_limit", ()] == 64
     assert got["forkserve_workers", (("state", "idle"),)] == 2
+    assert got["forkserve_operations_total", (("operation", "reload-ok"),)] == 1
     assert not [name for name, _ in got if name.endswith("_created")]
 
 

@@ -92,6 +92,7 @@ def run_serve(args: argparse.Namespace) -> int:
         mode=str(values["mode"]),
         metrics=values["metrics"],  # type: ignore[arg-type]
         reload=Reloader(configuration, values),
+        upgrade_timeout=values["upgrade_timeout"],  # type: ignore[arg-type]
         **mode_options(values),
     ) as server:
         server.serve_forever(ready=announce_port if values["print_port"] else None)

@@ -187,6 +187,7 @@ def reloadable(values: Mapping[str, object]) -> dict[str, object]:
     return {
         **mode_options(values),
         "grace": values["grace"],
+        "upgrade_timeout": values["upgrade_timeout"],
         "banner": values["banner"],
         "log_level": log_level(values),
         "log_format": values["log_format"],

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import time
 
+# How long a new master may take to report ready after SIGUSR2 (--upgrade-timeout).
+DEFAULT_UPGRADE_TIMEOUT = 30.0
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -67,6 +70,7 @@ class Operations:
         self.status: Status | None = None
         # SIGUSR2: the new master, while it starts and after the handover.
         self.upgrade: Upgrade | None = None
+        self.upgrade_timeout = DEFAULT_UPGRADE_TIMEOUT
         self.handing_over = False
         # SIGHUP: re-reads the configuration and applies it (set by Server).
         self.reloader: Callable[[], None] | None = None

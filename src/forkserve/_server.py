@@ -14,6 +14,7 @@ from forkserve._handler import Handler, PythonService, Service, echo
 from forkserve._listen import DEFAULT_BACKLOG, Listener
 from forkserve._log import Log
 from forkserve._loop import ForkLoop
+from forkserve._operate import DEFAULT_UPGRADE_TIMEOUT
 from forkserve._prefork import PreforkLoop
 from forkserve._supervise import Supervisor
 
@@ -72,6 +73,7 @@ class Server:
         fd: serve on this inherited listening socket instead of binding
             ``address`` (socket activation: see ``forkserve._systemd``).
         metrics_fd: serve metrics on this inherited listening socket.
+        upgrade_timeout: after SIGUSR2, how long the new server may take to be ready.
         reload: on SIGHUP, returns ``(settings, changed, needs_upgrade)``: the
             reloadable settings to apply (``max_conns`` or the pool's four,
             ``grace``, ``banner``, ``log_level``, ``log_format``), the names of
@@ -112,6 +114,7 @@ class Server:
         fd: int | None = None,
         metrics_fd: int | None = None,
         reload: Callable[[], tuple[dict[str, object], list[str], list[str]]] | None = None,
+        upgrade_timeout: float = DEFAULT_UPGRADE_TIMEOUT,
     ) -> None:
         check_arguments(mode, max_conns, (min_spare, max_spare, max_workers, max_requests))
         if backlog < 1:
@@ -127,6 +130,7 @@ class Server:
         self.log = log if log is not None else Log()
         self.handler, self.service = make_service(handler, banner, self.log, mode)
         self.reload_source = reload
+        self.upgrade_timeout = upgrade_timeout
         self.loop: Supervisor | None = None
         self.handover = take_handover()
         if fd is None and "LISTEN_FDS" in os.environ:
@@ -211,6 +215,7 @@ class Server:
             )
         self.loop = loop
         loop.reloader = self.reload
+        loop.upgrade_timeout = self.upgrade_timeout
         if self.endpoint is not None:
             serve_metrics(loop, self.endpoint, self.mode, self.log)
         if self.notifier is not None:
@@ -270,6 +275,7 @@ class Server:
         self.log.level = level
         self.log.set_format(str(log_format))
         self.grace = self.loop.grace = grace
+        self.loop.upgrade_timeout = float(new["upgrade_timeout"])  # type: ignore[arg-type]
         self.handler, self.loop.service = make_service(self.handler, banner, self.log, self.mode)
         self.loop.reconfigure(new)
 

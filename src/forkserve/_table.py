@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from forkserve._listen import DEFAULT_BACKLOG
 from forkserve._log import FORMATS
+from forkserve._operate import DEFAULT_UPGRADE_TIMEOUT
 from forkserve._server import (
     DEFAULT_GRACE,
     DEFAULT_MAX_CONNS,
@@ -95,6 +96,16 @@ SERVE = (
         DEFAULT_GRACE,
         "on SIGTERM/SIGINT (and after a SIGUSR2 upgrade), how long connections may take "
         "to finish before their processes are terminated",
+        group=LISTENING,
+        metavar="SECONDS",
+        reload=RELOAD,
+    ),
+    Setting(
+        "upgrade-timeout",
+        SECONDS,
+        DEFAULT_UPGRADE_TIMEOUT,
+        "after SIGUSR2, how long the new server may take to be ready; then the running "
+        "one gives up on it and keeps serving",
         group=LISTENING,
         metavar="SECONDS",
         reload=RELOAD,

@@ -16,7 +16,7 @@ ready the old one stops accepting (it closes its copies; a prefork master closes
 workers' alive pipe, never shutdown(2), which would stop the socket for the new
 master too), drains its own connections within ``--grace`` and exits. Its children
 are its own: the new master never sees them. If the new master exits first, or is
-not ready within UPGRADE_TIMEOUT, the old one keeps serving and says so.
+not ready within ``--upgrade-timeout``, the old one keeps serving and says so.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from forkserve._children import Exited
     from forkserve._supervise import Supervisor
 
-UPGRADE_TIMEOUT = 30.0
 UPGRADE_FROM = "FORKSERVE_UPGRADE_FROM"
 READY_FD = "FORKSERVE_READY_FD"
 # Set when the old master had bound the listener itself (not systemd): the new master
@@ -58,7 +57,7 @@ class Upgrade:
         self.loop = loop
         self.pid = pid
         self.ready_r = ready_r
-        self.deadline: float | None = now + UPGRADE_TIMEOUT
+        self.deadline: float | None = now + loop.upgrade_timeout
         self.reply = b""
         self.handed_over = False
         loop.sel.register(ready_r, selectors.EVENT_READ, self.on_pipe)
@@ -82,7 +81,10 @@ class Upgrade:
         if self.deadline is not None and now >= self.deadline:
             self.finish()
             self.loop.log.warning(
-                "upgrade-failed", pid=self.pid, reason="timeout", timeout=f"{UPGRADE_TIMEOUT}s"
+                "upgrade-failed",
+                pid=self.pid,
+                reason="timeout",
+                timeout=f"{self.loop.upgrade_timeout}s",
             )
             self.loop.metrics.operation("upgrade-failed")
             # SIGTERM: a graceful stop of the new master, which closes its copies of

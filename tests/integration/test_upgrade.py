@@ -144,3 +144,26 @@ def test_under_systemd_mainpid_moves_to_the_new_master(
         assert wait_notification(notify, "STOPPING") == {"STOPPING": "1"}
         server.wait_event("stopped", pid=new)
         wait_until(lambda: not process_alive(new), WAIT, "new master to exit")
+
+
+SLOW = """\
+import os, time
+if os.path.exists({marker!r}):
+    time.sleep(60)  # the new code hangs at start-up
+from forkserve import echo as handle
+"""
+
+
+def test_a_new_master_that_is_never_ready_is_given_up(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    marker = tmp_path / "hang"
+    handler = tmp_path / "slow.py"
+    handler.write_text(SLOW.format(marker=str(marker)))
+    server = start_server("--handler", f"{handler}:handle", "--upgrade-timeout", "0.5")
+    marker.touch()
+    server.send_signal(signal.SIGUSR2)
+    failed = server.wait_event("upgrade-failed")[0]
+    assert (failed["reason"], failed["timeout"]) == ("timeout", "0.5s")
+    server.wait_event("upgrade-exit", signal="SIGTERM(15)")
+    assert echo_roundtrip(server.port, b"still serving") == b"still serving"

@@ -171,6 +171,8 @@ class Operations:
         if self.status is not None:
             self.status.notifier.send(MAINPID=new_pid, STATUS=f"upgraded to pid {new_pid}")
             self.status = None
+        if self.stopping is not None:
+            return  # a stop began meanwhile: it goes on as it started
         self.handing_over = True
         self.stopping = "graceful"
         self.stop_listening()

@@ -226,7 +226,10 @@ class Handover:
         from_pid, ready_fd, owned = values
         if from_pid is None or ready_fd is None or not (from_pid + ready_fd).isdigit():
             return None
-        os.set_inheritable(int(ready_fd), False)
+        try:
+            os.set_inheritable(int(ready_fd), False)
+        except OSError:
+            return None  # stale variables, not an upgrade: there is no pipe
         return cls(int(from_pid), int(ready_fd), owned == "1")
 
     def report_ready(self) -> None:

@@ -32,7 +32,7 @@ from forkserve._forking import fork_child
 from forkserve._handler import Service
 from forkserve._listen import Listener
 from forkserve._log import Log
-from forkserve._supervise import Supervisor
+from forkserve._supervise import Policy, Supervisor
 from forkserve._worker import Worker, decode
 
 RETIRE_IDLE = 1.0
@@ -70,8 +70,9 @@ class PreforkLoop(Supervisor):
         max_requests: int,
         grace: float,
         ready: Callable[[], None] | None = None,
+        policy: Policy | None = None,
     ) -> None:
-        super().__init__(listener, service, log, grace=grace, ready=ready)
+        super().__init__(listener, service, log, grace=grace, ready=ready, policy=policy)
         self.min_spare = min_spare
         self.max_spare = max_spare
         self.max_workers = max_workers

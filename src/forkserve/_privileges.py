@@ -57,37 +57,70 @@ def resolve_group(name: str) -> int:
         raise UsageError(f"--group {name!r}: no such group") from None
 
 
-def drop_privileges(user: str | None, group: str | None) -> None:
-    """Become ``user`` (with its supplementary groups, initgroups(3)) and ``group``.
+class Identity:
+    """Who the server becomes after binding: ``uid`` (None: unchanged), ``gid``, and the
+    user ``name`` whose supplementary groups it takes (None: just ``gid``)."""
+
+    __slots__ = ("gid", "name", "uid")
+
+    def __init__(self, uid: int | None, gid: int, name: str | None) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.name = name
+
+
+def resolve_identity(user: str | None, group: str | None) -> Identity | None:
+    """Look up ``--user`` and ``--group`` (names or numbers), at start-up.
 
     With ``--user`` alone the group is the user's primary group; ``--group`` alone
-    changes only the group (and clears supplementary groups). Order matters: groups
-    first, while still allowed, then the uid. Afterwards getting root back must fail,
-    which is checked.
+    changes only the group (and clears supplementary groups).
 
     Raises:
         UsageError: an unknown user or group, or a bare uid without ``--group``.
-        TemporaryError: the system refused (not running as root: EPERM).
     """
     if user is None and group is None:
-        return
+        return None
     uid, gid, name = resolve_user(user) if user is not None else (None, None, None)
     if group is not None:
         gid = resolve_group(group)
     if gid is None:
         raise UsageError(f"--user {user!r} has no passwd entry: give --group too")
+    return Identity(uid, gid, name)
+
+
+# Modules the server may import lazily after the switch (json quotes an odd log value,
+# traceback reports a handler's exception): loaded before it, since the new user may
+# not be able to read the Python installation (a Python under /root, say).
+LATE_IMPORTS = ("json", "traceback")
+
+
+def switch_identity(identity: Identity) -> None:
+    """Become ``identity``: supplementary groups (initgroups(3)), gid, then uid, in
+    that order (once the uid changes, the groups cannot). Afterwards getting root
+    back must fail, which is checked.
+
+    Raises:
+        TemporaryError: the system refused (not running as root: EPERM).
+    """
+    import importlib
+
+    for module in LATE_IMPORTS:
+        importlib.import_module(module)
     try:
-        if name is not None:
-            os.initgroups(name, gid)
+        if identity.name is not None:
+            os.initgroups(identity.name, identity.gid)
         else:
-            os.setgroups([gid])
-        os.setgid(gid)
-        if uid is not None:
-            os.setuid(uid)
+            os.setgroups([identity.gid])
+        os.setgid(identity.gid)
+        if identity.uid is not None:
+            os.setuid(identity.uid)
     except PermissionError:
-        who = f"user {user}" if user is not None else f"group {group}"
-        raise TemporaryError(f"cannot switch to {who}: permission denied (not root?)") from None
-    if uid is not None and uid != 0:
+        who = identity.name or (identity.uid if identity.uid is not None else identity.gid)
+        kind = "user" if identity.uid is not None else "group"
+        raise TemporaryError(
+            f"cannot switch to {kind} {who}: permission denied (not root?)"
+        ) from None
+    if identity.uid is not None and identity.uid != 0:
         check_dropped()
 
 

@@ -159,15 +159,10 @@ class Server:
             rlimits=rlimits or {},
         )
         self.handler, self.service = make_service(handler, prelude, self.log, mode)
-        self.listener = Listener.bind(host, port, backlog)
-        self.user = user
-        try:
-            from forkserve._privileges import drop_privileges
+        from forkserve._privileges import resolve_identity
 
-            drop_privileges(user, group)
-        except BaseException:
-            self.listener.close()
-            raise
+        self.identity = resolve_identity(user, group)
+        self.listener = Listener.bind(host, port, backlog)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -218,7 +213,11 @@ class Server:
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)
         self.log.notice("listen", **fields)
-        if self.user is None and os.geteuid() == 0:
+        if self.identity is not None:
+            from forkserve._privileges import switch_identity
+
+            switch_identity(self.identity)  # after bind, before the first fork
+        elif os.geteuid() == 0:
             self.log.warning(
                 "running-as-root",
                 hint="--user NAME drops privileges after bind (--user root: as root)",

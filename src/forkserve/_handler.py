@@ -24,6 +24,7 @@ from forkserve._prelude import EXIT_IDLE_TIMEOUT, Prelude
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is what we avoid
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, Protocol
 else:  # typing costs the parent ~6 ms and memory every child maps: see _types
     Any = object
@@ -91,14 +92,26 @@ class PythonService:
         code = self.prelude(conn, info)
         if code is not None:
             return code
-        if info.env:
-            import os
-
-            os.environ.update(info.env)
+        saved = set_environment(info.env) if info.env else None
         code = run_handler(self.handler, conn, info.peer)
+        if saved is not None:
+            set_environment(saved)  # a prefork worker serves the next client next
         if code == EXIT_IDLE_TIMEOUT and self.prelude.idle_timeout:
             self.prelude.log_timeout(info, "idle", self.prelude.idle_timeout)
         return code
+
+
+def set_environment(env: Mapping[str, str | None]) -> dict[str, str | None]:
+    """Set (None: unset) environment variables; return what they were before."""
+    import os
+
+    saved = {name: os.environ.get(name) for name in env}
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    return saved
 
 
 def echo(conn: socket.socket, peer: Any) -> None:

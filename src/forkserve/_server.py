@@ -147,8 +147,6 @@ class Server:
         self.log = log if log is not None else Log()
         gate = make_gate(rules, default_policy, per_ip, rate, ipv6_prefix)
         check_seconds("max_lifetime", max_lifetime)
-        if mode == "prefork" and (gate.rules or gate.limits_sources or max_lifetime):
-            raise UsageError("access rules, limits and --max-lifetime need --mode fork for now")
         self.policy = Policy(gate, reject_message, max_lifetime)
         prelude = make_prelude(
             banner,

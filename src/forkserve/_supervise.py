@@ -42,6 +42,20 @@ def host_of(peer: Any) -> str:
     return peer[0] if isinstance(peer, tuple) else ""
 
 
+def refuse(conn: socket.socket, message: bytes) -> None:
+    """Close a refused connection at once, after ``message`` if any.
+
+    The message is sent with MSG_DONTWAIT: a fresh connection's send buffer is empty,
+    so it goes out whole, and a client that is gone or not reading never blocks.
+    """
+    if message:
+        try:
+            conn.send(message, socket.MSG_DONTWAIT)
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+            pass  # the client left or is not reading: it is refused all the same
+    conn.close()
+
+
 class Policy:
     """What the parent enforces per connection, besides its process model's limit.
 
@@ -250,18 +264,9 @@ class Supervisor:
         return None
 
     def refuse(self, conn: socket.socket, peer_text: str, verdict: Verdict) -> None:
-        """Close a refused connection at once and log ``deny`` or ``reject``.
-
-        A client refused by a limit first gets ``--reject-message``, sent with
-        MSG_DONTWAIT: a fresh connection's send buffer is empty, so it goes out
-        whole, and a client that is gone or not reading never blocks the parent.
-        """
-        if verdict.reason != "deny" and self.policy.reject_message:
-            try:
-                conn.send(self.policy.reject_message, socket.MSG_DONTWAIT)
-            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
-                pass  # the client left or is not reading: it is refused all the same
-        conn.close()
+        """Close a refused connection at once and log ``deny`` or ``reject``; a client
+        refused by a limit first gets ``--reject-message`` (see ``refuse``)."""
+        refuse(conn, self.policy.reject_message if verdict.reason != "deny" else b"")
         if verdict.reason == "deny":
             self.log.info("deny", peer=peer_text, rule=verdict.rule)
         else:

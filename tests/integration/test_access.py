@@ -51,11 +51,8 @@ def served(port: int, source: str, host: str = "127.0.0.1") -> bool:
         return recv_all(sock) == b"ping\n"
 
 
-def test_flood_from_one_address_cannot_starve_another(start_server: ServerFactory) -> None:
-    mode = "fork"
-    server = start_server(
-        *limit_args(mode, 100), "--per-ip", "20", "--reject-message", "busy\\r\\n"
-    )
+def test_flood_from_one_address_cannot_starve_another(serve: ServerFactory, mode: str) -> None:
+    server = serve(*limit_args(mode, 100), "--per-ip", "20", "--reject-message", "busy\\r\\n")
     with contextlib.ExitStack() as stack:
         flood = [stack.enter_context(connect_from("127.0.0.2", server.port)) for _ in range(500)]
         started = time.monotonic()
@@ -72,8 +69,8 @@ def test_flood_from_one_address_cannot_starve_another(start_server: ServerFactor
     server.wait_event("end", count=21)
 
 
-def test_rate_limit_pauses_one_source_only(start_server: ServerFactory) -> None:
-    server = start_server("--rate", "3/60")
+def test_rate_limit_pauses_one_source_only(serve: ServerFactory) -> None:
+    server = serve("--rate", "3/60")
     assert [served(server.port, "127.0.0.2") for _ in range(3)] == [True] * 3
     assert closed_at_once(connect_from("127.0.0.2", server.port)) in (b"", b"<reset>")
     (reject,) = server.wait_event("reject", reason="rate")
@@ -83,8 +80,8 @@ def test_rate_limit_pauses_one_source_only(start_server: ServerFactory) -> None:
     assert len(server.events("accept")) == 4
 
 
-def test_deny_and_allow_rules_first_match_wins(start_server: ServerFactory) -> None:
-    server = start_server("--deny", "127.0.0.2", "--allow", "127.0.0.0/8")
+def test_deny_and_allow_rules_first_match_wins(serve: ServerFactory) -> None:
+    server = serve("--deny", "127.0.0.2", "--allow", "127.0.0.0/8")
     assert closed_at_once(connect_from("127.0.0.2", server.port)) in (b"", b"<reset>")
     (deny,) = server.wait_event("deny")
     assert deny["rule"] == "--deny=127.0.0.2"
@@ -94,8 +91,8 @@ def test_deny_and_allow_rules_first_match_wins(start_server: ServerFactory) -> N
     assert len(server.events("accept")) == 1  # the denied client cost no fork
 
 
-def test_an_allow_list_denies_everyone_else(start_server: ServerFactory) -> None:
-    server = start_server("--allow", "127.0.0.3")
+def test_an_allow_list_denies_everyone_else(serve: ServerFactory) -> None:
+    server = serve("--allow", "127.0.0.3")
     assert served(server.port, "127.0.0.3")
     assert closed_at_once(connect_from("127.0.0.2", server.port)) in (b"", b"<reset>")
     assert server.wait_event("deny")[0]["rule"] == "default"
@@ -122,9 +119,7 @@ def test_rules_file_sets_the_programs_environment(
     assert server.wait_event("deny")[0]["rule"] == f"{rules}:3"
 
 
-def test_rule_environment_reaches_a_python_handler(
-    start_server: ServerFactory, tmp_path: Path
-) -> None:
+def test_rule_environment_reaches_a_python_handler(serve: ServerFactory, tmp_path: Path) -> None:
     handler = tmp_path / "envhandler.py"
     handler.write_text(
         "import os\n\n\ndef handle(conn, peer):\n"
@@ -132,21 +127,21 @@ def test_rule_environment_reaches_a_python_handler(
     )
     rules = tmp_path / "access.rules"
     rules.write_text(RULES)
-    server = start_server("--rules", str(rules), "--handler", f"{handler}:handle")
+    server = serve("--rules", str(rules), "--handler", f"{handler}:handle")
     assert closed_at_once(connect_from("127.0.0.2", server.port)) == b"first"
     assert closed_at_once(connect_from("127.0.0.4", server.port)) == b"-"
 
 
-def test_ipv6_rules_on_loopback(start_server: ServerFactory) -> None:
-    server = start_server("--deny", "::1", address="[::1]:0")
+def test_ipv6_rules_on_loopback(serve: ServerFactory) -> None:
+    server = serve("--deny", "::1", address="[::1]:0")
     assert closed_at_once(connect_from("::1", server.port, "::1")) in (b"", b"<reset>")
     assert server.wait_event("deny")[0]["rule"] == "--deny=::1"
-    allowed = start_server("--allow", "::1/128", "--deny", "::/0", address="[::1]:0")
+    allowed = serve("--allow", "::1/128", "--deny", "::/0", address="[::1]:0")
     assert served(allowed.port, "::1", "::1")
 
 
-def test_dual_stack_ipv4_clients_match_ipv4_rules(start_server: ServerFactory) -> None:
-    server = start_server("--deny", "127.0.0.2", "--deny", "::/0", address="[::]:0")
+def test_dual_stack_ipv4_clients_match_ipv4_rules(serve: ServerFactory) -> None:
+    server = serve("--deny", "127.0.0.2", "--deny", "::/0", address="[::]:0")
     assert closed_at_once(connect_from("127.0.0.2", server.port)) in (b"", b"<reset>")
     (deny,) = server.wait_event("deny")
     assert deny["rule"] == "--deny=127.0.0.2"

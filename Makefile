@@ -55,5 +55,9 @@ integration: $(VENV)/.stamp-test debian-deps
 test: $(VENV)/.stamp-test debian-deps lint typecheck
 	$(VENV)/bin/pytest
 
+# Writes docs/benchmarks.md and its plots; longer runs: make bench BENCH_ARGS='--hold 5000'.
+bench: $(VENV)/.stamp-test debian-deps
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

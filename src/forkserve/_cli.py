@@ -296,7 +296,7 @@ def announce_port(server: object) -> None:
 
 
 def build_parser() -> Parser:
-    from forkserve import _client
+    from forkserve import _bench, _client
 
     parser = Parser(
         prog="forkserve",
@@ -313,6 +313,12 @@ def build_parser() -> Parser:
             "connect, send stdin, print what comes back",
             _client.add_arguments,
             _client.run,
+        ),
+        (
+            "bench",
+            "load an echo server and verify every byte",
+            _bench.add_arguments,
+            _bench.run,
         ),
     ]
     for name, summary, add_arguments, run in subcommands:

@@ -12,7 +12,7 @@ import errno
 import os
 import time
 
-from forkserve._events import render_text
+from forkserve._events import Stamper, render_text
 
 QUIET, INFO, DEBUG = 0, 1, 2
 
@@ -29,9 +29,11 @@ class Log:
     def __init__(self, level: int = INFO, fd: int = 2) -> None:
         self.level = level
         self.fd = fd
+        self.stamp = Stamper()
 
     def _emit(self, event: str, fields: dict[str, object]) -> None:
-        data = (render_text(time.time(), event, fields) + "\n").encode("utf-8", "replace")
+        line = render_text(time.time(), event, fields, self.stamp)
+        data = (line + "\n").encode("utf-8", "replace")
         while data:
             try:
                 written = os.write(self.fd, data)

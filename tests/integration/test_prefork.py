@@ -66,11 +66,11 @@ def test_spares_grow_for_a_burst_and_settle_back(start_server: ServerFactory) ->
 
 def test_ttin_and_ttou_move_the_spare_range(start_server: ServerFactory) -> None:
     server = start_server("--mode", "prefork", "--min-spare", "2", "--max-spare", "3")
-    wait_until(lambda: len(server.children()) == 2, what="two spare workers")
+    wait_until(lambda: len(server.children()) >= 2, what="two spare workers")
     server.send_signal(signal.SIGTTIN)
     (pool,) = server.wait_event("pool")
     assert (pool["min_spare"], pool["max_spare"]) == ("3", "4")
-    wait_until(lambda: len(server.children()) == 3, what="a third spare worker")
+    wait_until(lambda: len(server.children()) >= 3, what="a third spare worker")
     server.send_signal(signal.SIGTTOU)
     server.send_signal(signal.SIGTTOU)
     pools = server.wait_event("pool", count=3)

@@ -47,3 +47,13 @@ def test_decode_status() -> None:
         "core": "yes",
     }
     assert describe_signal(99) == "SIG99(99)"
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_stamper_agrees_with_format_timestamp(ts: float) -> None:
+    from forkserve._events import Stamper
+
+    stamp = Stamper()
+    assert stamp(ts) == format_timestamp(ts)
+    assert stamp(ts + 1.25) == format_timestamp(ts + 1.25)  # a new second
+    assert stamp(ts) == format_timestamp(ts)  # and back

@@ -228,7 +228,11 @@ class PreforkLoop(Supervisor):
 
     def answer(self, pid: int, now: float) -> None:
         """A worker asks whether the per-source limits admit its new connection."""
-        channel = self.channels[pid]
+        channel = self.channels.get(pid)
+        if channel is None:
+            # Reaped (and its channel closed) by the signals handled earlier in this
+            # same turn of the loop: the selector's event predates that.
+            return
         try:
             question = channel.recv(256)
         except BlockingIOError:

@@ -38,7 +38,7 @@ from forkserve._children import Exited
 from forkserve._forking import fork_child
 from forkserve._handler import Service
 from forkserve._limits import Verdict
-from forkserve._listen import Listener
+from forkserve._listen import ACCEPT_PAUSE, Listener
 from forkserve._log import Log
 from forkserve._supervise import Policy, Supervisor
 from forkserve._worker import Worker, decode
@@ -294,6 +294,10 @@ class PreforkLoop(Supervisor):
                 continue  # already reaped
             if kind == "A":
                 self.mark_busy(worker, now, detail)
+            elif kind == "P":
+                self.log.warning("accept-paused", pid=pid, error=detail, pause=f"{ACCEPT_PAUSE}s")
+            elif kind == "U":
+                self.log.notice("accept-resumed", pid=pid, after=detail)
             elif kind in "ER":
                 if kind == "E":
                     worker.served += 1

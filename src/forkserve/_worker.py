@@ -10,7 +10,8 @@ is reset (measurements in docs/benchmarks.md).
 
 The worker tells the supervisor what it does with one datagram per change, on a
 SOCK_DGRAM socketpair shared by all workers (datagrams keep their boundaries, and
-each send is atomic): ``R pid`` ready, ``A pid peer`` accepted, ``E pid code`` ended.
+each send is atomic): ``R pid`` ready, ``A pid peer`` accepted, ``E pid code`` ended,
+``P pid errno`` accept paused for lack of a resource, ``U pid errno`` resumed.
 
 Access control: the rules need no shared state, so the worker applies them itself
 right after accept (a denied client costs no message at all). The per-source limits
@@ -104,6 +105,7 @@ class Worker:
         self.pid = 0  # known once forked: set in install_signals
         self.wake_r, self.wake_w = socket.socketpair()
         self.retiring = False
+        self.paused: str | None = None  # the errno name while accept lacks a resource
 
     def install_signals(self) -> None:
         """Called in the fresh worker while signals are still blocked (see fork_child)."""
@@ -168,10 +170,16 @@ class Worker:
             if exc.errno in CONNECTION_ERRNOS:
                 return "none"
             if exc.errno in CAPACITY_ERRNOS:
+                if self.paused is None:  # once per burst, as fork mode logs it
+                    self.paused = errno.errorcode[exc.errno]
+                    self.report("P", self.paused)
                 return "paused"
             if exc.errno == errno.EINVAL:
                 return "closed"
             raise
+        if self.paused is not None:
+            self.report("U", self.paused)
+            self.paused = None
         return self.serve(conn, peer)
 
     def serve(self, conn: socket.socket, peer: object) -> str:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ServerFactory, limit_args
-from tests.support import WAIT, recv_all, run_cli
+from tests.integration.conftest import ServerFactory
+from tests.support import WAIT, limit_args, recv_all, run_cli
 
 
 def connect_from(source: str, port: int, host: str = "127.0.0.1") -> socket.socket:

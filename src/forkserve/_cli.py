@@ -17,7 +17,7 @@ from forkserve._log import DEBUG, INFO, QUIET
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
     from forkserve._exec import Program
     from forkserve._handler import Handler
@@ -106,6 +106,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         f"processes are terminated (default {DEFAULT_GRACE:g})",
     )
     add_service_arguments(parser)
+    from forkserve._options import (
+        add_access_arguments,
+        add_privilege_arguments,
+        add_time_arguments,
+    )
+
+    add_access_arguments(parser)
+    add_time_arguments(parser)
+    add_privilege_arguments(parser)
     add_verbosity(parser)
 
 
@@ -230,9 +239,11 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from forkserve._log import Log
+    from forkserve._options import access_options
     from forkserve._server import Server
 
     log = Log(QUIET if args.quiet else DEBUG if args.verbose else INFO)
+    options: dict[str, Any] = {**mode_options(args), **access_options(args)}
     with Server(
         args.address,
         choose_service(args),
@@ -241,7 +252,7 @@ def run_serve(args: argparse.Namespace) -> int:
         banner=args.banner,
         log=log,
         mode=args.mode,
-        **mode_options(args),
+        **options,
     ) as server:
         server.serve_forever(ready=announce_port if args.print_port else None)
     return 0

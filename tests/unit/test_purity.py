@@ -9,7 +9,15 @@ import pytest
 
 import forkserve
 
-PURE = ["_address.py", "_events.py", "_errors.py", "_ucspi.py", "_config.py"]
+PURE = [
+    "_address.py",
+    "_events.py",
+    "_errors.py",
+    "_ucspi.py",
+    "_config.py",
+    "_rules.py",
+    "_limits.py",
+]
 FORBIDDEN = {"socket", "os", "signal", "selectors", "time", "subprocess", "threading"}
 SRC = Path(forkserve.__file__).parent
 

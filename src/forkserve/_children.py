@@ -9,7 +9,7 @@ import time
 
 class Child:
     """A forked child: its pid (also its process group), its peer, its source (the
-    client address its connection counts against), when it started.
+    key its connection counts against: see _limits.source_key), when it started.
 
     A plain class with slots, not a dataclass: dataclasses imports inspect and ast,
     memory the parent would carry into every fork.
@@ -17,7 +17,7 @@ class Child:
 
     __slots__ = ("peer", "pid", "source", "started")
 
-    def __init__(self, pid: int, peer: str, started: float, source: str = "") -> None:
+    def __init__(self, pid: int, peer: str, started: float, source: int = -1) -> None:
         self.pid = pid
         self.peer = peer
         self.started = started
@@ -78,18 +78,24 @@ class ChildTable:
 
     def __init__(self) -> None:
         self._children: dict[int, Child] = {}
-        self._per_source: dict[str, int] = {}
+        self._per_source: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._children)
 
-    def add(self, pid: int, peer: str, source: str = "") -> Child:
+    def __contains__(self, pid: object) -> bool:
+        return pid in self._children
+
+    def get(self, pid: int) -> Child | None:
+        return self._children.get(pid)
+
+    def add(self, pid: int, peer: str, source: int = -1) -> Child:
         child = Child(pid, peer, time.monotonic(), source)
         self._children[pid] = child
         self._per_source[source] = self._per_source.get(source, 0) + 1
         return child
 
-    def open_from(self, source: str) -> int:
+    def open_from(self, source: int) -> int:
         """Children now serving ``source``."""
         return self._per_source.get(source, 0)
 

@@ -15,7 +15,7 @@ from forkserve._errors import EXIT_USAGE, ForkserveError, UsageError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 
 SERVE_USAGE = "forkserve serve [HOST:]PORT [options] [-- PROGRAM [ARGS...]]"
@@ -64,6 +64,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from forkserve._configure import (
         Configuration,
         Reloader,
+        access_arguments,
         choose_service,
         log_level,
         mode_options,
@@ -82,6 +83,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if values["listen"] is None and "LISTEN_FDS" not in os.environ:
         raise UsageError("the [HOST:]PORT to listen on is missing (see --help)")
     log = Log(log_level(values), format=str(values["log_format"]))
+    options: dict[str, Any] = {**mode_options(values), **access_arguments(values)}
     with Server(
         values["listen"],  # type: ignore[arg-type]
         choose_service(values),
@@ -93,7 +95,7 @@ def run_serve(args: argparse.Namespace) -> int:
         metrics=values["metrics"],  # type: ignore[arg-type]
         reload=Reloader(configuration, values),
         upgrade_timeout=values["upgrade_timeout"],  # type: ignore[arg-type]
-        **mode_options(values),
+        **options,
     ) as server:
         server.serve_forever(ready=announce_port if values["print_port"] else None)
     return 0

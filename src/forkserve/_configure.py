@@ -13,7 +13,7 @@ import argparse
 from forkserve._errors import UsageError
 from forkserve._log import DEBUG, INFO, QUIET
 from forkserve._settings import UPGRADE, Setting, changes, validate_table
-from forkserve._table import EXCLUSIVE, GROUP_TEXT, SERVE, SERVE_BY_KEY
+from forkserve._table import EXCLUSIVE, GROUP_TEXT, RLIMITS, SERVE, SERVE_BY_KEY
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -83,6 +83,17 @@ def add_argument(group: argparse._ActionsContainer, setting: Setting) -> None:
         )
         return
     flags = [f"--{setting.key}", *([setting.short] if setting.short else [])]
+    if setting.cli == "rule":  # --allow and --deny, kept in their command-line order
+        group.add_argument(
+            *flags,
+            dest="cli_rules",
+            action="append",
+            type=argument_type(setting),
+            metavar=setting.metavar,
+            default=argparse.SUPPRESS,
+            help=text,
+        )
+        return
     if setting.kind.choices:
         kwargs: dict[str, object] = {"choices": setting.kind.choices}
     elif setting.metavar:
@@ -178,6 +189,46 @@ def mode_options(values: Mapping[str, object]) -> dict[str, int]:
     }
 
 
+def access_arguments(values: Mapping[str, object]) -> dict[str, object]:
+    """The ``Server`` arguments for access control, time limits and privileges.
+
+    Rules: the command line's ``--allow``/``--deny`` in their order (or, without
+    them, the file's ``deny`` then ``allow`` lists), then the rules file's.
+
+    Raises:
+        UsageError: a bad rules file (named with its line and the reason).
+    """
+    from forkserve._options import read_rules_file
+    from forkserve._rules import RuleSet, default_allows
+
+    given = values.get("cli_rules")
+    if given is None:
+        given = [*(values["deny"] or []), *(values["allow"] or [])]  # type: ignore[misc]
+    assert isinstance(given, list)
+    rules = list(given)
+    if values["rules"] is not None:
+        rules += read_rules_file(str(values["rules"]))
+    ruleset = None
+    policy = values["default_policy"]
+    assert policy is None or isinstance(policy, str)
+    if rules or policy == "deny":
+        ruleset = RuleSet(rules, default_allows(rules, policy))
+    rlimits = {name: values[f"limit_{name}"] for name in RLIMITS}
+    names = (
+        "per_ip",
+        "rate",
+        "ipv6_prefix",
+        "reject_message",
+        "idle_timeout",
+        "max_lifetime",
+        "handshake_timeout",
+        "user",
+        "group",
+    )
+    rlimits = {name: value for name, value in rlimits.items() if value is not None}
+    return {"rules": ruleset, "rlimits": rlimits, **{name: values[name] for name in names}}
+
+
 def log_level(values: Mapping[str, object]) -> int:
     return QUIET if values["quiet"] else DEBUG if values["verbose"] else INFO
 
@@ -191,6 +242,7 @@ def reloadable(values: Mapping[str, object]) -> dict[str, object]:
         "banner": values["banner"],
         "log_level": log_level(values),
         "log_format": values["log_format"],
+        **access_arguments(values),
     }
 
 
@@ -235,6 +287,7 @@ class Reloader:
     def __init__(self, configuration: Configuration, values: Mapping[str, object]) -> None:
         self.configuration = configuration
         self.values = dict(values)
+        self.rules_data = rules_data(values)
 
     def __call__(self) -> tuple[dict[str, object], list[str], list[str]]:
         """Returns ``(reloadable values, keys changed, keys needing an upgrade)``.
@@ -251,4 +304,20 @@ class Reloader:
         result = reloadable(new)  # checked again with what stays
         self.values = new
         changed = [key.replace("_", "-") for key in apply]
+        data = rules_data(new)
+        if data != self.rules_data and "rules" not in changed:
+            changed.append("rules")  # the same file, with new rules in it
+        self.rules_data = data
         return result, changed, upgrade
+
+
+def rules_data(values: Mapping[str, object]) -> bytes | None:
+    """The rules file's content, to tell whether a reload changed it."""
+    path = values.get("rules")
+    if path is None:
+        return None
+    try:
+        with open(str(path), "rb") as file:  # noqa: PTH123 - no pathlib in the parent
+            return file.read()
+    except OSError:
+        return None  # read_rules_file reports it

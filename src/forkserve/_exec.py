@@ -14,8 +14,9 @@ import socket
 
 from forkserve._address import format_address
 from forkserve._errors import EXIT_TEMPORARY, ProgramError
-from forkserve._handler import Connection, write_banner
+from forkserve._handler import Connection
 from forkserve._log import Log
+from forkserve._prelude import Prelude
 from forkserve._ucspi import endpoint, ucspi_environment
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
@@ -100,22 +101,23 @@ class Program:
 class ExecService:
     """The Service of exec mode: the child becomes ``program``.
 
-    Before exec the child undoes everything a parent changed that the program would
-    inherit (see ``reset_process``); if exec fails, it logs ``exec-failed`` and
-    returns 111, so the ``end`` line shows ``exit=111``.
+    Before exec the child runs the prelude (limits, banner, handshake timeout), then
+    undoes everything a parent changed that the program would inherit (see
+    ``reset_process``); if exec fails, it logs ``exec-failed`` and returns 111, so
+    the ``end`` line shows ``exit=111``.
     """
 
-    __slots__ = ("banner", "log", "program")
+    __slots__ = ("log", "prelude", "program")
 
-    def __init__(self, program: Program, log: Log, banner: bytes = b"") -> None:
+    def __init__(self, program: Program, log: Log, prelude: Prelude | None = None) -> None:
         self.program = program
         self.log = log
-        self.banner = banner
+        self.prelude = prelude if prelude is not None else Prelude()
 
     def __call__(self, conn: socket.socket, info: Connection) -> int:
-        if self.banner and not write_banner(conn, self.banner):
-            conn.close()
-            return 0
+        code = self.prelude(conn, info)
+        if code is not None:
+            return code
         try:
             env = self.environment(conn, info)
         except OSError as exc:  # getsockname on a connection the client reset

@@ -9,7 +9,9 @@ mode a reusable worker. Whatever it does cannot touch other connections.
 When it returns the connection is closed and the child exits 0. If it raises, the
 traceback goes to the log and the child exits 1. A peer that resets the connection
 or goes away mid-write (ConnectionResetError, BrokenPipeError) ends it quietly with
-exit 0: that is the client's choice, not a server fault. ``SystemExit(n)`` exits n.
+exit 0: that is the client's choice, not a server fault. A TimeoutError (the socket
+timeout ``--idle-timeout`` sets, or the handler's own) ends it quietly with exit 124.
+``SystemExit(n)`` exits n.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from __future__ import annotations
 import socket
 import sys
 
+from forkserve._prelude import EXIT_IDLE_TIMEOUT, Prelude
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is what we avoid
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, Protocol
 
     from forkserve._log import Log
@@ -76,41 +81,42 @@ class PythonService:
 
     Args:
         handler: the handler.
-        banner: bytes written to the client before the handler starts (``--banner``).
-        log: with JSON logs, a handler's traceback is logged as a ``handler-error``
+        prelude: what runs first (banner, limits, timeouts); see ``Prelude``. Its
+            log, with JSON logs, takes a handler's traceback as a ``handler-error``
             event (so every line stays one JSON object); otherwise, or without a
             log, it is written to standard error as Python prints it.
     """
 
-    __slots__ = ("banner", "handler", "log")
+    __slots__ = ("handler", "prelude")
 
-    def __init__(self, handler: Handler, banner: bytes = b"", log: Log | None = None) -> None:
+    def __init__(self, handler: Handler, prelude: Prelude | None = None) -> None:
         self.handler = handler
-        self.banner = banner
-        self.log = log
+        self.prelude = prelude if prelude is not None else Prelude()
 
     def __call__(self, conn: socket.socket, info: Connection) -> int:
-        if self.banner and not write_banner(conn, self.banner):
-            conn.close()
-            return EXIT_HANDLER_OK
-        if info.env:
-            import os
+        code = self.prelude(conn, info)
+        if code is not None:
+            return code
+        saved = set_environment(info.env) if info.env else None
+        code = run_handler(self.handler, conn, info.peer, self.prelude.log)
+        if saved is not None:
+            set_environment(saved)  # a prefork worker serves the next client next
+        if code == EXIT_IDLE_TIMEOUT and self.prelude.idle_timeout:
+            self.prelude.log_timeout(info, "idle", self.prelude.idle_timeout)
+        return code
 
-            os.environ.update(info.env)
-        return run_handler(self.handler, conn, info.peer, self.log)
 
+def set_environment(env: Mapping[str, str | None]) -> dict[str, str | None]:
+    """Set (None: unset) environment variables; return what they were before."""
+    import os
 
-def write_banner(conn: socket.socket, banner: bytes) -> bool:
-    """Send ``banner`` to the client, as tcpserver's ``-B`` does; False if it is gone.
-
-    A client that resets the connection before the banner is out is not a server
-    fault: the caller ends the child quietly (exit 0), as a handler would.
-    """
-    try:
-        conn.sendall(banner)
-    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
-        return False
-    return True
+    saved = {name: os.environ.get(name) for name in env}
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    return saved
 
 
 def echo(conn: socket.socket, peer: Any) -> None:
@@ -144,6 +150,8 @@ def run_handler(handler: Handler, conn: socket.socket, peer: Any, log: Log | Non
         handler(conn, peer)
     except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
         return EXIT_HANDLER_OK
+    except TimeoutError:
+        return EXIT_IDLE_TIMEOUT
     except SystemExit as exc:
         if exc.code is None:
             return EXIT_HANDLER_OK

@@ -11,7 +11,7 @@ from forkserve._children import Exited
 from forkserve._handler import Service
 from forkserve._listen import Listener
 from forkserve._log import Log
-from forkserve._supervise import Supervisor
+from forkserve._supervise import Policy, Supervisor
 
 # At most this many accepts per wakeup, so signals (a stop, a burst of exits) are
 # looked at between batches even under a connection flood.
@@ -35,8 +35,9 @@ class ForkLoop(Supervisor):
         max_conns: int,
         grace: float,
         ready: Callable[[], None] | None = None,
+        policy: Policy | None = None,
     ) -> None:
-        super().__init__(listener, service, log, grace=grace, ready=ready)
+        super().__init__(listener, service, log, grace=grace, ready=ready, policy=policy)
         self.max_conns = max_conns
         self.listening = False
 

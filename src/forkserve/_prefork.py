@@ -16,6 +16,13 @@ worker, waiting out a crash back-off).
 - Crashes: a worker that dies unasked is logged with its status and replaced after a
   back-off that doubles with each crash in a row (0.1 s up to 10 s) and resets when a
   worker completes a connection.
+
+Access control (see _worker): workers apply the rules themselves; with per-source
+limits each asks the supervisor on a channel of its own, and the supervisor counts a
+busy worker's connection against its source until the worker reports its end or is
+reaped. ``--max-lifetime`` counts from when a worker reports a connection; at the
+limit the worker is ended (SIGQUIT: it dies by SIGTERM, as a fork-mode child would)
+and replaced.
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ from collections.abc import Callable, Mapping
 from forkserve._children import Exited
 from forkserve._forking import fork_child
 from forkserve._handler import Service
+from forkserve._limits import Verdict
 from forkserve._listen import ACCEPT_PAUSE, Listener
 from forkserve._log import Log
-from forkserve._supervise import Supervisor
+from forkserve._supervise import Policy, Supervisor
 from forkserve._worker import Worker, decode
 
 RETIRE_IDLE = 1.0
@@ -44,7 +52,7 @@ BACKOFF_MAX = 10.0
 class WorkerState:
     """The supervisor's view of one worker."""
 
-    __slots__ = ("peer", "pid", "served", "since", "state", "stopping")
+    __slots__ = ("peer", "pid", "served", "since", "source", "state", "stopping")
 
     def __init__(self, pid: int, now: float) -> None:
         self.pid = pid
@@ -53,6 +61,7 @@ class WorkerState:
         self.peer = ""
         self.served = 0
         self.stopping = False  # asked to retire or to stop
+        self.source: int | None = None  # counted against while busy (per-source limits)
 
 
 class PreforkLoop(Supervisor):
@@ -70,8 +79,9 @@ class PreforkLoop(Supervisor):
         max_requests: int,
         grace: float,
         ready: Callable[[], None] | None = None,
+        policy: Policy | None = None,
     ) -> None:
-        super().__init__(listener, service, log, grace=grace, ready=ready)
+        super().__init__(listener, service, log, grace=grace, ready=ready, policy=policy)
         self.min_spare = min_spare
         self.max_spare = max_spare
         self.max_workers = max_workers
@@ -82,6 +92,10 @@ class PreforkLoop(Supervisor):
         self.backoff_until = 0.0
         self.status_r, self.status_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.status_r.setblocking(False)
+        # Per-source limits: each worker's question channel (supervisor's end), and
+        # the busy workers' connections by source.
+        self.channels: dict[int, socket.socket] = {}
+        self.busy_sources: dict[int, int] = {}
         # Workers watch the read end: EOF means the supervisor stops (or died).
         self.alive_r, self.alive_w = os.pipe()
 
@@ -116,19 +130,26 @@ class PreforkLoop(Supervisor):
 
     def spawn(self, now: float) -> None:
         assert self.listener is not None
+        ours, theirs = (
+            socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            if self.gate.limits_sources
+            else (None, None)
+        )
         worker = Worker(
-            self.listener.sock, self.status_w, self.alive_r, self.service, self.max_requests
+            self.listener.sock,
+            self.status_w,
+            self.alive_r,
+            self.service,
+            self.max_requests,
+            policy=self.policy,
+            log=self.log,
+            channel=theirs,
         )
 
         def close_in_worker() -> None:
-            self.sel.close()
-            if self.sigs is not None:
-                self.sigs.close_in_child()
-            self.status_r.close()
-            os.close(self.alive_w)
-            for conn, _ in self.pending:
-                conn.close()
-            self.close_extras_in_child()
+            self.close_in_child(keep_status=True)
+            if ours is not None:
+                ours.close()
             worker.install_signals()
 
         try:
@@ -136,12 +157,20 @@ class PreforkLoop(Supervisor):
         except OSError as exc:
             self.log.warning("fork-failed", error=os.strerror(exc.errno or 0))
             self.note_crash(now)
+            if ours is not None and theirs is not None:
+                ours.close()
+                theirs.close()
             return
         finally:
             worker.wake_r.close()
             worker.wake_w.close()
         self.workers[pid] = WorkerState(pid, now)
         self.children.add(pid, "worker")
+        if ours is not None and theirs is not None:
+            theirs.close()
+            ours.setblocking(False)
+            self.channels[pid] = ours
+            self.sel.register(ours, selectors.EVENT_READ, pid)
         self.log.debug("worker-start", pid=pid, workers=len(self.workers))
 
     def maintain(self, now: float) -> None:
@@ -216,6 +245,68 @@ class PreforkLoop(Supervisor):
         if key.fileobj is self.status_r:
             self.read_status(time.monotonic())
             self.maintain(time.monotonic())
+        elif isinstance(key.data, int):
+            self.answer(key.data, time.monotonic())
+            self.maintain(time.monotonic())
+
+    def answer(self, pid: int, now: float) -> None:
+        """A worker asks whether the per-source limits admit its new connection."""
+        channel = self.channels.get(pid)
+        if channel is None:
+            # Reaped (and its channel closed) by the signals handled earlier in this
+            # same turn of the loop: the selector's event predates that.
+            return
+        try:
+            question = channel.recv(256)
+        except BlockingIOError:
+            return
+        except ConnectionResetError:
+            question = b""
+        worker = self.workers.get(pid)
+        if not question or worker is None:
+            return  # the worker died; on_exits closes its channel
+        source_text, _, peer = question.decode("utf-8", "replace").partition(" ")
+        verdict = Verdict(True, "", "", {}, int(source_text))
+        self.gate.check_limits(verdict, now, self.open_from)
+        if not verdict.allowed:
+            self.metrics.rejected(verdict.reason)
+            self.log.info("reject", peer=peer, reason=verdict.reason, conns=self.active())
+            reply = b"no"
+        else:
+            connnum = self.open_from(verdict.source) + 1
+            self.count_source(worker, verdict.source)
+            self.mark_busy(worker, now, peer)
+            reply = f"ok {connnum}".encode()
+        try:
+            channel.send(reply)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it died waiting: the exit is reaped and released like any other
+
+    def mark_busy(self, worker: WorkerState, now: float, peer: str) -> None:
+        worker.state, worker.since, worker.peer = "busy", now, peer
+        self.metrics.accepted()
+        self.log.info("accept", peer=peer, pid=worker.pid, conns=self.active())
+        if self.lifetimes is not None:
+            self.lifetimes.add((worker.pid, now), now)
+
+    def count_source(self, worker: WorkerState, source: int) -> None:
+        worker.source = source
+        self.busy_sources[source] = self.busy_sources.get(source, 0) + 1
+
+    def release_source(self, worker: WorkerState) -> None:
+        """The worker's connection ended (or the worker did): its source counts one less."""
+        if worker.source is None:
+            return
+        left = self.busy_sources[worker.source] - 1
+        if left:
+            self.busy_sources[worker.source] = left
+        else:
+            del self.busy_sources[worker.source]
+        worker.source = None
+
+    def open_from(self, source: int) -> int:
+        """Busy workers' connections from ``source``, and children forked at a stop."""
+        return self.busy_sources.get(source, 0) + self.children.open_from(source)
 
     def read_status(self, now: float) -> None:
         while True:
@@ -227,9 +318,9 @@ class PreforkLoop(Supervisor):
             if worker is None:
                 continue  # already reaped
             if kind == "A":
-                worker.state, worker.since, worker.peer = "busy", now, detail
-                self.metrics.accepted()
-                self.log.info("accept", peer=detail, pid=pid, conns=self.active())
+                self.mark_busy(worker, now, detail)
+            elif kind == "D":
+                self.metrics.rejected("deny")  # the worker logged it
             elif kind == "P":
                 self.log.warning("accept-paused", pid=pid, error=detail, pause=f"{ACCEPT_PAUSE}s")
             elif kind == "U":
@@ -238,6 +329,7 @@ class PreforkLoop(Supervisor):
                 if kind == "E":
                     worker.served += 1
                     self.crashes = 0
+                    self.release_source(worker)
                     self.log_end(worker, now, exit=int(detail))
                 worker.state, worker.since, worker.peer = "idle", now, ""
 
@@ -261,6 +353,11 @@ class PreforkLoop(Supervisor):
             if worker is None:
                 self.log_child_end(ended, now)  # a connection served at the stop
                 continue
+            self.release_source(worker)
+            channel = self.channels.pop(ended.pid, None)
+            if channel is not None:
+                self.sel.unregister(channel)
+                channel.close()
             if worker.state == "busy":
                 self.log_end(worker, now, **ended.status_fields())
             if worker.stopping or self.stopping is not None:
@@ -304,19 +401,57 @@ class PreforkLoop(Supervisor):
         for worker in self.workers.values():
             worker.stopping = True
 
-    def close_in_child(self) -> None:
-        """Undo the supervisor's set-up in a child forked for one connection."""
+    def close_in_child(self, keep_status: bool = False) -> None:
+        """Undo the supervisor's set-up in a child: one forked for a connection at a
+        stop, or (``keep_status``) a new worker, which keeps the status socket, the
+        alive pipe's read end and the listener."""
         self.sel.close()
         if self.sigs is not None:
             self.sigs.close_in_child()
-        if self.listener is not None:
-            self.listener.close()
-        for sock in (self.status_r, self.status_w):
-            sock.close()
-        os.close(self.alive_r)
+        self.status_r.close()
+        for channel in self.channels.values():
+            channel.close()
         for other, _ in self.pending:
             other.close()
         self.close_extras_in_child()
+        if keep_status:
+            os.close(self.alive_w)
+            return
+        if self.listener is not None:
+            self.listener.close()
+        self.status_w.close()
+        os.close(self.alive_r)
+
+    # -- --max-lifetime: workers are timed from when they report a connection ----------
+
+    def lifetime_current(self, key: object) -> bool:
+        if not isinstance(key, tuple):
+            return super().lifetime_current(key)  # a child forked at a stop
+        worker = self.workers.get(key[0])
+        return (
+            worker is not None
+            and worker.state == "busy"
+            and worker.since == key[1]
+            and not worker.stopping
+        )
+
+    def end_lifetime(self, key: object, now: float) -> None:
+        """End a worker whose connection reached --max-lifetime: SIGQUIT (it dies by
+        SIGTERM), SIGKILL to its process group LIFETIME_KILL_AFTER seconds later."""
+        if not isinstance(key, tuple):
+            super().end_lifetime(key, now)
+            return
+        worker = self.workers[key[0]]
+        worker.stopping = True  # its exit is not a crash
+        after = f"{self.policy.max_lifetime:g}s"
+        self.log.info(
+            "max-lifetime", pid=worker.pid, peer=worker.peer, after=after, signal="SIGQUIT"
+        )
+        try:
+            os.kill(worker.pid, signal.SIGQUIT)
+        except ProcessLookupError:
+            pass  # it just ended; the reaper will see it
+        self.lifetime_kills.add(worker.pid, now)
 
     def terminate_children(self) -> None:
         """Workers get SIGQUIT, on which they die by SIGTERM (see _worker); children
@@ -325,6 +460,8 @@ class PreforkLoop(Supervisor):
             self.children.signal(pid, signal.SIGQUIT if pid in self.workers else signal.SIGTERM)
 
     def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
         self.status_r.close()
         self.status_w.close()
         os.close(self.alive_r)

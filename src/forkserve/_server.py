@@ -7,20 +7,23 @@ from collections.abc import Callable
 from types import TracebackType
 
 from forkserve._address import parse_listen_address
-from forkserve._errors import ForkserveError, UsageError
+from forkserve._errors import UsageError
 from forkserve._exec import ExecService, Program
 from forkserve._exec import describe as describe_program
 from forkserve._handler import Handler, PythonService, Service, echo
+from forkserve._limits import DEFAULT_IPV6_PREFIX, Gate
 from forkserve._listen import DEFAULT_BACKLOG, Listener
 from forkserve._log import Log
 from forkserve._loop import ForkLoop
 from forkserve._operate import DEFAULT_UPGRADE_TIMEOUT
 from forkserve._prefork import PreforkLoop
-from forkserve._supervise import Supervisor
+from forkserve._prelude import RLIMIT_NAMES, Prelude
+from forkserve._rules import RuleSet
+from forkserve._supervise import Policy, Supervisor
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from forkserve._endpoint import MetricsEndpoint
     from forkserve._systemd import Notifier
@@ -68,6 +71,24 @@ class Server:
             served at once (``max_conns`` is fork mode's).
         max_requests: prefork: a worker is replaced after this many connections
             (0: never).
+        rules: access rules, as lines of a rules file (``"10.0.0.0/8:deny"``,
+            ``"::1:allow,ROLE=admin"``), or a ``RuleSet``; None allows everyone.
+        default_policy: "allow" or "deny" when no rule matches; None: deny if any
+            rule allows, else allow.
+        per_ip: connections at once from one source (an IPv4 address or an IPv6
+            prefix); 0 for no limit.
+        rate: ``(count, seconds)``: new connections per source per period, or None.
+        ipv6_prefix: the length of the IPv6 prefix a source is (default 64).
+        reject_message: bytes sent to a client refused by ``per_ip`` or ``rate``.
+        idle_timeout: Python handlers: the socket timeout; a read or write waiting
+            longer ends the connection with exit 124 (0: none).
+        max_lifetime: seconds a connection may last before its process group gets
+            SIGTERM (SIGKILL a second later); 0: no limit.
+        handshake_timeout: seconds the client has to send its first byte, or the
+            child exits 125 (0: no limit).
+        user, group: switch to them after binding, before the first fork.
+        rlimits: per-child resource limits by name: ``nofile``, ``as`` (bytes),
+            ``cpu`` (seconds), ``nproc``.
         metrics: ``(host, port)`` or ``"[HOST:]PORT"`` where to serve Prometheus
             metrics (``/metrics``) and a health check (``/healthz``); None for none.
         fd: serve on this inherited listening socket instead of binding
@@ -110,6 +131,18 @@ class Server:
         max_spare: int = DEFAULT_MAX_SPARE,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_requests: int = 0,
+        rules: Sequence[str] | RuleSet | None = None,
+        default_policy: str | None = None,
+        per_ip: int = 0,
+        rate: tuple[int, float] | None = None,
+        ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
+        reject_message: bytes = b"",
+        idle_timeout: float = 0.0,
+        max_lifetime: float = 0.0,
+        handshake_timeout: float = 0.0,
+        user: str | None = None,
+        group: str | None = None,
+        rlimits: Mapping[str, int] | None = None,
         metrics: tuple[str, int] | str | None = None,
         fd: int | None = None,
         metrics_fd: int | None = None,
@@ -128,7 +161,21 @@ class Server:
         self.max_conns = max_conns
         self.grace = grace
         self.log = log if log is not None else Log()
-        self.handler, self.service = make_service(handler, banner, self.log, mode)
+        gate = make_gate(rules, default_policy, per_ip, rate, ipv6_prefix)
+        check_seconds("max_lifetime", max_lifetime)
+        self.policy = Policy(gate, reject_message, max_lifetime)
+        prelude = make_prelude(
+            banner,
+            self.log,
+            mode=mode,
+            idle_timeout=idle_timeout,
+            handshake_timeout=handshake_timeout,
+            rlimits=rlimits or {},
+        )
+        self.handler, self.service = make_service(handler, prelude, self.log, mode)
+        from forkserve._privileges import resolve_identity
+
+        self.identity = resolve_identity(user, group)
         self.reload_source = reload
         self.upgrade_timeout = upgrade_timeout
         self.loop: Supervisor | None = None
@@ -202,6 +249,7 @@ class Server:
                 max_requests=max_requests,
                 grace=self.grace,
                 ready=announce,
+                policy=self.policy,
             )
         else:
             limit = {"max_conns": self.max_conns}
@@ -212,6 +260,7 @@ class Server:
                 max_conns=self.max_conns,
                 grace=self.grace,
                 ready=announce,
+                policy=self.policy,
             )
         self.loop = loop
         loop.reloader = self.reload
@@ -231,6 +280,16 @@ class Server:
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)
         self.log.notice("listen", **fields)
+        if self.identity is not None:
+            from forkserve._privileges import is_current, switch_identity
+
+            if not is_current(self.identity):  # an upgraded master already is
+                switch_identity(self.identity)  # after bind, before the first fork
+        elif os.geteuid() == 0:
+            self.log.warning(
+                "running-as-root",
+                hint="--user NAME drops privileges after bind (--user root: as root)",
+            )
         try:
             loop.run()
         finally:
@@ -238,46 +297,10 @@ class Server:
         self.log.notice("stopped", pid=os.getpid())
 
     def reload(self) -> None:
-        """SIGHUP: take the new configuration, or refuse it and keep the old one.
+        """SIGHUP: take the new configuration, or refuse it (see _reload)."""
+        from forkserve._reload import reload
 
-        New settings apply to new connections; live connections keep what they were
-        started with (a child has its own copy). Error handling: an invalid
-        configuration is logged (``reload-failed``) and changes nothing.
-        """
-        loop = self.loop
-        assert loop is not None
-        if self.reload_source is None:
-            self.log.notice("reload", changed="none", reason="no configuration to re-read")
-            return
-        try:
-            new, changed, upgrade = self.reload_source()
-            limit = new.get("max_conns", self.max_conns)
-            pool = tuple(new.get(name, 1) for name in POOL_NAMES)
-            check_arguments(self.mode, limit, pool)  # type: ignore[arg-type]
-        except ForkserveError as exc:
-            self.log.warning("reload-failed", error=str(exc), kept="the running configuration")
-            loop.metrics.operation("reload-failed")
-            return
-        self.apply(new)
-        fields: dict[str, object] = {"changed": ",".join(changed) or "none"}
-        if upgrade:
-            fields["needs_upgrade"] = ",".join(upgrade)
-        self.log.notice("reload", **fields)
-        loop.metrics.operation("reload-ok")
-
-    def apply(self, new: Mapping[str, object]) -> None:
-        """Apply reloaded settings to the log, the service and the loop."""
-        assert self.loop is not None
-        level, log_format, grace, banner = (
-            new[k] for k in ("log_level", "log_format", "grace", "banner")
-        )
-        assert isinstance(level, int) and isinstance(grace, float) and isinstance(banner, bytes)
-        self.log.level = level
-        self.log.set_format(str(log_format))
-        self.grace = self.loop.grace = grace
-        self.loop.upgrade_timeout = float(new["upgrade_timeout"])  # type: ignore[arg-type]
-        self.handler, self.loop.service = make_service(self.handler, banner, self.log, self.mode)
-        self.loop.reconfigure(new)
+        reload(self)
 
     def close(self) -> None:
         self.listener.close()
@@ -351,14 +374,15 @@ def serve_metrics(loop: Supervisor, endpoint: MetricsEndpoint, mode: str, log: L
 
 
 def make_service(
-    handler: Handler | Program | str, banner: bytes, log: Log, mode: str
+    handler: Handler | Program | str, prelude: Prelude, log: Log, mode: str
 ) -> tuple[Handler | Program, Service]:
     """Load a handler name, and wrap the handler or program as what children run.
 
     Raises:
         HandlerError: a handler name that does not load.
         UsageError: a program in prefork mode: exec replaces the process, so a
-            worker could serve only one connection; fork mode is exec's model.
+            worker could serve only one connection; fork mode is exec's model. Or
+            an idle timeout for a program, which owns its socket.
     """
     if isinstance(handler, str):
         from forkserve._load import load_handler
@@ -369,5 +393,82 @@ def make_service(
             raise UsageError(
                 "a program replaces the process that runs it: exec mode needs --mode fork"
             )
-        return handler, ExecService(handler, log, banner)
-    return handler, PythonService(handler, banner, log)
+        if prelude.idle_timeout:
+            raise UsageError(
+                "--idle-timeout applies to Python handlers: a program owns its socket "
+                "(use --max-lifetime)"
+            )
+        return handler, ExecService(handler, log, prelude)
+    return handler, PythonService(handler, prelude)
+
+
+def check_seconds(name: str, value: float) -> None:
+    """Raises UsageError unless ``value`` is 0 (off) or a finite positive number."""
+    if not 0 <= value < float("inf"):
+        raise UsageError(f"{name} must be 0 (off) or more seconds, not {value}")
+
+
+def make_prelude(
+    banner: bytes,
+    log: Log,
+    *,
+    mode: str,
+    idle_timeout: float,
+    handshake_timeout: float,
+    rlimits: Mapping[str, int],
+) -> Prelude:
+    """What each child runs before its handler or program, checked.
+
+    Raises:
+        UsageError: a bad timeout or resource limit.
+    """
+    for name, value in (("idle_timeout", idle_timeout), ("handshake_timeout", handshake_timeout)):
+        check_seconds(name, value)
+    triples: tuple[tuple[int, int, int], ...] = ()
+    if rlimits:
+        for name, value in rlimits.items():
+            if name not in RLIMIT_NAMES or not isinstance(value, int) or value < 1:
+                raise UsageError(f"rlimits: expected {', '.join(RLIMIT_NAMES)} above 0")
+        from forkserve._privileges import rlimit_triples
+
+        triples = rlimit_triples(rlimits, reusable=mode == "prefork")
+    return Prelude(
+        banner,
+        handshake_timeout=handshake_timeout,
+        idle_timeout=idle_timeout,
+        rlimits=triples,
+        log=log,
+    )
+
+
+def make_gate(
+    rules: Sequence[str] | RuleSet | None,
+    default_policy: str | None,
+    per_ip: int,
+    rate: tuple[int, float] | None,
+    ipv6_prefix: int,
+) -> Gate:
+    """The parent's admission policy, checked.
+
+    Raises:
+        UsageError: a bad rule, policy or limit.
+    """
+    from forkserve._rules import RuleError, default_allows, parse_rules
+
+    if default_policy not in (None, "allow", "deny"):
+        raise UsageError(f"default_policy must be 'allow' or 'deny', not {default_policy!r}")
+    if rules is not None and not isinstance(rules, RuleSet):
+        if isinstance(rules, str):
+            raise UsageError("rules must be a list of rule lines, not one string")
+        try:
+            parsed = parse_rules("\n".join(rules).encode(), "rules")
+        except RuleError as exc:
+            raise UsageError(f"rules line {exc.line}: {exc.reason}") from None
+        rules = RuleSet(parsed, default_allows(parsed, default_policy))
+    if per_ip < 0:
+        raise UsageError(f"per_ip must be 0 (no limit) or more, not {per_ip}")
+    if rate is not None and not (rate[0] >= 1 and 0 < rate[1] < float("inf")):
+        raise UsageError(f"rate must be (count, seconds) above 0, not {rate!r}")
+    if not 0 <= ipv6_prefix <= 128:
+        raise UsageError(f"ipv6_prefix must be 0 to 128, not {ipv6_prefix}")
+    return Gate(rules, per_ip, rate, ipv6_prefix)

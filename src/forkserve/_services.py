@@ -76,7 +76,8 @@ def chargen(conn: socket.socket, peer: Any) -> None:
     Sends whole 95-line periods, so the pattern continues across sends. Received
     data is read and thrown away (the RFC says so, and a client that writes must
     not stall). It ends when a send fails because the client closed: the reset
-    ends the child quietly with exit 0.
+    ends the child quietly with exit 0; or when a socket timeout (``--idle-timeout``)
+    passes with the client neither reading nor writing (exit 124).
     """
     block = memoryview(chargen_block())
     sink = bytearray(ECHO_FIRST_BUFFER)
@@ -84,8 +85,14 @@ def chargen(conn: socket.socket, peer: Any) -> None:
     poller.register(conn, select.POLLOUT | select.POLLIN)
     reading = True
     sent = 0
+    # With --idle-timeout the socket has a timeout: poll(2) must honour it too.
+    timeout = conn.gettimeout()
+    wait_ms = None if timeout is None else max(1, round(timeout * 1000))
     while True:
-        for _, events in poller.poll():
+        ready = poller.poll(wait_ms)
+        if not ready:
+            raise TimeoutError("chargen: the client neither read nor wrote")
+        for _, events in ready:
             if reading and events & (select.POLLIN | select.POLLHUP | select.POLLERR):
                 reading = drop_input(conn, sink)
                 if not reading:  # the client is done writing, maybe not reading

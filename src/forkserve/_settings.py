@@ -63,7 +63,7 @@ class Kind:
 
 def _count(text: str) -> int:
     if not text.isascii() or not text.isdigit():
-        raise ValueError(f"expected a whole number, not {text!r}")
+        raise ValueError(f"expected a whole number, 1 or more, not {text!r}")
     return _at_least_one(int(text))
 
 
@@ -227,8 +227,10 @@ def validate_table(
 
 def suggest(key: str, settings: Mapping[str, Setting]) -> str:
     """`` (did you mean 'max-conns'?)`` for a near miss, else nothing."""
-    import difflib  # only on this error path
-
+    try:
+        import difflib  # only on this error path
+    except ImportError:  # unreadable after a privilege drop: no suggestion, no crash
+        return ""
     close = difflib.get_close_matches(key.replace("_", "-"), list(settings), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

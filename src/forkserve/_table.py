@@ -6,6 +6,7 @@ To add an option, add a row here: the parser, the config file, reloads and
 
 from __future__ import annotations
 
+from forkserve._limits import DEFAULT_IPV6_PREFIX, parse_rate
 from forkserve._listen import DEFAULT_BACKLOG
 from forkserve._log import FORMATS
 from forkserve._operate import DEFAULT_UPGRADE_TIMEOUT
@@ -26,17 +27,76 @@ from forkserve._settings import (
     RELOAD,
     SECONDS,
     TEXT,
+    Kind,
     Setting,
     by_key,
     choice,
 )
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
+if TYPE_CHECKING:
+    from forkserve._rules import Rule
+
+
+def rules_kind(action: str) -> Kind:
+    """``allow``/``deny``: a prefix on the command line, a list of them in a file."""
+    from forkserve._rules import command_line_rule
+
+    def one(text: str) -> Rule:
+        return command_line_rule(action, text)  # RuleError is a ValueError
+
+    def many(value: object) -> list[Rule]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError('expected a list of prefixes: ["10.0.0.0/8", ...]')
+        return [one(text) for text in value]
+
+    return Kind("prefixes (a list in a file)", one, (list, str), many)
+
+
+def _prefix_length(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) > 128:
+        raise ValueError(f"expected a prefix length from 0 to 128, not {text!r}")
+    return int(text)
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected seconds, not {text!r}") from None
+    return _positive(value)
+
+
+def _positive(value: object) -> float:
+    assert isinstance(value, int | float)
+    if not 0 < value < float("inf"):
+        raise ValueError(f"expected more than 0 seconds, not {value!r}")
+    return float(value)
+
+
+def _size(text: str) -> int:
+    from forkserve._privileges import parse_size
+
+    return parse_size(text)
+
+
+PREFIX_LENGTH = Kind(
+    "a prefix length, 0 to 128", _prefix_length, (int,), lambda v: _prefix_length(str(v))
+)
+RATE = Kind("N/SECONDS", parse_rate, (str,))
+TIMEOUT = Kind("seconds, more than 0", _timeout, (int, float), _positive)
+SIZE = Kind("a size: 4096, 512M, 2G", _size, (str, int), lambda v: _size(str(v)))
+
+ACCESS = "access control and limits per client address"
+TIMES = "time limits per connection"
+PRIVILEGES = "privileges and resource limits"
 LISTENING = "listening"
 POOL = "prefork pool (with --mode prefork)"
 SERVICE = "what runs for each connection"
 OPERATIONS = "logs and metrics"
 
 GROUP_TEXT = {
+    ACCESS: "Decided in the parent before fork: a refused client costs no process.",
     SERVICE: "Echo by default. After '--', PROGRAM [ARGS...] is executed (never through "
     "a shell) with the connection on fd 0 and 1 and the UCSPI environment (PROTO, "
     "TCPREMOTEIP, ...).",
@@ -203,6 +263,157 @@ SERVE = (
         default_text="none",
     ),
     Setting(
+        "allow",
+        rules_kind("allow"),
+        None,
+        "allow clients in PREFIX (10.0.0.0/8, 192.0.2.7, 2001:db8::/32); repeatable; "
+        "rules apply in order, the first match wins. In a file: a list, and deny's "
+        "entries come before allow's (for another order use a rules file)",
+        group=ACCESS,
+        metavar="PREFIX",
+        cli="rule",
+        reload=RELOAD,
+        default_text="none",
+    ),
+    Setting(
+        "deny",
+        rules_kind("deny"),
+        None,
+        "deny clients in PREFIX; repeatable (see allow)",
+        group=ACCESS,
+        metavar="PREFIX",
+        cli="rule",
+        reload=RELOAD,
+        default_text="none",
+    ),
+    Setting(
+        "rules",
+        TEXT,
+        None,
+        "more rules, after the command line's: ADDRESS[/LEN]:allow[,NAME=VALUE]... or "
+        "ADDRESS[/LEN]:deny, one a line; SIGHUP re-reads it",
+        group=ACCESS,
+        metavar="FILE",
+        reload=RELOAD,
+        default_text="none",
+    ),
+    Setting(
+        "default-policy",
+        choice("allow", "deny"),
+        None,
+        "for clients no rule matches",
+        group=ACCESS,
+        metavar="{allow,deny}",
+        reload=RELOAD,
+        default_text="deny if any rule allows, else allow",
+    ),
+    Setting(
+        "per-ip",
+        COUNT,
+        0,
+        "connections at once from one IPv4 address or IPv6 prefix",
+        group=ACCESS,
+        metavar="N",
+        reload=RELOAD,
+        default_text="no limit",
+    ),
+    Setting(
+        "ipv6-prefix",
+        PREFIX_LENGTH,
+        DEFAULT_IPV6_PREFIX,
+        "IPv6 clients count per prefix this long (live connections are counted by "
+        "it, so it changes only with a new process)",
+        group=ACCESS,
+        metavar="LEN",
+    ),
+    Setting(
+        "rate",
+        RATE,
+        None,
+        "new connections per address per period, e.g. 10/1 (a token bucket; a reload "
+        "starts the buckets afresh)",
+        group=ACCESS,
+        metavar="N/SECONDS",
+        reload=RELOAD,
+        default_text="no limit",
+    ),
+    Setting(
+        "reject-message",
+        BANNER,
+        b"",
+        "sent to a client refused by per-ip or rate; escapes as banner",
+        group=ACCESS,
+        metavar="TEXT",
+        reload=RELOAD,
+        default_text="none",
+    ),
+    Setting(
+        "idle-timeout",
+        TIMEOUT,
+        0.0,
+        "Python handlers: a read or write that waits this long ends the connection (exit 124)",
+        group=TIMES,
+        metavar="SECONDS",
+        reload=RELOAD,
+        default_text="none",
+    ),
+    Setting(
+        "max-lifetime",
+        TIMEOUT,
+        0.0,
+        "a connection's process group gets SIGTERM after this long, SIGKILL 1 s later "
+        "(its timers run in order of start, so it changes only with a new process)",
+        group=TIMES,
+        metavar="SECONDS",
+        default_text="none",
+    ),
+    Setting(
+        "handshake-timeout",
+        TIMEOUT,
+        0.0,
+        "the client must send its first byte within this long (else exit 125)",
+        group=TIMES,
+        metavar="SECONDS",
+        reload=RELOAD,
+        default_text="none",
+    ),
+    Setting(
+        "user",
+        TEXT,
+        None,
+        "after binding, switch to this user (a new process cannot switch back)",
+        group=PRIVILEGES,
+        metavar="NAME",
+        default_text="none",
+    ),
+    Setting(
+        "group",
+        TEXT,
+        None,
+        "after binding, switch to this group",
+        group=PRIVILEGES,
+        metavar="NAME",
+        default_text="none",
+    ),
+    *(
+        Setting(
+            f"limit-{name}",
+            kind,
+            None,
+            text,
+            group=PRIVILEGES,
+            metavar=metavar,
+            reload=RELOAD,
+            default_text="none",
+        )
+        for name, kind, metavar, text in (
+            ("nofile", COUNT, "N", "open descriptors per child (RLIMIT_NOFILE)"),
+            ("as", SIZE, "SIZE", "address space per child, e.g. 512M (RLIMIT_AS)"),
+            ("cpu", COUNT, "SECONDS", "CPU seconds per connection; then SIGXCPU (RLIMIT_CPU)"),
+            ("nproc", COUNT, "N", "processes of the user, counted per user (RLIMIT_NPROC)"),
+        )
+    ),
+    Setting(
         "metrics",
         ADDRESS,
         None,
@@ -242,6 +453,7 @@ SERVE = (
     ),
 )
 SERVE_BY_KEY = by_key(SERVE)
+RLIMITS = ("nofile", "as", "cpu", "nproc")
 # Flags that exclude each other, on the command line and in a file.
 EXCLUSIVE = (("quiet", "verbose"),)
 

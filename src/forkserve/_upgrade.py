@@ -22,6 +22,7 @@ not ready within ``--upgrade-timeout``, the old one keeps serving and says so.
 from __future__ import annotations
 
 import errno
+import fcntl  # here, not in the child: after --user the stdlib may be unreadable
 import os
 import selectors
 import signal
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, MutableMapping
 
     from forkserve._children import Exited
+    from forkserve._log import Log
     from forkserve._supervise import Supervisor
 
 UPGRADE_FROM = "FORKSERVE_UPGRADE_FROM"
@@ -122,7 +124,9 @@ def start_upgrade(loop: Supervisor, now: float) -> Upgrade | None:
         sockets.append((loop.endpoint.listener.fileno(), METRICS_NAME))
     notify = loop.status.notifier.value if loop.status is not None else None
     try:
-        pid, ready_r = start_new_master(sockets, loop.listener.owned, notify, loop.close_in_child)
+        pid, ready_r = start_new_master(
+            sockets, loop.listener.owned, notify, loop.close_in_child, loop.log
+        )
     except OSError as exc:
         name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
         loop.log.warning("upgrade-failed", reason="fork", error=name)
@@ -136,6 +140,7 @@ def start_new_master(
     owned: bool,
     notify_socket: str | None,
     close_in_child: Callable[[], None],
+    log: Log,
 ) -> tuple[int, int]:
     """Fork and exec the new master with ``sockets`` as descriptors 3, 4, ...
 
@@ -145,6 +150,7 @@ def start_new_master(
         notify_socket: systemd's ``NOTIFY_SOCKET``, which the old master removed
             from its environment and the new master needs.
         close_in_child: the old master's own clean-up for a forked child.
+        log: where the child reports an exec that failed.
 
     Returns:
         ``(pid, ready_r)``: the new master, and the read end of its ready pipe.
@@ -167,7 +173,9 @@ def start_new_master(
         raise
     if pid == 0:
         try:
-            _exec_new_master(sockets, ready_w, owned, notify_socket, close_in_child)
+            _exec_new_master(sockets, ready_w, owned, notify_socket, close_in_child, log)
+        except BaseException as exc:  # noqa: BLE001 - a bug: say so, never return
+            log.warning("upgrade-exec-failed", pid=os.getpid(), error=repr(exc))
         finally:
             os._exit(111)
     unblock()
@@ -175,16 +183,18 @@ def start_new_master(
     return pid, ready_r
 
 
-def _exec_new_master(
+def _exec_new_master(  # noqa: PLR0917 - one call site, in the forked child
     sockets: list[tuple[int, str]],
     ready_w: int,
     owned: bool,
     notify_socket: str | None,
     close_in_child: Callable[[], None],
+    log: Log,
 ) -> None:
-    """In the forked child: move the sockets to 3, 4, ..., set the variables, exec."""
-    import fcntl
+    """In the forked child: move the sockets to 3, 4, ..., set the variables, exec.
 
+    Exec fails (and the child exits 111, logged) when the new user after
+    ``--user`` cannot run the Python interpreter (one under /root, say)."""
     # Above every target first, so that moving one never overwrites another.
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd, _ in (*sockets, (ready_w, ""))]
     close_in_child()  # closes the originals, the selector, the signal pipe...
@@ -206,7 +216,11 @@ def _exec_new_master(
         env["NOTIFY_SOCKET"] = notify_socket
     unblock()
     argv = [sys.executable, *sys.orig_argv[1:]]
-    os.execve(sys.executable, argv, env)  # noqa: S606 - no shell, by design
+    try:
+        os.execve(sys.executable, argv, env)  # noqa: S606 - no shell, by design
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        log.warning("upgrade-exec-failed", pid=os.getpid(), program=sys.executable, error=name)
 
 
 class Handover:

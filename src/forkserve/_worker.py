@@ -13,6 +13,13 @@ SOCK_DGRAM socketpair shared by all workers (datagrams keep their boundaries, an
 each send is atomic): ``R pid`` ready, ``A pid peer`` accepted, ``E pid code`` ended,
 ``P pid errno`` accept paused for lack of a resource, ``U pid errno`` resumed.
 
+Access control: the rules need no shared state, so the worker applies them itself
+right after accept (a denied client costs no message at all). The per-source limits
+(``--per-ip``, ``--rate``) need every worker's connections, which only the supervisor
+sees: with them on, the worker asks on a channel of its own (a SOCK_SEQPACKET pair)
+and waits for the answer, which replaces the ``A`` report: ``SOURCE PEER`` out,
+``ok CONNNUM`` or ``no`` back.
+
 Signals, as the supervisor uses them:
     SIGTERM: retire: exit now if idle, else after the current connection.
     SIGQUIT: end now: the worker dies by SIGTERM, as a fork-mode child would.
@@ -33,10 +40,17 @@ import socket
 from forkserve._address import format_address
 from forkserve._handler import Connection, Service
 from forkserve._listen import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS
+from forkserve._log import Log
+from forkserve._supervise import Policy, host_of, refuse
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
     from types import FrameType
+
+# How long a worker waits for the supervisor's answer on its channel. The supervisor
+# answers at once, from its loop; no answer in this long means it is gone or stuck,
+# and the worker leaves.
+ASK_TIMEOUT = 10.0
 
 
 def encode(kind: str, pid: int, detail: str = "") -> bytes:
@@ -75,12 +89,19 @@ class Worker:
         alive_fd: int,
         service: Service,
         max_requests: int,
+        *,
+        policy: Policy,
+        log: Log,
+        channel: socket.socket | None = None,
     ) -> None:
         self.listener = listener
         self.status = status
         self.alive_fd = alive_fd
         self.service = service
         self.max_requests = max_requests
+        self.policy = policy
+        self.log = log
+        self.channel = channel  # the per-worker question channel, with per-source limits
         self.pid = 0  # known once forked: set in install_signals
         self.wake_r, self.wake_w = socket.socketpair()
         self.retiring = False
@@ -94,6 +115,8 @@ class Worker:
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
         signal.signal(signal.SIGQUIT, _die_now)
+        if self.channel is not None:
+            self.channel.settimeout(ASK_TIMEOUT)
 
     def report(self, kind: str, detail: str = "") -> None:
         """Tell the supervisor; if it is gone there is no one to serve for: exit."""
@@ -157,10 +180,50 @@ class Worker:
         if self.paused is not None:
             self.report("U", self.paused)
             self.paused = None
-        self.report("A", format_address(peer))
-        code = self.service(conn, Connection(peer))
+        return self.serve(conn, peer)
+
+    def serve(self, conn: socket.socket, peer: object) -> str:
+        """Admit (rules here, per-source limits by asking) and serve one connection.
+
+        Returns:
+            "served", or "none" when it was refused (closed and logged).
+        """
+        peer_text = format_address(peer)
+        verdict = self.policy.gate.check_rules(host_of(peer))
+        if not verdict.allowed:
+            conn.close()
+            self.log.info("deny", peer=peer_text, rule=verdict.rule)
+            self.report("D", peer_text)  # counted in the supervisor's metrics
+            return "none"
+        connnum = 1
+        if self.channel is not None:
+            connnum = self.ask(verdict.source, peer_text)
+            if not connnum:
+                refuse(conn, self.policy.reject_message)
+                return "none"
+        else:
+            self.report("A", peer_text)
+        code = self.service(conn, Connection(peer, connnum, verdict.env))
         self.report("E", str(code))
         return "served"
+
+    def ask(self, source: int, peer_text: str) -> int:
+        """Ask the supervisor whether the per-source limits admit this connection.
+
+        Returns:
+            The connection's TCPCONNNUM count if admitted (the supervisor has counted
+            it and logged ``accept``), 0 if refused (it logged ``reject``).
+        """
+        assert self.channel is not None
+        try:
+            self.channel.send(f"{source} {peer_text}".encode())
+            answer = self.channel.recv(64)
+        except (TimeoutError, ConnectionError):
+            answer = b""
+        if not answer:  # the supervisor is gone (EOF) or stuck: no one to serve for
+            os._exit(0)
+        kind, _, count = answer.decode().partition(" ")
+        return int(count) if kind == "ok" else 0
 
     def _drain_wakeups(self) -> list[int]:
         received: list[int] = []

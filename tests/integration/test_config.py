@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 from tests.integration.conftest import ServerFactory
+from tests.integration.test_access import connect_from
 from tests.integration.test_metrics import scrape
 from tests.integration.test_systemd import notify_socket, wait_notification
 from tests.support import FORKSERVE, ServerProcess, connect, recv_exactly, run_cli
@@ -147,3 +148,44 @@ def test_reload_under_systemd_notifies_reloading_then_ready(
         assert int(reloading["MONOTONIC_USEC"]) > 0
         assert wait_notification(notify, "READY")["READY"] == "1"
         server.wait_event("reload")
+
+
+def test_reload_applies_a_changed_rule_to_new_connections_only(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules"
+    rules.write_text("127.0.0.3:deny\n")
+    config = write(tmp_path / "f.toml", f'rules = "{rules}"\n')
+    server = serve("--config", config, "--metrics", "127.0.0.1:0")
+    with connect_from("127.0.0.3", server.port) as denied:
+        assert denied.recv(10) == b""
+    with connect_from("127.0.0.2", server.port) as held:
+        assert echoes(held)
+        rules.write_text("127.0.0.2:deny\n")
+        server.send_signal(signal.SIGHUP)
+        server.wait_event("reload", changed="rules")
+        with connect_from("127.0.0.2", server.port) as now_denied:
+            assert now_denied.recv(10) == b""
+        with connect_from("127.0.0.3", server.port) as now_allowed:
+            assert echoes(now_allowed)
+        assert echoes(held)  # the live connection is untouched
+    assert [d["peer"].split(":")[0] for d in server.wait_event("deny", 2)] == [
+        "127.0.0.3",
+        "127.0.0.2",
+    ]
+    assert scrape(server)["forkserve_connections_rejected_total", "reason=deny"] == 2
+
+
+def test_reload_applies_a_new_per_ip_limit(start_server: ServerFactory, tmp_path: Path) -> None:
+    path = tmp_path / "f.toml"
+    server = start_server("--config", write(path, "per-ip = 1\n"))
+    with connect(server.port) as first:
+        assert echoes(first)
+        with connect(server.port) as second:
+            assert second.recv(10) == b""  # rejected: one per address
+        write(path, "per-ip = 2\n")
+        server.send_signal(signal.SIGHUP)
+        server.wait_event("reload", changed="per-ip")
+        with connect(server.port) as third:
+            assert echoes(third)
+    assert len(server.events("reject", reason="per-ip")) == 1

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import pwd
 import random
 import signal
+import sys
 import threading
 from pathlib import Path
+
+import pytest
 
 from tests.integration.conftest import ServerFactory
 from tests.integration.test_systemd import notify_socket, wait_notification
@@ -166,4 +170,35 @@ def test_a_new_master_that_is_never_ready_is_given_up(
     failed = server.wait_event("upgrade-failed")[0]
     assert (failed["reason"], failed["timeout"]) == ("timeout", "0.5s")
     server.wait_event("upgrade-exit", signal="SIGTERM(15)")
+    assert echo_roundtrip(server.port, b"still serving") == b"still serving"
+
+
+def runnable_by_anyone(path: str) -> bool:
+    """Whether every directory down to ``path`` and the file itself are open to all."""
+    real = Path(os.path.realpath(path))
+    steps = [*reversed(real.parents), real]
+    return all(step.stat().st_mode & 0o001 for step in steps)
+
+
+@pytest.mark.skipif(not runnable_by_anyone(sys.executable), reason="nobody cannot run this Python")
+def test_an_upgrade_after_dropping_privileges(serve: ServerFactory) -> None:
+    """The new master starts as the user the old one became, with the sockets
+    already bound, so it neither binds nor switches again."""
+    server = serve("--user", "nobody", "--metrics", "127.0.0.1:0")
+    server.send_signal(signal.SIGUSR2)
+    new = int(server.wait_event("upgrade-ready")[0]["pid"])
+    server.wait_event("stopped", pid=server.pid)
+    assert server.proc.wait(WAIT) == 0
+    assert echo_roundtrip(server.port, b"as nobody") == b"as nobody"
+    assert Path(f"/proc/{new}/status").read_text().count(str(pwd.getpwnam("nobody").pw_uid)) >= 4
+    stop_new_master(server, new)
+
+
+@pytest.mark.skipif(runnable_by_anyone(sys.executable), reason="nobody can run this Python here")
+def test_an_upgrade_nobody_cannot_exec_is_reported(start_server: ServerFactory) -> None:
+    server = start_server("--user", "nobody")
+    server.send_signal(signal.SIGUSR2)
+    failed = server.wait_event("upgrade-exec-failed")[0]
+    assert failed["error"] == "EACCES"
+    server.wait_event("upgrade-exit", exit=111)
     assert echo_roundtrip(server.port, b"still serving") == b"still serving"

@@ -10,6 +10,7 @@ broken promise: it reports it, so the soak table shows every failure at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import pwd
@@ -118,11 +119,23 @@ def server(result: Result, *args: str, **kwargs: object) -> Iterator[ServerProce
         # A child is a zombie for the moment between its exit and the reap: only one
         # that is still there seconds later is left behind.
         with contextlib.suppress(AssertionError):
-            wait_until(lambda: not proc.zombies(), timeout=5, what="zombies to be reaped")
-        result.zombies = max(result.zombies, len(proc.zombies()))
-        result.check(result.zombies == 0, f"{result.zombies} zombies left")
+            wait_until(lambda: not proc.zombies(), timeout=15, what="zombies to be reaped")
+        zombies = proc.zombies()
+        result.zombies = max(result.zombies, len(zombies))
+        result.check(not zombies, f"{len(zombies)} zombies left: {describe(proc, zombies)}")
         left = proc.close()
         result.check(not left, f"processes left behind: {left}")
+
+
+def describe(proc: ServerProcess, pids: list[int]) -> str:
+    """What the log says of ``pids``, and what the parent is doing: for a failure."""
+    notes = []
+    for pid in pids:
+        lines = [line for line in proc.lines if f"pid={pid} " in line or f"pid={pid}\n" in line]
+        notes.append(f"{pid}: {lines[-3:]}")
+    with contextlib.suppress(OSError):
+        notes.append("parent in " + Path(f"/proc/{proc.pid}/wchan").read_text())
+    return "; ".join(notes)
 
 
 def settled(proc: ServerProcess, mode: str) -> bool:
@@ -254,12 +267,17 @@ def inject_faults(proc: ServerProcess, seconds: float) -> dict[str, int]:
 
 def kill_a_held_child(proc: ServerProcess) -> None:
     """Hold a connection, find the process serving it from its accept line, SIGKILL it."""
-    with connect(proc.port) as sock:
+    with socket.socket() as sock:
+        # Over a long run a client port comes round again: bind first, count the accept
+        # lines this address already has, then wait for one more and take the newest.
+        sock.settimeout(15)
+        sock.bind(("127.0.0.1", 0))
+        host, port = sock.getsockname()[:2]
+        before = len(proc.events("accept", peer=f"{host}:{port}"))
+        sock.connect(("127.0.0.1", proc.port))
         sock.sendall(b"Hx")
         assert sock.recv(1) == b"x"
-        host, port = sock.getsockname()[:2]
-        # Over a long run a client port comes round again: the newest accept is ours.
-        accept = proc.wait_event("accept", peer=f"{host}:{port}")[-1]
+        accept = proc.wait_event("accept", count=before + 1, peer=f"{host}:{port}")[-1]
         os.kill(int(accept["pid"]), signal.SIGKILL)
         with contextlib.suppress(ConnectionResetError):
             sock.recv(1)
@@ -272,9 +290,13 @@ def check_chaos_log(proc: ServerProcess, injected: dict[str, int], result: Resul
     }
     for kind, (key, value) in expected.items():
         logged = len(proc.events("end", **{key: value}))
-        result.check(
-            logged == injected[kind], f"{kind}: {injected[kind]} injected, {logged} logged"
-        )
+        if logged != injected[kind]:
+            statuses = collections.Counter(
+                e.get("signal") or "exit=" + e.get("exit", "?") for e in proc.events("end")
+            )
+            result.problems.append(
+                f"{kind}: {injected[kind]} injected, {logged} logged; all ends: {dict(statuses)}"
+            )
     raised = injected["raise"] + injected["MemoryError"]
     with contextlib.suppress(AssertionError):
         proc.wait_event("end", count=raised, exit="1")
@@ -293,8 +315,8 @@ def scenario_emfile(mode: str, size: Size) -> Result:
     # Prefork: one worker, so no fresh worker (with descriptors to spare) takes over.
     pool = ["--min-spare", "1", "--max-spare", "1", "--max-workers", "1"]
     with server(result, *(pool if mode == "prefork" else [])) as proc:
-        if mode == "prefork":
-            wait_until(lambda: len(proc.children()) == 1, what="the worker")
+        if mode == "prefork":  # the worker, set up and waiting for connections
+            wait_until(lambda: settled_quiet(proc, mode) and proc.children(), what="the worker")
         accepting = [proc.pid] if mode == "fork" else proc.children()
         limits = {pid: resource.prlimit(pid, resource.RLIMIT_NOFILE) for pid in accepting}
         for pid, (_, hard) in limits.items():

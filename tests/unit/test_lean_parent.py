@@ -19,6 +19,8 @@ HEAVY = [
 SCRIPT = f"""
 import sys
 import forkserve, forkserve._cli, forkserve._exec, forkserve._load, forkserve._services
+import forkserve._options, forkserve._privileges, forkserve._rules
+import forkserve._limits, forkserve._prelude
 heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
 print(" ".join(heavy))
 """

@@ -17,6 +17,9 @@ PURE = [
     "_config.py",
     "_metrics.py",
     "_activation.py",
+    "_settings.py",
+    "_rules.py",
+    "_limits.py",
 ]
 FORBIDDEN = {"socket", "os", "signal", "selectors", "time", "subprocess", "threading"}
 SRC = Path(forkserve.__file__).parent

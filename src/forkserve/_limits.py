@@ -1,0 +1,231 @@
+"""Admission policy: access rules, connections per source, connection rate per source;
+and the lifetime timers (pure: no I/O, time is a parameter).
+
+The parent asks ``Gate.check`` about each connection it accepted, before forking: a
+refused one costs no process. Everything here takes ``now`` from the caller, so the
+unit tests drive it with a fake clock.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+from forkserve._rules import IPV6_BIT, Rule, RuleError, RuleSet, is_ipv4, parse_ip, prefix_mask
+
+# IPv6 clients count against their /64 by default: one subscriber or host usually
+# holds a whole /64 (RFC 6177), so counting single addresses would let one client
+# open a connection from each of 2**64 addresses.
+DEFAULT_IPV6_PREFIX = 64
+# The rate limiter forgets a source once its bucket is full again; beyond this many
+# sources at once the least recently seen is forgotten early (it gets a full bucket
+# back: the limiter fails open for that source rather than grow without bound).
+MAX_BUCKETS = 100_000
+
+
+def source_key(address: int, ipv6_prefix: int = DEFAULT_IPV6_PREFIX) -> int:
+    """What a connection counts against: the IPv4 address, or the IPv6 prefix.
+
+    Args:
+        address: from ``parse_ip``.
+        ipv6_prefix: IPv6 addresses are grouped by their first this many bits.
+    """
+    if is_ipv4(address):
+        return address
+    return address & (prefix_mask(ipv6_prefix) | IPV6_BIT)
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``N/SECONDS`` (``10/1``, ``30/60``, ``5/0.5``) as ``(count, period)``.
+
+    Raises:
+        ValueError: not of that form, or not positive.
+    """
+    count_text, slash, period_text = text.partition("/")
+    if not slash or not count_text.isdigit() or not count_text.isascii():
+        raise ValueError(f"expected N/SECONDS, like 10/1, not {text!r}")
+    try:
+        period = float(period_text)
+    except ValueError:
+        raise ValueError(f"expected N/SECONDS, like 10/1, not {text!r}") from None
+    count = int(count_text)
+    if count < 1 or not 0 < period < float("inf"):
+        raise ValueError(f"expected N/SECONDS with N and SECONDS above 0, not {text!r}")
+    return count, period
+
+
+class TokenBuckets:
+    """A token bucket per source: ``count`` connections per ``period`` seconds.
+
+    A bucket holds at most ``count`` tokens and refills at ``count / period`` tokens a
+    second; each connection takes one, and with none left the source is refused until
+    one has refilled. Only that source pauses: the listener never does (systemd's
+    TriggerLimit stopped the whole socket, a denial of service by design).
+
+    Buckets are kept in least-recently-used order; one untouched for ``period`` seconds
+    is full again, which is what a missing bucket means, so it is dropped: memory is
+    bounded by the sources seen in the last period (and by ``max_buckets``).
+    """
+
+    def __init__(self, count: int, period: float, max_buckets: int = MAX_BUCKETS) -> None:
+        self.count = count
+        self.period = period
+        self.refill = count / period
+        self.max_buckets = max_buckets
+        # key -> [tokens, last update]
+        self.buckets: collections.OrderedDict[int, list[float]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.buckets)
+
+    def take(self, key: int, now: float) -> bool:
+        """Take a token for ``key`` at time ``now``; False when it has none left."""
+        self.evict(now)
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            tokens = float(self.count)
+            bucket = self.buckets[key] = [tokens, now]
+        else:
+            tokens = min(float(self.count), bucket[0] + (now - bucket[1]) * self.refill)
+            self.buckets.move_to_end(key)
+        allowed = tokens >= 1.0
+        bucket[0], bucket[1] = tokens - 1.0 if allowed else tokens, now
+        if len(self.buckets) > self.max_buckets:
+            self.buckets.popitem(last=False)
+        return allowed
+
+    def evict(self, now: float) -> None:
+        """Drop the buckets that are full again (untouched for a whole period)."""
+        buckets = self.buckets
+        while buckets:
+            oldest = next(iter(buckets.values()))
+            if now - oldest[1] < self.period:
+                return
+            buckets.popitem(last=False)
+
+
+class Verdict:
+    """What the gate decided for one connection.
+
+    Attributes:
+        allowed: serve it.
+        reason: when refused: "deny" (a rule), "per-ip" or "rate" (a limit).
+        rule: the deciding rule's label (``FILE:LINE``, ``--deny=PREFIX``, ``default``).
+        env: variables for the connection's program or handler (allow rules).
+        source: the key it counts against (``source_key``).
+    """
+
+    __slots__ = ("allowed", "env", "reason", "rule", "source")
+
+    def __init__(
+        self, allowed: bool, reason: str, rule: str, env: dict[str, str], source: int
+    ) -> None:
+        self.allowed = allowed
+        self.reason = reason
+        self.rule = rule
+        self.env = env
+        self.source = source
+
+
+NO_RULE = Rule(0, 0, True, "")
+
+
+class Gate:
+    """The parent's admission policy: rules first, then the per-source limits.
+
+    Args:
+        rules: the access rules, or None to allow every address.
+        per_ip: connections at once per source; 0 for no limit.
+        rate: ``(count, period)``: new connections per source per period, or None.
+        ipv6_prefix: how IPv6 sources are grouped (see ``source_key``).
+    """
+
+    def __init__(
+        self,
+        rules: RuleSet | None = None,
+        per_ip: int = 0,
+        rate: tuple[int, float] | None = None,
+        ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
+    ) -> None:
+        self.rules = rules
+        self.per_ip = per_ip
+        self.buckets = TokenBuckets(*rate) if rate is not None else None
+        self.ipv6_prefix = ipv6_prefix
+
+    @property
+    def limits_sources(self) -> bool:
+        """Whether decisions need the count of open connections or a clock."""
+        return bool(self.per_ip) or self.buckets is not None
+
+    def source(self, host: str) -> int:
+        """The source key of a peer's host as ``getpeername()`` wrote it; -1 for a
+        host that is not an IP address (it then matches no prefix rule)."""
+        try:
+            return source_key(parse_ip(host), self.ipv6_prefix)
+        except RuleError:
+            return -1
+
+    def check_rules(self, host: str) -> Verdict:
+        """The rules' decision alone (what a prefork worker can decide by itself)."""
+        try:
+            address = parse_ip(host)
+        except RuleError:
+            address = -1
+        rule = self.rules.match(address) if self.rules is not None and address >= 0 else NO_RULE
+        source = source_key(address, self.ipv6_prefix) if address >= 0 else -1
+        return Verdict(rule.allow, "" if rule.allow else "deny", rule.label, rule.env, source)
+
+    def check_limits(self, verdict: Verdict, now: float, open_from: Callable[[int], int]) -> None:
+        """Apply the per-source limits to a verdict the rules allowed, in place.
+
+        The rate limiter's token is taken only from a connection that is under the
+        per-ip limit, so a source at its limit does not also drain its bucket.
+        """
+        if self.per_ip and open_from(verdict.source) >= self.per_ip:
+            verdict.allowed, verdict.reason = False, "per-ip"
+        elif self.buckets is not None and not self.buckets.take(verdict.source, now):
+            verdict.allowed, verdict.reason = False, "rate"
+
+    def check(self, host: str, now: float, open_from: Callable[[int], int]) -> Verdict:
+        """Decide for a connection from ``host``, given the connections now open."""
+        verdict = self.check_rules(host)
+        if verdict.allowed:
+            self.check_limits(verdict, now, open_from)
+        return verdict
+
+
+class Timers:
+    """Deadlines that are all ``delay`` after their start, in start order: a FIFO, so
+    the next deadline is the oldest entry and adding or expiring one is O(1).
+
+    Entries are not removed when what they time ends early; ``current(key)`` tells
+    which still count, and the stale ones are skipped as they reach the front.
+    """
+
+    def __init__(self, delay: float, current: Callable[[object], bool]) -> None:
+        self.delay = delay
+        self.current = current
+        self.queue: collections.deque[tuple[float, object]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def add(self, key: object, now: float) -> None:
+        self.queue.append((now + self.delay, key))
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline that still counts, or None."""
+        queue = self.queue
+        while queue and not self.current(queue[0][1]):
+            queue.popleft()
+        return queue[0][0] if queue else None
+
+    def due(self, now: float) -> list[object]:
+        """Remove and return the keys whose deadline has come and that still count."""
+        expired = []
+        queue = self.queue
+        while queue and queue[0][0] <= now:
+            _, key = queue.popleft()
+            if self.current(key):
+                expired.append(key)
+        return expired

@@ -1,0 +1,37 @@
+"""The Server API's checks of the access, time and privilege arguments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from forkserve import Server, UsageError
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rules": ["10.0.0.0/8:deny", "10.0.0.1/8:allow"]}, "rules line 2: "),
+        ({"rules": "10.0.0.0/8:deny"}, "a list of rule lines"),
+        ({"default_policy": "maybe"}, "'allow' or 'deny'"),
+        ({"per_ip": -1}, "per_ip"),
+        ({"rate": (0, 1.0)}, "rate"),
+        ({"ipv6_prefix": 129}, "ipv6_prefix"),
+        ({"idle_timeout": -1.0}, "idle_timeout"),
+        ({"max_lifetime": float("nan")}, "max_lifetime"),
+        ({"rlimits": {"stack": 1}}, "rlimits"),
+        ({"user": "no-such-user-here"}, "no such user"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        Server(("127.0.0.1", 0), **kwargs)
+
+
+def test_rule_lines_build_a_gate() -> None:
+    with Server(("127.0.0.1", 0), rules=["127.0.0.2:deny", ":allow,A=1"]) as server:
+        rules = server.policy.gate.rules
+        assert rules is not None
+        assert [rule.label for rule in rules.rules] == ["rules:1", "rules:2"]
+        assert rules.match(0xFFFF7F000003).env == {"A": "1"}

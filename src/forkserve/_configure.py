@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from forkserve._exec import Program
     from forkserve._handler import Handler
+    from forkserve._rules import Rule
 
 POOL_OPTIONS = ("min_spare", "max_spare", "max_workers", "max_requests")
 
@@ -198,7 +199,6 @@ def access_arguments(values: Mapping[str, object]) -> dict[str, object]:
     Raises:
         UsageError: a bad rules file (named with its line and the reason).
     """
-    from forkserve._options import read_rules_file
     from forkserve._rules import RuleSet, default_allows
 
     given = values.get("cli_rules")
@@ -227,6 +227,25 @@ def access_arguments(values: Mapping[str, object]) -> dict[str, object]:
     )
     rlimits = {name: value for name, value in rlimits.items() if value is not None}
     return {"rules": ruleset, "rlimits": rlimits, **{name: values[name] for name in names}}
+
+
+def read_rules_file(path: str) -> list[Rule]:
+    """The rules of ``--rules FILE``.
+
+    Raises:
+        UsageError: unreadable, or a bad line (named with its number and reason).
+    """
+    from forkserve._rules import RuleError, parse_rules
+
+    try:
+        with open(path, "rb") as file:  # noqa: PTH123 - no pathlib in the parent
+            data = file.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read rules file {path!r}: {exc.strerror}") from None
+    try:
+        return parse_rules(data, path)
+    except RuleError as exc:
+        raise UsageError(f"rules file {path!r}, line {exc.line}: {exc.reason}") from None
 
 
 def log_level(values: Mapping[str, object]) -> int:

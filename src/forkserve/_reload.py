@@ -53,13 +53,8 @@ def rebuild(server: Server, new: Mapping[str, object]) -> tuple[Policy, Service]
     Raises:
         UsageError: a limit, rule, timeout or resource limit out of range.
     """
-    from forkserve._server import (
-        POOL_NAMES,
-        check_arguments,
-        make_gate,
-        make_prelude,
-        make_service,
-    )
+    from forkserve._build import check_arguments, make_gate, make_prelude, make_service
+    from forkserve._server import POOL_NAMES
     from forkserve._supervise import Policy
 
     limit = new.get("max_conns", server.max_conns)

@@ -7,17 +7,27 @@ from collections.abc import Callable
 from types import TracebackType
 
 from forkserve._address import parse_listen_address
+from forkserve._build import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
+from forkserve._build import (
+    bind_metrics,
+    check_arguments,
+    check_seconds,
+    make_gate,
+    make_prelude,
+    make_service,
+    serve_metrics,
+    take_handover,
+)
 from forkserve._errors import UsageError
-from forkserve._exec import ExecService, Program
+from forkserve._exec import Program
 from forkserve._exec import describe as describe_program
-from forkserve._handler import Handler, PythonService, Service, echo
-from forkserve._limits import DEFAULT_IPV6_PREFIX, Gate
+from forkserve._handler import Handler, echo
+from forkserve._limits import DEFAULT_IPV6_PREFIX
 from forkserve._listen import DEFAULT_BACKLOG, Listener
 from forkserve._log import Log
 from forkserve._loop import ForkLoop
 from forkserve._operate import DEFAULT_UPGRADE_TIMEOUT
 from forkserve._prefork import PreforkLoop
-from forkserve._prelude import RLIMIT_NAMES, Prelude
 from forkserve._rules import RuleSet
 from forkserve._supervise import Policy, Supervisor
 
@@ -27,10 +37,7 @@ if TYPE_CHECKING:
 
     from forkserve._endpoint import MetricsEndpoint
     from forkserve._systemd import Notifier
-    from forkserve._upgrade import Handover
 
-# The process models `forkserve serve --mode` offers; the benchmark suite runs each.
-MODES = ("fork", "prefork")
 DEFAULT_MAX_CONNS = 1000
 DEFAULT_GRACE = 10.0
 # Prefork pool defaults: a couple of spare workers keep the first connections of a
@@ -39,8 +46,6 @@ DEFAULT_MIN_SPARE = 2
 DEFAULT_MAX_SPARE = 8
 DEFAULT_MAX_WORKERS = 64
 POOL_NAMES = ("min_spare", "max_spare", "max_workers", "max_requests")
-# The metrics endpoint's listen queue: scrapers are few.
-ENDPOINT_BACKLOG = 16
 
 
 class Server:
@@ -180,6 +185,21 @@ class Server:
         self.upgrade_timeout = upgrade_timeout
         self.loop: Supervisor | None = None
         self.handover = take_handover()
+        self.open_sockets(address, backlog, fd, metrics, metrics_fd)
+
+    def open_sockets(
+        self,
+        address: tuple[str, int] | str | None,
+        backlog: int,
+        fd: int | None,
+        metrics: tuple[str, int] | str | None,
+        metrics_fd: int | None,
+    ) -> None:
+        """The listener, the metrics endpoint and the systemd notifier: inherited
+        (socket activation, an upgrade) or bound here.
+
+        Resource handling: on any failure, whatever was opened is closed again.
+        """
         if fd is None and "LISTEN_FDS" in os.environ:
             from forkserve._systemd import adopt_sockets
 
@@ -235,11 +255,21 @@ class Server:
             if ready is not None:
                 ready(self)
 
+        loop = self.make_loop(announce)
+        self.attach_operations(loop)
+        self.log_listen()
+        self.drop_privileges()
+        try:
+            loop.run()
+        finally:
+            loop.close()
+        self.log.notice("stopped", pid=os.getpid())
+
+    def make_loop(self, announce: Callable[[], None]) -> Supervisor:
+        """The chosen process model's loop."""
         min_spare, max_spare, max_workers, max_requests = self.pool
-        loop: Supervisor
         if self.mode == "prefork":
-            limit: dict[str, object] = {"max_workers": max_workers}
-            loop = PreforkLoop(
+            return PreforkLoop(
                 self.listener,
                 self.service,
                 self.log,
@@ -251,17 +281,18 @@ class Server:
                 ready=announce,
                 policy=self.policy,
             )
-        else:
-            limit = {"max_conns": self.max_conns}
-            loop = ForkLoop(
-                self.listener,
-                self.service,
-                self.log,
-                max_conns=self.max_conns,
-                grace=self.grace,
-                ready=announce,
-                policy=self.policy,
-            )
+        return ForkLoop(
+            self.listener,
+            self.service,
+            self.log,
+            max_conns=self.max_conns,
+            grace=self.grace,
+            ready=announce,
+            policy=self.policy,
+        )
+
+    def attach_operations(self, loop: Supervisor) -> None:
+        """Reload, upgrade, metrics and systemd, as far as they are asked for."""
         self.loop = loop
         loop.reloader = self.reload
         loop.upgrade_timeout = self.upgrade_timeout
@@ -271,30 +302,34 @@ class Server:
             from forkserve._systemd import Status
 
             loop.status = Status(self.notifier, upgraded=self.handover is not None)
+
+    def log_listen(self) -> None:
         fields: dict[str, object] = {"address": self.listener.describe(), "mode": self.mode}
         if self.inherited:
             fields["fd"] = self.listener.fileno()
         if self.handover is not None:
             fields["upgraded_from"] = self.handover.from_pid
-        fields.update(limit, pid=os.getpid())
+        if self.mode == "prefork":
+            fields["max_workers"] = self.pool[2]
+        else:
+            fields["max_conns"] = self.max_conns
+        fields["pid"] = os.getpid()
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)
         self.log.notice("listen", **fields)
+
+    def drop_privileges(self) -> None:
+        """--user/--group: after bind, before the first fork; or warn about root."""
         if self.identity is not None:
             from forkserve._privileges import is_current, switch_identity
 
             if not is_current(self.identity):  # an upgraded master already is
-                switch_identity(self.identity)  # after bind, before the first fork
+                switch_identity(self.identity)
         elif os.geteuid() == 0:
             self.log.warning(
                 "running-as-root",
                 hint="--user NAME drops privileges after bind (--user root: as root)",
             )
-        try:
-            loop.run()
-        finally:
-            loop.close()
-        self.log.notice("stopped", pid=os.getpid())
 
     def reload(self) -> None:
         """SIGHUP: take the new configuration, or refuse it (see _reload)."""
@@ -319,156 +354,3 @@ class Server:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def check_arguments(mode: str, max_conns: int, pool: tuple[int, int, int, int]) -> None:
-    """Raises UsageError for a mode, a limit or a pool out of range."""
-    min_spare, max_spare, max_workers, max_requests = pool
-    if mode not in MODES:
-        raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    if max_conns < 1:
-        raise UsageError(f"max_conns must be at least 1, not {max_conns}")
-    if not 1 <= min_spare <= max_spare <= max_workers:
-        raise UsageError(
-            "the pool needs 1 <= min_spare <= max_spare <= max_workers, "
-            f"not {min_spare}, {max_spare}, {max_workers}"
-        )
-    if max_requests < 0:
-        raise UsageError(f"max_requests must be 0 (no limit) or more, not {max_requests}")
-
-
-def take_handover() -> Handover | None:
-    """When started by an upgrading master: what it handed over (see _upgrade)."""
-    if "FORKSERVE_UPGRADE_FROM" not in os.environ:
-        return None
-    from forkserve._upgrade import Handover
-
-    return Handover.from_environ(os.environ)
-
-
-def bind_metrics(address: tuple[str, int] | str | None, fd: int | None) -> MetricsEndpoint:
-    """Bind the metrics endpoint, or adopt ``fd`` (imported only when asked for).
-
-    Raises:
-        AddressError: the address does not parse or resolve.
-        BindError: the address cannot be bound.
-    """
-    from forkserve._endpoint import MetricsEndpoint
-
-    if fd is not None:
-        return MetricsEndpoint(Listener.from_fd(fd))
-    assert address is not None
-    host, port = parse_listen_address(address) if isinstance(address, str) else address
-    return MetricsEndpoint(Listener.bind(host, port, ENDPOINT_BACKLOG))
-
-
-def serve_metrics(loop: Supervisor, endpoint: MetricsEndpoint, mode: str, log: Log) -> None:
-    """Give ``loop`` the counters and the endpoint that serves them."""
-    from forkserve._metrics import Metrics, answer
-
-    metrics = Metrics(mode)
-    loop.metrics = metrics
-    loop.endpoint = endpoint
-    endpoint.respond = lambda data: answer(data, lambda: metrics.render(loop.gauges()), loop.health)
-    log.notice("metrics", address=endpoint.describe(), paths="/metrics,/healthz")
-
-
-def make_service(
-    handler: Handler | Program | str, prelude: Prelude, log: Log, mode: str
-) -> tuple[Handler | Program, Service]:
-    """Load a handler name, and wrap the handler or program as what children run.
-
-    Raises:
-        HandlerError: a handler name that does not load.
-        UsageError: a program in prefork mode: exec replaces the process, so a
-            worker could serve only one connection; fork mode is exec's model. Or
-            an idle timeout for a program, which owns its socket.
-    """
-    if isinstance(handler, str):
-        from forkserve._load import load_handler
-
-        handler = load_handler(handler)
-    if isinstance(handler, Program):
-        if mode != "fork":
-            raise UsageError(
-                "a program replaces the process that runs it: exec mode needs --mode fork"
-            )
-        if prelude.idle_timeout:
-            raise UsageError(
-                "--idle-timeout applies to Python handlers: a program owns its socket "
-                "(use --max-lifetime)"
-            )
-        return handler, ExecService(handler, log, prelude)
-    return handler, PythonService(handler, prelude)
-
-
-def check_seconds(name: str, value: float) -> None:
-    """Raises UsageError unless ``value`` is 0 (off) or a finite positive number."""
-    if not 0 <= value < float("inf"):
-        raise UsageError(f"{name} must be 0 (off) or more seconds, not {value}")
-
-
-def make_prelude(
-    banner: bytes,
-    log: Log,
-    *,
-    mode: str,
-    idle_timeout: float,
-    handshake_timeout: float,
-    rlimits: Mapping[str, int],
-) -> Prelude:
-    """What each child runs before its handler or program, checked.
-
-    Raises:
-        UsageError: a bad timeout or resource limit.
-    """
-    for name, value in (("idle_timeout", idle_timeout), ("handshake_timeout", handshake_timeout)):
-        check_seconds(name, value)
-    triples: tuple[tuple[int, int, int], ...] = ()
-    if rlimits:
-        for name, value in rlimits.items():
-            if name not in RLIMIT_NAMES or not isinstance(value, int) or value < 1:
-                raise UsageError(f"rlimits: expected {', '.join(RLIMIT_NAMES)} above 0")
-        from forkserve._privileges import rlimit_triples
-
-        triples = rlimit_triples(rlimits, reusable=mode == "prefork")
-    return Prelude(
-        banner,
-        handshake_timeout=handshake_timeout,
-        idle_timeout=idle_timeout,
-        rlimits=triples,
-        log=log,
-    )
-
-
-def make_gate(
-    rules: Sequence[str] | RuleSet | None,
-    default_policy: str | None,
-    per_ip: int,
-    rate: tuple[int, float] | None,
-    ipv6_prefix: int,
-) -> Gate:
-    """The parent's admission policy, checked.
-
-    Raises:
-        UsageError: a bad rule, policy or limit.
-    """
-    from forkserve._rules import RuleError, default_allows, parse_rules
-
-    if default_policy not in (None, "allow", "deny"):
-        raise UsageError(f"default_policy must be 'allow' or 'deny', not {default_policy!r}")
-    if rules is not None and not isinstance(rules, RuleSet):
-        if isinstance(rules, str):
-            raise UsageError("rules must be a list of rule lines, not one string")
-        try:
-            parsed = parse_rules("\n".join(rules).encode(), "rules")
-        except RuleError as exc:
-            raise UsageError(f"rules line {exc.line}: {exc.reason}") from None
-        rules = RuleSet(parsed, default_allows(parsed, default_policy))
-    if per_ip < 0:
-        raise UsageError(f"per_ip must be 0 (no limit) or more, not {per_ip}")
-    if rate is not None and not (rate[0] >= 1 and 0 < rate[1] < float("inf")):
-        raise UsageError(f"rate must be (count, seconds) above 0, not {rate!r}")
-    if not 0 <= ipv6_prefix <= 128:
-        raise UsageError(f"ipv6_prefix must be 0 to 128, not {ipv6_prefix}")
-    return Gate(rules, per_ip, rate, ipv6_prefix)

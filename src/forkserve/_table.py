@@ -6,7 +6,7 @@ To add an option, add a row here: the parser, the config file, reloads and
 
 from __future__ import annotations
 
-from forkserve._limits import DEFAULT_IPV6_PREFIX, parse_rate
+from forkserve._limits import DEFAULT_IPV6_PREFIX
 from forkserve._listen import DEFAULT_BACKLOG
 from forkserve._log import FORMATS
 from forkserve._operate import DEFAULT_UPGRADE_TIMEOUT
@@ -24,68 +24,19 @@ from forkserve._settings import (
     BANNER,
     COUNT,
     FLAG,
+    PREFIX_LENGTH,
+    RATE,
     RELOAD,
     SECONDS,
+    SIZE,
     TEXT,
-    Kind,
+    TIMEOUT,
     Setting,
     by_key,
     choice,
+    render_settings_docs,
+    rules_kind,
 )
-
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
-if TYPE_CHECKING:
-    from forkserve._rules import Rule
-
-
-def rules_kind(action: str) -> Kind:
-    """``allow``/``deny``: a prefix on the command line, a list of them in a file."""
-    from forkserve._rules import command_line_rule
-
-    def one(text: str) -> Rule:
-        return command_line_rule(action, text)  # RuleError is a ValueError
-
-    def many(value: object) -> list[Rule]:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError('expected a list of prefixes: ["10.0.0.0/8", ...]')
-        return [one(text) for text in value]
-
-    return Kind("prefixes (a list in a file)", one, (list, str), many)
-
-
-def _prefix_length(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or int(text) > 128:
-        raise ValueError(f"expected a prefix length from 0 to 128, not {text!r}")
-    return int(text)
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected seconds, not {text!r}") from None
-    return _positive(value)
-
-
-def _positive(value: object) -> float:
-    assert isinstance(value, int | float)
-    if not 0 < value < float("inf"):
-        raise ValueError(f"expected more than 0 seconds, not {value!r}")
-    return float(value)
-
-
-def _size(text: str) -> int:
-    from forkserve._privileges import parse_size
-
-    return parse_size(text)
-
-
-PREFIX_LENGTH = Kind(
-    "a prefix length, 0 to 128", _prefix_length, (int,), lambda v: _prefix_length(str(v))
-)
-RATE = Kind("N/SECONDS", parse_rate, (str,))
-TIMEOUT = Kind("seconds, more than 0", _timeout, (int, float), _positive)
-SIZE = Kind("a size: 4096, 512M, 2G", _size, (str, int), lambda v: _size(str(v)))
 
 ACCESS = "access control and limits per client address"
 TIMES = "time limits per connection"
@@ -459,48 +410,8 @@ EXCLUSIVE = (("quiet", "verbose"),)
 
 
 def render_docs() -> str:
-    """``docs/options.md``: every setting, its flag, config key, default and reload."""
-    lines = [
-        "# `forkserve serve` settings",
-        "",
-        "Generated from `src/forkserve/_table.py` (`python -m forkserve._table > "
-        "docs/options.md`); a test checks it is current.",
-        "",
-        "Every setting is a command-line option and a key of the `--config` TOML file "
-        "(the option without its dashes). The command line overrides the file. "
-        "*SIGHUP* says whether a reload applies a changed value to new connections, "
-        "or whether it needs a SIGUSR2 upgrade (a reload logs it and keeps the old "
-        "value).",
-    ]
-    group = ""
-    for setting in SERVE:
-        if setting.group != group:
-            group = setting.group
-            lines += ["", f"## {group[0].upper()}{group[1:]}", ""]
-            lines += ["| option | config key | value | default | SIGHUP | meaning |"]
-            lines += ["|---|---|---|---|---|---|"]
-        lines.append(doc_row(setting))
-    lines += ["", "`--config FILE` itself has no key: it names the file.", ""]
-    return "\n".join(lines)
-
-
-def doc_row(setting: Setting) -> str:
-    if setting.cli == "positional":
-        flag = f"`{setting.metavar}`"
-    elif setting.cli == "program":
-        flag = f"`-- {setting.metavar}`"
-    else:
-        flag = f"`--{setting.key}`" + (f", `{setting.short}`" if setting.short else "")
-    default = setting.default_text or (
-        "off" if setting.default is False else f"`{setting.default!s}`"
-    )
-    where = f" ({setting.mode} mode)" if setting.mode else ""
-    reload = "applies" if setting.reload == RELOAD else "upgrade"
-    meaning = setting.help.replace("|", "\\|") + where
-    return (
-        f"| {flag} | `{setting.key}` | {setting.kind.name.replace('|', '/')} | {default} "
-        f"| {reload} | {meaning} |"
-    )
+    """``docs/options.md``, from the table."""
+    return render_settings_docs(SERVE, "src/forkserve/_table.py", "python -m forkserve._table")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,11 @@ HEAVY = [
 SCRIPT = f"""
 import sys
 import forkserve, forkserve._cli, forkserve._exec, forkserve._load, forkserve._services
-import forkserve._options, forkserve._privileges, forkserve._rules
-import forkserve._limits, forkserve._prelude
+import forkserve._privileges, forkserve._rules, forkserve._limits, forkserve._prelude
+import forkserve._configure, forkserve._table, forkserve._settings, forkserve._build
+# Operations: imported with --metrics, under systemd, at the first SIGHUP or SIGUSR2.
+import forkserve._metrics, forkserve._endpoint, forkserve._systemd, forkserve._activation
+import forkserve._reload, forkserve._upgrade
 heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
 print(" ".join(heavy))
 """

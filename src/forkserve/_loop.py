@@ -7,11 +7,12 @@ import selectors
 import time
 from collections.abc import Callable, Mapping
 
+from forkserve._admission import Policy
 from forkserve._children import Exited
 from forkserve._handler import Service
 from forkserve._listen import Listener
 from forkserve._log import Log
-from forkserve._supervise import Policy, Supervisor
+from forkserve._supervise import Supervisor
 
 # At most this many accepts per wakeup, so signals (a stop, a burst of exits) are
 # looked at between batches even under a connection flood.

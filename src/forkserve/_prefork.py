@@ -34,13 +34,14 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
+from forkserve._admission import Policy
 from forkserve._children import Exited
 from forkserve._forking import fork_child
 from forkserve._handler import Service
 from forkserve._limits import Verdict
 from forkserve._listen import ACCEPT_PAUSE, Listener
 from forkserve._log import Log
-from forkserve._supervise import Policy, Supervisor
+from forkserve._supervise import Supervisor
 from forkserve._worker import Worker, decode
 
 RETIRE_IDLE = 1.0

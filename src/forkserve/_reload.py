@@ -12,9 +12,9 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from forkserve._admission import Policy
     from forkserve._handler import Service
     from forkserve._server import Server
-    from forkserve._supervise import Policy
 
 
 def reload(server: Server) -> None:
@@ -53,9 +53,9 @@ def rebuild(server: Server, new: Mapping[str, object]) -> tuple[Policy, Service]
     Raises:
         UsageError: a limit, rule, timeout or resource limit out of range.
     """
+    from forkserve._admission import Policy
     from forkserve._build import check_arguments, make_gate, make_prelude, make_service
     from forkserve._server import POOL_NAMES
-    from forkserve._supervise import Policy
 
     limit = new.get("max_conns", server.max_conns)
     pool = tuple(new.get(name, 1) for name in POOL_NAMES)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from forkserve._address import parse_listen_address
+from forkserve._admission import Policy
 from forkserve._build import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
 from forkserve._build import (
     bind_metrics,
@@ -29,7 +30,7 @@ from forkserve._loop import ForkLoop
 from forkserve._operate import DEFAULT_UPGRADE_TIMEOUT
 from forkserve._prefork import PreforkLoop
 from forkserve._rules import RuleSet
-from forkserve._supervise import Policy, Supervisor
+from forkserve._supervise import Supervisor
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:

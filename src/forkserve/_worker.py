@@ -38,10 +38,10 @@ import signal
 import socket
 
 from forkserve._address import format_address
+from forkserve._admission import Policy, host_of, refuse
 from forkserve._handler import Connection, Service
 from forkserve._listen import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS
 from forkserve._log import Log
-from forkserve._supervise import Policy, host_of, refuse
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:

@@ -1,0 +1,137 @@
+"""Admission and lifetime: what the parent enforces per connection (issue 6).
+
+The gate's verdict before fork (access rules, per-source limits: a refused client
+costs no process), and ``--max-lifetime``: SIGTERM to a connection's process group
+once it has lasted that long, SIGKILL LIFETIME_KILL_AFTER seconds later. A mixin of
+``Supervisor``, beside ``Operations``.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+from forkserve._children import ChildTable
+from forkserve._limits import Gate, Timers, Verdict
+from forkserve._log import Log
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
+if TYPE_CHECKING:
+    from typing import Any
+
+    from forkserve._metrics import Metrics
+    from forkserve._operate import NoMetrics
+
+# A connection past --max-lifetime gets SIGTERM, then SIGKILL this much later.
+LIFETIME_KILL_AFTER = 1.0
+
+
+def host_of(peer: Any) -> str:
+    """The client's address as text, from a peer address (``""`` for a Unix socket)."""
+    return peer[0] if isinstance(peer, tuple) else ""
+
+
+def refuse(conn: socket.socket, message: bytes) -> None:
+    """Close a refused connection at once, after ``message`` if any.
+
+    The message is sent with MSG_DONTWAIT: a fresh connection's send buffer is empty,
+    so it goes out whole, and a client that is gone or not reading never blocks.
+    """
+    if message:
+        try:
+            conn.send(message, socket.MSG_DONTWAIT)
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+            pass  # the client left or is not reading: it is refused all the same
+    conn.close()
+
+
+class Policy:
+    """What the parent enforces per connection, besides its process model's limit.
+
+    Args:
+        gate: access rules and per-source limits, decided before fork.
+        reject_message: bytes written (without blocking) to a client refused by a
+            per-source limit, before its connection is closed.
+        max_lifetime: seconds a connection may last (0: no limit); then its process
+            group gets SIGTERM, and SIGKILL LIFETIME_KILL_AFTER seconds later.
+    """
+
+    __slots__ = ("gate", "max_lifetime", "reject_message")
+
+    def __init__(
+        self, gate: Gate | None = None, reject_message: bytes = b"", max_lifetime: float = 0.0
+    ) -> None:
+        self.gate = gate if gate is not None else Gate()
+        self.reject_message = reject_message
+        self.max_lifetime = max_lifetime
+
+
+class Admission:
+    """The gate and the lifetime timers, for the loop (which provides the rest)."""
+
+    policy: Policy
+    gate: Gate
+    log: Log
+    children: ChildTable
+    lifetimes: Timers | None
+    lifetime_kills: Timers
+    metrics: Metrics | NoMetrics
+
+    def admit(self, conn: socket.socket, peer_text: str, host: str) -> Verdict | None:
+        """The gate's verdict on a connection; None when it was refused (and closed)."""
+        verdict = self.gate.check(host, time.monotonic(), self.open_from)
+        if verdict.allowed:
+            return verdict
+        self.refuse(conn, peer_text, verdict)
+        return None
+
+    def refuse(self, conn: socket.socket, peer_text: str, verdict: Verdict) -> None:
+        """Close a refused connection at once and log ``deny`` or ``reject``; a client
+        refused by a limit first gets ``--reject-message`` (see ``refuse``)."""
+        refuse(conn, self.policy.reject_message if verdict.reason != "deny" else b"")
+        self.metrics.rejected(verdict.reason)
+        if verdict.reason == "deny":
+            self.log.info("deny", peer=peer_text, rule=verdict.rule)
+        else:
+            self.log.info("reject", peer=peer_text, reason=verdict.reason, conns=self.active())
+
+    def open_from(self, source: int) -> int:
+        """Connections being served for ``source`` (see _limits.source_key)."""
+        return self.children.open_from(source)
+
+    # -- --max-lifetime -----------------------------------------------------------------
+
+    def lifetime_deadlines(self) -> tuple[float | None, ...]:
+        lifetimes = self.lifetimes.next_deadline() if self.lifetimes is not None else None
+        return lifetimes, self.lifetime_kills.next_deadline()
+
+    def on_lifetime_deadlines(self, now: float) -> None:
+        if self.lifetimes is not None:
+            for key in self.lifetimes.due(now):
+                self.end_lifetime(key, now)
+        for key in self.lifetime_kills.due(now):
+            assert isinstance(key, int)
+            self.log.warning("kill", pid=key, signal="SIGKILL", reason="max-lifetime")
+            self.children.signal(key, signal.SIGKILL)
+
+    def lifetime_current(self, key: object) -> bool:
+        """Whether a lifetime timer's key (a connection child's pid) still runs."""
+        return key in self.children
+
+    def kill_current(self, key: object) -> bool:
+        return key in self.children
+
+    def end_lifetime(self, key: object, now: float) -> None:
+        """A connection reached --max-lifetime: SIGTERM to its process group now,
+        SIGKILL LIFETIME_KILL_AFTER seconds later if it is still there."""
+        assert isinstance(key, int)
+        child = self.children.get(key)
+        peer = child.peer if child is not None else ""
+        after = f"{self.policy.max_lifetime:g}s"
+        self.log.info("max-lifetime", pid=key, peer=peer, after=after, signal="SIGTERM")
+        self.children.signal(key, signal.SIGTERM)
+        self.lifetime_kills.add(key, now)
+
+    def active(self) -> str:
+        raise NotImplementedError

@@ -9,7 +9,7 @@ import pytest
 
 import forkserve
 
-PURE = ["_address.py", "_events.py", "_errors.py", "_ucspi.py", "_config.py"]
+PURE = ["_address.py", "_events.py", "_errors.py", "_ucspi.py", "_config.py", "_proxy.py"]
 FORBIDDEN = {"socket", "os", "signal", "selectors", "time", "subprocess", "threading"}
 SRC = Path(forkserve.__file__).parent
 

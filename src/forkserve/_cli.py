@@ -17,7 +17,7 @@ from forkserve._log import DEBUG, INFO, QUIET
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
     from forkserve._exec import Program
     from forkserve._handler import Handler
@@ -106,6 +106,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         f"processes are terminated (default {DEFAULT_GRACE:g})",
     )
     add_service_arguments(parser)
+    add_edge_arguments(parser)
     add_verbosity(parser)
 
 
@@ -142,6 +143,55 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="exec mode: set TCPLOCALHOST to NAME without a lookup (tcpserver's -l)",
     )
+
+
+def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
+    """The PROXY protocol and TLS: what comes before the client's own bytes."""
+    group = parser.add_argument_group(
+        "PROXY protocol and TLS",
+        "Both happen in the connection's process, never in the parent: PROXY header "
+        "first, then the TLS handshake, both within --handshake-timeout.",
+    )
+    group.add_argument(
+        "--proxy-protocol",
+        choices=("v1", "v2", "any"),
+        default="",
+        help="every connection starts with a PROXY header (HAProxy's send-proxy or "
+        "send-proxy-v2); its client address replaces the balancer's everywhere",
+    )
+    group.add_argument(
+        "--proxy-from",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="accept PROXY headers only from this address or network (repeatable); "
+        "others are refused and logged",
+    )
+    group.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    group.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    group.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="require client certificates signed by these CAs",
+    )
+    group.add_argument(
+        "--handshake-timeout",
+        type=seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="time for the PROXY header and TLS handshake (default 10 with either on)",
+    )
+
+
+def edge_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "proxy_protocol": args.proxy_protocol,
+        "proxy_from": tuple(args.proxy_from),
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca,
+        "handshake_timeout": args.handshake_timeout,
+    }
 
 
 def banner_bytes(text: str) -> bytes:
@@ -233,6 +283,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from forkserve._server import Server
 
     log = Log(QUIET if args.quiet else DEBUG if args.verbose else INFO)
+    options: dict[str, Any] = {**mode_options(args), **edge_options(args)}
     with Server(
         args.address,
         choose_service(args),
@@ -241,7 +292,7 @@ def run_serve(args: argparse.Namespace) -> int:
         banner=args.banner,
         log=log,
         mode=args.mode,
-        **mode_options(args),
+        **options,
     ) as server:
         server.serve_forever(ready=announce_port if args.print_port else None)
     return 0

@@ -21,6 +21,8 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is what we a
 
 if TYPE_CHECKING:
     from typing import Any, Protocol
+
+    from forkserve._edge import Edge
 else:  # typing costs the parent ~6 ms and memory every child maps: see _types
     Any = object
     Protocol = object
@@ -50,14 +52,17 @@ class Connection:
         connnum: connections open from the client's address, this one included
             (UCSPI's ``TCPCONNNUM``).
         env: extra environment variables for this connection's program or handler.
+        local: the address the client connected to when it is not the socket's own
+            (a PROXY header named it), else None: ``getsockname()`` tells.
     """
 
-    __slots__ = ("connnum", "env", "peer")
+    __slots__ = ("connnum", "env", "local", "peer")
 
     def __init__(self, peer: Any, connnum: int = 1, env: dict[str, str] | None = None) -> None:
         self.peer = peer
         self.connnum = connnum
         self.env = env if env is not None else {}
+        self.local: Any = None
 
 
 class Service(Protocol):
@@ -75,15 +80,23 @@ class PythonService:
     Args:
         handler: the handler.
         banner: bytes written to the client before the handler starts (``--banner``).
+        edge: the PROXY header and TLS handshake (``_edge.Edge``), run first; with
+            TLS the handler gets the ``ssl.SSLSocket``.
     """
 
-    __slots__ = ("banner", "handler")
+    __slots__ = ("banner", "edge", "handler")
 
-    def __init__(self, handler: Handler, banner: bytes = b"") -> None:
+    def __init__(self, handler: Handler, banner: bytes = b"", edge: Edge | None = None) -> None:
         self.handler = handler
         self.banner = banner
+        self.edge = edge
 
     def __call__(self, conn: socket.socket, info: Connection) -> int:
+        if self.edge is not None:
+            served = self.edge(conn, info)
+            if isinstance(served, int):
+                return served
+            conn = served
         if self.banner and not write_banner(conn, self.banner):
             conn.close()
             return EXIT_HANDLER_OK

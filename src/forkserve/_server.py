@@ -17,6 +17,10 @@ from forkserve._loop import ForkLoop
 from forkserve._prefork import PreforkLoop
 from forkserve._supervise import Supervisor
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
+if TYPE_CHECKING:
+    from forkserve._edge import Edge
+
 # The process models `forkserve serve --mode` offers; the benchmark suite runs each.
 MODES = ("fork", "prefork")
 DEFAULT_MAX_CONNS = 1000
@@ -56,6 +60,14 @@ class Server:
             served at once (``max_conns`` is fork mode's).
         max_requests: prefork: a worker is replaced after this many connections
             (0: never).
+        proxy_protocol: ``"v1"``, ``"v2"`` or ``"any"``: each connection starts
+            with a PROXY header whose addresses replace the peer's; ``""``: off.
+        proxy_from: networks (``"10.0.0.0/8"``) PROXY headers are accepted from;
+            connections from elsewhere are refused. Empty: from anyone.
+        tls_cert, tls_key: PEM files: serve TLS (the handshake runs in the child).
+        tls_client_ca: PEM CA file: require client certificates it signed.
+        handshake_timeout: seconds for the PROXY header and TLS handshake
+            together (0: the default, 10 s).
 
     Raises:
         UsageError: an argument out of range, or an address that does not parse;
@@ -84,6 +96,12 @@ class Server:
         max_spare: int = DEFAULT_MAX_SPARE,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_requests: int = 0,
+        proxy_protocol: str = "",
+        proxy_from: tuple[str, ...] = (),
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
+        handshake_timeout: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -108,7 +126,18 @@ class Server:
         self.max_conns = max_conns
         self.grace = grace
         self.log = log if log is not None else Log()
-        self.handler, self.service = make_service(handler, banner, self.log, mode)
+        from forkserve._edge import make_edge
+
+        self.edge = make_edge(
+            self.log,
+            proxy_protocol=proxy_protocol,
+            proxy_from=tuple(proxy_from),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            handshake_timeout=handshake_timeout,
+        )
+        self.handler, self.service = make_service(handler, banner, self.log, mode, self.edge)
         self.listener = Listener.bind(host, port, backlog)
 
     @property
@@ -157,12 +186,29 @@ class Server:
         fields.update(limit, pid=os.getpid())
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)
+        if self.edge is not None:
+            fields.update(self.edge.describe())
+            if self.edge.tls is not None:
+                loop.reload_hook = self.reload_tls
         self.log.notice("listen", **fields)
         try:
             loop.run()
         finally:
             loop.close()
         self.log.notice("stopped", pid=os.getpid())
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: load the certificate and key again; keep the old ones if that fails."""
+        from forkserve._errors import TLSConfigError
+
+        assert self.edge is not None and self.edge.tls is not None
+        try:
+            self.edge.tls.reload()
+        except TLSConfigError as exc:
+            self.log.warning("reload-failed", what="tls", error=str(exc))
+            return False
+        self.log.notice("reload", what="tls", cert=self.edge.tls.cert)
+        return True
 
     def close(self) -> None:
         self.listener.close()
@@ -180,7 +226,7 @@ class Server:
 
 
 def make_service(
-    handler: Handler | Program | str, banner: bytes, log: Log, mode: str
+    handler: Handler | Program | str, banner: bytes, log: Log, mode: str, edge: Edge | None = None
 ) -> tuple[Handler | Program, Service]:
     """Load a handler name, and wrap the handler or program as what children run.
 
@@ -198,5 +244,5 @@ def make_service(
             raise UsageError(
                 "a program replaces the process that runs it: exec mode needs --mode fork"
             )
-        return handler, ExecService(handler, log, banner)
-    return handler, PythonService(handler, banner)
+        return handler, ExecService(handler, log, banner, edge)
+    return handler, PythonService(handler, banner, edge)

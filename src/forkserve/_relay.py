@@ -116,6 +116,8 @@ class Relay:
                 data = self.tls.recv(CHUNK)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return
+            except ssl.SSLEOFError:  # a FIN without close_notify: still an end of data
+                data = b""
             except (ConnectionResetError, ssl.SSLError):
                 data = b""
                 self.tls_out = False
@@ -166,13 +168,19 @@ class Relay:
             self.close_notify()
 
     def close_notify(self) -> None:
-        """Send TLS close_notify and a FIN, keeping the socket open for reading."""
-        try:
-            # SSL_shutdown sends close_notify; SSLSocket.unwrap would also drop the
-            # SSL object, and the client may still send (a half-close).
-            self.tls._sslobj.shutdown()  # type: ignore[attr-defined]
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLError, OSError):
-            pass  # sent; the client's own close_notify is read (or not) by from_tls
+        """End our direction: TLS close_notify (once the peer is done) and a FIN.
+
+        While the peer may still send, only the FIN goes: CPython's shutdown() calls
+        SSL_shutdown a second time, which reads on and throws away the peer's
+        application data. The peer sees a bare FIN, which forkserve's server context
+        (OP_IGNORE_UNEXPECTED_EOF) and Python's clients (suppress_ragged_eofs) read
+        as the end of data.
+        """
+        if not self.tls_in:
+            try:
+                self.tls._sslobj.shutdown()  # type: ignore[attr-defined]
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLError, OSError):
+                pass  # close_notify is out; nothing more is read
         dup = socket.socket(fileno=os.dup(self.tls.fileno()))
         try:
             dup.shutdown(socket.SHUT_WR)

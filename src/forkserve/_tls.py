@@ -53,6 +53,9 @@ def load_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLCo
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A client's FIN without close_notify is its end of data, not an attack: many
+    # clients half-close that way, and exec'd programs can only see EOF either way.
+    context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
     try:
         context.load_cert_chain(cert, key)
     except OSError as exc:  # ssl.SSLError included

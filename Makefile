@@ -55,6 +55,10 @@ integration: $(VENV)/.stamp-test debian-deps
 test: $(VENV)/.stamp-test debian-deps lint typecheck
 	$(VENV)/bin/pytest
 
+# The reliability soak (docs/reliability.md), at most 30 minutes; rewrites its table.
+soak: $(VENV)/.stamp-test debian-deps
+	$(PY) -m tests.soak.run
+
 # Writes docs/benchmarks.md and its plots; longer runs: make bench BENCH_ARGS='--hold 5000'.
 bench: $(VENV)/.stamp-test debian-deps
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

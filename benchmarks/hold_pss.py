@@ -19,34 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-
-def tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def pss_kib(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-        except OSError:
-            continue
-        total += sum(int(line.split()[1]) for line in lines if line.startswith("Pss:"))
-    return total
+sys.path.insert(0, str(Path(__file__).parent))
+from run import process_tree, pss_kib  # make bench's own measurement
 
 
 def main(count: int, command: list[str]) -> None:
@@ -55,7 +29,7 @@ def main(count: int, command: list[str]) -> None:
     server = subprocess.Popen(command, stdout=subprocess.PIPE, process_group=0)
     assert server.stdout is not None
     port = int(server.stdout.readline())
-    idle = pss_kib(tree(server.pid))
+    idle = pss_kib(process_tree(server.pid))
     held = []
     for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -64,7 +38,7 @@ def main(count: int, command: list[str]) -> None:
     for sock in held:
         assert sock.recv(1) == b"x"
     time.sleep(0.5)  # let the last children settle before reading smaps (a measurement)
-    pids = tree(server.pid)
+    pids = process_tree(server.pid)
     total = pss_kib(pids)
     print(
         f"held={count} processes={len(pids)} idle={idle} KiB total={total} KiB "

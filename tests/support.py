@@ -302,3 +302,14 @@ def raw_listener(host: str = "127.0.0.1") -> Iterator[socket.socket]:
         sock.listen(16)
         sock.settimeout(WAIT)
         yield sock
+
+
+def mode_args(mode: str) -> list[str]:
+    return ["--mode", "prefork"] if mode == "prefork" else []
+
+
+def limit_args(mode: str, n: int) -> list[str]:
+    """Serve at most ``n`` connections at once, in either mode."""
+    if mode == "prefork":
+        return ["--max-workers", str(n), "--min-spare", "1", "--max-spare", str(n)]
+    return ["--max-conns", str(n)]

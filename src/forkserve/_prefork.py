@@ -30,7 +30,7 @@ from collections.abc import Callable
 from forkserve._children import Exited
 from forkserve._forking import fork_child
 from forkserve._handler import Service
-from forkserve._listen import Listener
+from forkserve._listen import ACCEPT_PAUSE, Listener
 from forkserve._log import Log
 from forkserve._supervise import Supervisor
 from forkserve._worker import Worker, decode
@@ -212,6 +212,10 @@ class PreforkLoop(Supervisor):
             if kind == "A":
                 worker.state, worker.since, worker.peer = "busy", now, detail
                 self.log.info("accept", peer=detail, pid=pid, conns=self.active())
+            elif kind == "P":
+                self.log.warning("accept-paused", pid=pid, error=detail, pause=f"{ACCEPT_PAUSE}s")
+            elif kind == "U":
+                self.log.notice("accept-resumed", pid=pid, after=detail)
             elif kind in "ER":
                 if kind == "E":
                     worker.served += 1

@@ -10,7 +10,8 @@ is reset (measurements in docs/benchmarks.md).
 
 The worker tells the supervisor what it does with one datagram per change, on a
 SOCK_DGRAM socketpair shared by all workers (datagrams keep their boundaries, and
-each send is atomic): ``R pid`` ready, ``A pid peer`` accepted, ``E pid code`` ended.
+each send is atomic): ``R pid`` ready, ``A pid peer`` accepted, ``E pid code`` ended,
+``P pid errno`` accept paused for lack of a resource, ``U pid errno`` resumed.
 
 Signals, as the supervisor uses them:
     SIGTERM: retire: exit now if idle, else after the current connection.
@@ -83,6 +84,7 @@ class Worker:
         self.pid = 0  # known once forked: set in install_signals
         self.wake_r, self.wake_w = socket.socketpair()
         self.retiring = False
+        self.paused: str | None = None  # the errno name while accept lacks a resource
 
     def install_signals(self) -> None:
         """Called in the fresh worker while signals are still blocked (see fork_child)."""
@@ -145,10 +147,16 @@ class Worker:
             if exc.errno in CONNECTION_ERRNOS:
                 return "none"
             if exc.errno in CAPACITY_ERRNOS:
+                if self.paused is None:  # once per burst, as fork mode logs it
+                    self.paused = errno.errorcode[exc.errno]
+                    self.report("P", self.paused)
                 return "paused"
             if exc.errno == errno.EINVAL:
                 return "closed"
             raise
+        if self.paused is not None:
+            self.report("U", self.paused)
+            self.paused = None
         self.report("A", format_address(peer))
         code = self.service(conn, Connection(peer))
         self.report("E", str(code))

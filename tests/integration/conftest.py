@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ServerProcess
+from tests.support import ServerProcess, mode_args
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -41,14 +41,3 @@ def serve(start_server: ServerFactory, mode: str) -> ServerFactory:
         return start_server(*mode_args(mode), *args, **kwargs)
 
     return start
-
-
-def mode_args(mode: str) -> list[str]:
-    return ["--mode", "prefork"] if mode == "prefork" else []
-
-
-def limit_args(mode: str, n: int) -> list[str]:
-    """Serve at most ``n`` connections at once, in either mode."""
-    if mode == "prefork":
-        return ["--max-workers", str(n), "--min-spare", "1", "--max-spare", str(n)]
-    return ["--max-conns", str(n)]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ServerFactory, limit_args
+from tests.integration.conftest import ServerFactory
 from tests.support import (
     connect,
     echo_roundtrip,
+    limit_args,
     recv_all,
     recv_exactly,
     run_cli,

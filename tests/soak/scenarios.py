@@ -1,0 +1,468 @@
+"""The reliability scenarios: each runs the real server under load and faults.
+
+Every scenario takes a process model and a ``Size`` (``FAST`` for ``make test``,
+``FULL`` for ``make soak``) and returns a ``Result``: what load it held, which faults it
+injected, the bytes sent and verified (SHA-256 per connection), the zombies and
+descriptors left behind, and whether every promise held. A scenario never raises for a
+broken promise: it reports it, so the soak table shows every failure at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import random
+import resource
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.soak.traffic import Tally, churn, reset_connection, run_integrity
+from tests.support import ServerProcess, connect, echo_roundtrip, mode_args, wait_until
+
+CHAOS = str(Path(__file__).parents[1] / "data" / "chaos_handler.py") + ":handle"
+
+
+@dataclass(frozen=True)
+class Size:
+    churn: int
+    integrity: int
+    max_payload: int
+    concurrency: int
+    chaos_seconds: float
+    in_flight: int
+
+
+FAST = Size(
+    churn=1000,
+    integrity=60,
+    max_payload=512 * 1024,
+    concurrency=30,
+    chaos_seconds=3,
+    in_flight=40,
+)
+FULL = Size(
+    churn=100_000,
+    integrity=1000,
+    max_payload=8 * 1024 * 1024,
+    concurrency=1000,
+    chaos_seconds=60,
+    in_flight=500,
+)
+
+
+@dataclass
+class Result:
+    scenario: str
+    mode: str
+    load: str
+    faults: str = "-"
+    sent: int = 0
+    verified: int = 0
+    zombies: int = 0
+    fds_leaked: int = 0
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def check(self, condition: bool, problem: str) -> None:
+        if not condition:
+            self.problems.append(problem)
+
+    def count(self, tally: Tally) -> None:
+        self.sent += tally.sent
+        self.verified += tally.verified
+        self.check(not tally.failures, f"{len(tally.failures)} failed: {tally.failures[:3]}")
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def lowest_free_fd(pid: int) -> int:
+    """RLIMIT_NOFILE bounds descriptor numbers, not their count: with this as the soft
+    limit, the process's next new descriptor fails with EMFILE."""
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def no_core_files() -> None:
+    """preexec: a SIGSEGV in a chaos child must not leave a core file behind."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+@contextlib.contextmanager
+def server(result: Result, *args: str, **kwargs: object) -> Iterator[ServerProcess]:
+    """A server in ``result.mode``; afterwards, what it left behind goes into ``result``."""
+    kwargs.setdefault("preexec_fn", no_core_files)
+    proc = ServerProcess([*mode_args(result.mode), *args], **kwargs)  # type: ignore[arg-type]
+    try:
+        yield proc
+    finally:
+        # A child is a zombie for the moment between its exit and the reap: only one
+        # that is still there seconds later is left behind.
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: not proc.zombies(), timeout=5, what="zombies to be reaped")
+        result.zombies = max(result.zombies, len(proc.zombies()))
+        result.check(result.zombies == 0, f"{result.zombies} zombies left")
+        left = proc.close()
+        result.check(not left, f"processes left behind: {left}")
+
+
+def settled(proc: ServerProcess, mode: str) -> bool:
+    """No connection in service: fork mode has no children, prefork none busy."""
+    if mode == "fork":
+        return not proc.children()
+    accepts = len(proc.events("accept"))
+    return accepts == len(proc.events("end"))
+
+
+# -- churn ----------------------------------------------------------------------------
+
+
+def scenario_churn(mode: str, size: Size) -> Result:
+    """Many short connections; then no zombie, and the parent's descriptors and memory
+    back at their idle level."""
+    result = Result("churn", mode, f"{size.churn:,} short connections, 8 clients")
+    with server(result, "-q", "--backlog", "4096") as proc:
+        result.count(churn(proc.port, 200))  # warm up: lazy imports, allocator pools
+        wait_until(lambda: settled_quiet(proc, mode), what="warm-up connections to end")
+        fds, rss = fd_count(proc.pid), rss_kib(proc.pid)
+        result.count(churn(proc.port, size.churn))
+        wait_until(lambda: settled_quiet(proc, mode), timeout=60, what="connections to end")
+        result.fds_leaked = fd_count(proc.pid) - fds
+        grown = rss_kib(proc.pid) - rss
+        result.check(result.fds_leaked == 0, f"{result.fds_leaked} descriptors leaked")
+        # Python keeps freed memory in its pools: allow one MiB, not growth per connection.
+        result.check(grown < 1024, f"parent memory grew {grown} KiB")
+    return result
+
+
+def settled_quiet(proc: ServerProcess, mode: str) -> bool:
+    """With -q there are no accept/end lines: read the process table instead."""
+    kids = proc.children()
+    if mode == "fork":
+        return not kids
+    return all(Path(f"/proc/{pid}/wchan").read_text() == "do_epoll_wait" for pid in kids)
+
+
+# -- integrity -----------------------------------------------------------------------
+
+
+def scenario_integrity(mode: str, size: Size) -> Result:
+    """Many concurrent connections, random sizes and half-closes, SHA-256 compared."""
+    result = Result(
+        "integrity",
+        mode,
+        f"{size.integrity:,} connections, {size.concurrency} at once, "
+        f"payloads up to {size.max_payload >> 20 or size.max_payload >> 10}"
+        f"{' MiB' if size.max_payload >> 20 else ' KiB'}, random half-close",
+    )
+    limit = ["--max-workers", str(size.concurrency)] if mode == "prefork" else []
+    with server(result, "-q", "--backlog", "4096", *limit) as proc:
+        tally = run_integrity(
+            proc.port,
+            connections=size.integrity,
+            max_size=size.max_payload,
+            concurrency=size.concurrency,
+            seed=9,
+            timeout=300,
+        )
+        result.count(tally)
+        result.check(tally.ok == size.integrity, f"{tally.ok}/{size.integrity} verified")
+    return result
+
+
+# -- chaos ---------------------------------------------------------------------------
+
+
+def scenario_chaos(mode: str, size: Size) -> Result:
+    """Under load, kill children (SIGKILL, SIGSEGV), make handlers raise and run out of
+    memory, reset clients: each is logged with its status, the server keeps serving, and
+    the other connections lose nothing."""
+    result = Result("chaos", mode, f"integrity load for {size.chaos_seconds:g} s")
+    limit = ["--max-workers", "64"] if mode == "prefork" else []
+    with server(result, "--handler", CHAOS, *limit) as proc:
+        stop = threading.Event()
+        totals = Tally()
+
+        def load() -> None:
+            seed = 0
+            while not stop.is_set():
+                seed += 1
+                totals.add(
+                    run_integrity(
+                        proc.port,
+                        connections=20,
+                        max_size=size.max_payload // 4,
+                        concurrency=10,
+                        seed=seed,
+                        timeout=60,
+                        command=b"E",
+                    )
+                )
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        injected = inject_faults(proc, size.chaos_seconds)
+        stop.set()
+        loader.join(300)
+        result.count(totals)
+        result.faults = ", ".join(f"{n} {kind}" for kind, n in injected.items())
+        check_chaos_log(proc, injected, result)
+        result.check(echo_roundtrip(proc.port, b"Estill") == b"still", "not serving after")
+    return result
+
+
+def inject_faults(proc: ServerProcess, seconds: float) -> dict[str, int]:
+    """Open chaos connections in a random order for ``seconds``; count each kind."""
+    rng = random.Random(42)
+    injected = {"SIGKILL": 0, "SIGSEGV": 0, "raise": 0, "MemoryError": 0, "reset": 0}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        kind = rng.choice(list(injected))
+        if kind == "SIGKILL":
+            kill_a_held_child(proc)
+        elif kind == "reset":
+            reset_connection(proc.port)
+        else:
+            command = {"SIGSEGV": b"S", "raise": b"R", "MemoryError": b"M"}[kind]
+            with connect(proc.port) as sock:
+                sock.sendall(command)
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(4096):
+                    pass
+        injected[kind] += 1
+    return injected
+
+
+def kill_a_held_child(proc: ServerProcess) -> None:
+    """Hold a connection, find the process serving it from its accept line, SIGKILL it."""
+    with connect(proc.port) as sock:
+        sock.sendall(b"Hx")
+        assert sock.recv(1) == b"x"
+        host, port = sock.getsockname()[:2]
+        # Over a long run a client port comes round again: the newest accept is ours.
+        accept = proc.wait_event("accept", peer=f"{host}:{port}")[-1]
+        os.kill(int(accept["pid"]), signal.SIGKILL)
+        with contextlib.suppress(ConnectionResetError):
+            sock.recv(1)
+
+
+def check_chaos_log(proc: ServerProcess, injected: dict[str, int], result: Result) -> None:
+    expected = {
+        "SIGKILL": ("signal", "SIGKILL(9)"),
+        "SIGSEGV": ("signal", "SIGSEGV(11)"),
+    }
+    for kind, (key, value) in expected.items():
+        logged = len(proc.events("end", **{key: value}))
+        result.check(
+            logged == injected[kind], f"{kind}: {injected[kind]} injected, {logged} logged"
+        )
+    raised = injected["raise"] + injected["MemoryError"]
+    with contextlib.suppress(AssertionError):
+        proc.wait_event("end", count=raised, exit="1")
+    tracebacks = proc.log_text().count("Traceback (most recent call last)")
+    result.check(tracebacks == raised, f"{raised} handler errors, {tracebacks} tracebacks")
+    failed = len(proc.events("end", exit="1"))
+    result.check(failed == raised, f"{raised} handler errors, {failed} ends with exit=1")
+
+
+# -- resource exhaustion ----------------------------------------------------------------
+
+
+def scenario_emfile(mode: str, size: Size) -> Result:
+    """Out of descriptors: logged once, paused (not spinning), served when fds return."""
+    result = Result("exhaustion: EMFILE", mode, "10 clients while out of descriptors")
+    # Prefork: one worker, so no fresh worker (with descriptors to spare) takes over.
+    pool = ["--min-spare", "1", "--max-spare", "1", "--max-workers", "1"]
+    with server(result, *(pool if mode == "prefork" else [])) as proc:
+        if mode == "prefork":
+            wait_until(lambda: len(proc.children()) == 1, what="the worker")
+        accepting = [proc.pid] if mode == "fork" else proc.children()
+        limits = {pid: resource.prlimit(pid, resource.RLIMIT_NOFILE) for pid in accepting}
+        for pid, (_, hard) in limits.items():
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free_fd(pid), hard))
+        result.faults = "RLIMIT_NOFILE at the lowest free descriptor"
+
+        def restore() -> None:
+            for pid, limit in limits.items():
+                with contextlib.suppress(ProcessLookupError):
+                    resource.prlimit(pid, resource.RLIMIT_NOFILE, limit)
+
+        result.count(_clients_during(proc, "accept-paused", restore))
+        result.check(bool(proc.events("accept-resumed")), "no accept-resumed logged")
+        per_pid = [e.get("pid", "") for e in proc.events("accept-paused")]
+        result.check(len(per_pid) == len(set(per_pid)), "accept-paused logged more than once")
+    return result
+
+
+def _clients_during(proc: ServerProcess, fault_event: str, restore: Callable[[], None]) -> Tally:
+    """Start 10 echo clients, wait for ``fault_event`` in the log, then ``restore``."""
+    results: list[Tally] = []
+
+    def clients() -> None:
+        results.append(
+            run_integrity(
+                proc.port, connections=10, max_size=4096, concurrency=10, seed=5, timeout=60
+            )
+        )
+
+    runner = threading.Thread(target=clients)
+    runner.start()
+    try:
+        proc.wait_event(fault_event)
+    finally:
+        restore()
+        runner.join(120)
+    return results[0] if results else Tally(failures=["clients did not finish"])
+
+
+def scenario_nproc(mode: str, size: Size) -> Result:
+    """fork(2) fails (RLIMIT_NPROC, as an unprivileged user): logged, backed off, and
+    serving again once processes are allowed."""
+    result = Result("exhaustion: fork fails", mode, "10 clients while fork fails")
+    nobody = pwd.getpwnam("nobody")
+    # Root ignores RLIMIT_NPROC: the server binds as root, then drops to nobody.
+    with server(result, "--user", "nobody") as proc:
+        if mode == "prefork":
+            wait_until(lambda: len(proc.children()) >= 2, what="the spare workers")
+        running = sum(1 for entry in Path("/proc").iterdir() if _uid(entry) == nobody.pw_uid)
+        limit = resource.prlimit(proc.pid, resource.RLIMIT_NPROC)
+        resource.prlimit(proc.pid, resource.RLIMIT_NPROC, (running, limit[1]))
+        result.faults = "RLIMIT_NPROC at the running count"
+
+        def restore() -> None:
+            resource.prlimit(proc.pid, resource.RLIMIT_NPROC, limit)
+
+        result.count(_clients_during(proc, "fork-failed", restore))
+        result.check(echo_roundtrip(proc.port, b"after") == b"after", "not serving after")
+    return result
+
+
+def scenario_memory(mode: str, size: Size) -> Result:
+    """A child runs out of memory (RLIMIT_AS): MemoryError logged, exit 1, others fine."""
+    result = Result("exhaustion: memory", mode, "5 children over RLIMIT_AS")
+    with server(result, "--handler", CHAOS) as proc:
+        for _ in range(5):
+            with connect(proc.port) as sock:
+                sock.sendall(b"M")
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(4096):
+                    pass
+        proc.wait_event("end", count=5, exit="1")
+        result.faults = "5 x MemoryError"
+        result.check(proc.log_text().count("MemoryError") >= 5, "MemoryError not logged")
+        result.check(echo_roundtrip(proc.port, b"Eok") == b"ok", "not serving after")
+    return result
+
+
+def _uid(proc_dir: Path) -> int:
+    try:
+        for line in (proc_dir / "status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+# -- stop under load -------------------------------------------------------------------
+
+
+def scenario_stop(mode: str, size: Size) -> Result:
+    """SIGTERM with connections in flight: every echo completes within --grace, exit 0,
+    nothing left behind. Then SIGQUIT: ends at once, nothing left behind."""
+    n = size.in_flight
+    result = Result("stop under load", mode, f"{n} connections in flight")
+    limit = ["--max-workers", str(n + 4)] if mode == "prefork" else []
+    with server(result, "-q", "--grace", "30", *limit) as proc:
+        tally, code, took = asyncio.run(_stop_in_flight(proc, n))
+        result.count(tally)
+        result.check(tally.ok == n, f"{tally.ok}/{n} in-flight echoes completed")
+        result.check(code == 0, f"SIGTERM: exit {code}")
+        result.faults = f"SIGTERM mid-stream (stopped in {took:.1f} s)"
+    with server(result, "-q", "--grace", "60", *limit) as proc:
+        held = [connect(proc.port) for _ in range(10)]
+        for sock in held:
+            sock.sendall(b"x")
+            sock.recv(1)
+        began = time.monotonic()
+        code = proc.stop(signal.SIGQUIT, timeout=15)
+        result.check(code == 0, f"SIGQUIT: exit {code}")
+        result.check(time.monotonic() - began < 5, "SIGQUIT took more than 5 s")
+        result.faults += f"; SIGQUIT with 10 held ({time.monotonic() - began:.1f} s)"
+        for sock in held:
+            sock.close()
+    return result
+
+
+async def _stop_in_flight(proc: ServerProcess, n: int) -> tuple[Tally, int, float]:
+    """Open ``n`` echoes that each send half, then SIGTERM, then the other half."""
+    half = 64 * 1024
+    started = asyncio.Event()
+    in_flight = 0
+
+    async def one(index: int) -> Tally:
+        nonlocal in_flight
+        reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+        payload = os.urandom(2 * half)
+        tally = Tally(connections=1)
+        writer.write(payload[:half])
+        await writer.drain()
+        got = await reader.readexactly(half)
+        in_flight += 1
+        if in_flight == n:
+            started.set()
+        await started.wait()
+        await asyncio.sleep(0.2)  # the stop signal lands while every echo is mid-stream
+        writer.write(payload[half:])
+        writer.write_eof()
+        got += await reader.read()
+        writer.close()
+        tally.sent = len(payload)
+        if got == payload:
+            tally.ok, tally.verified = 1, len(payload)
+        else:
+            tally.failures.append(f"c{index}: {len(got)} of {len(payload)} bytes back")
+        return tally
+
+    tasks = [asyncio.create_task(one(i)) for i in range(n)]
+    await asyncio.wait_for(started.wait(), 120)
+    began = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    total = Tally()
+    for done in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(done, Tally):
+            total.add(done)
+        else:
+            total.connections += 1
+            total.failures.append(repr(done))
+    code = await asyncio.to_thread(proc.wait_exit, 60)
+    return total, code, time.monotonic() - began
+
+
+SCENARIOS: dict[str, Callable[[str, Size], Result]] = {
+    "churn": scenario_churn,
+    "integrity": scenario_integrity,
+    "chaos": scenario_chaos,
+    "emfile": scenario_emfile,
+    "memory": scenario_memory,
+    "stop": scenario_stop,
+}

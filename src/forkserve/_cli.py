@@ -115,6 +115,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_access_arguments(parser)
     add_time_arguments(parser)
     add_privilege_arguments(parser)
+    add_edge_arguments(parser)
     add_verbosity(parser)
 
 
@@ -151,6 +152,47 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="exec mode: set TCPLOCALHOST to NAME without a lookup (tcpserver's -l)",
     )
+
+
+def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
+    """The PROXY protocol and TLS: what comes before the client's own bytes."""
+    group = parser.add_argument_group(
+        "PROXY protocol and TLS",
+        "Both happen in the connection's process, never in the parent: PROXY header "
+        "first, then the TLS handshake, both within --handshake-timeout.",
+    )
+    group.add_argument(
+        "--proxy-protocol",
+        choices=("v1", "v2", "any"),
+        default="",
+        help="every connection starts with a PROXY header (HAProxy's send-proxy or "
+        "send-proxy-v2); its client address replaces the balancer's everywhere",
+    )
+    group.add_argument(
+        "--proxy-from",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="accept PROXY headers only from this address or network (repeatable); "
+        "others are refused and logged",
+    )
+    group.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    group.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    group.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="require client certificates signed by these CAs",
+    )
+
+
+def edge_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "proxy_protocol": args.proxy_protocol,
+        "proxy_from": tuple(args.proxy_from),
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca,
+    }
 
 
 def banner_bytes(text: str) -> bytes:
@@ -243,7 +285,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from forkserve._server import Server
 
     log = Log(QUIET if args.quiet else DEBUG if args.verbose else INFO)
-    options: dict[str, Any] = {**mode_options(args), **access_options(args)}
+    options: dict[str, Any] = {
+        **mode_options(args),
+        **access_options(args),
+        **edge_options(args),
+    }
     with Server(
         args.address,
         choose_service(args),

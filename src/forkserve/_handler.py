@@ -26,6 +26,8 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is what we a
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any, Protocol
+
+    from forkserve._edge import Edge
 else:  # typing costs the parent ~6 ms and memory every child maps: see _types
     Any = object
     Protocol = object
@@ -55,14 +57,17 @@ class Connection:
         connnum: connections open from the client's address, this one included
             (UCSPI's ``TCPCONNNUM``).
         env: extra environment variables for this connection's program or handler.
+        local: the address the client connected to when it is not the socket's own
+            (a PROXY header named it), else None: ``getsockname()`` tells.
     """
 
-    __slots__ = ("connnum", "env", "peer")
+    __slots__ = ("connnum", "env", "local", "peer")
 
     def __init__(self, peer: Any, connnum: int = 1, env: dict[str, str] | None = None) -> None:
         self.peer = peer
         self.connnum = connnum
         self.env = env if env is not None else {}
+        self.local: Any = None
 
 
 class Service(Protocol):
@@ -80,15 +85,25 @@ class PythonService:
     Args:
         handler: the handler.
         prelude: what runs first (banner, limits, timeouts); see ``Prelude``.
+        edge: the PROXY header and TLS handshake (``_edge.Edge``), run before the
+            prelude; with TLS the handler gets the ``ssl.SSLSocket``.
     """
 
-    __slots__ = ("handler", "prelude")
+    __slots__ = ("edge", "handler", "prelude")
 
-    def __init__(self, handler: Handler, prelude: Prelude | None = None) -> None:
+    def __init__(
+        self, handler: Handler, prelude: Prelude | None = None, edge: Edge | None = None
+    ) -> None:
         self.handler = handler
         self.prelude = prelude if prelude is not None else Prelude()
+        self.edge = edge
 
     def __call__(self, conn: socket.socket, info: Connection) -> int:
+        if self.edge is not None:
+            served = self.edge(conn, info)
+            if isinstance(served, int):
+                return served
+            conn = served
         code = self.prelude(conn, info)
         if code is not None:
             return code

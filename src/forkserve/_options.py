@@ -152,7 +152,8 @@ def add_time_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_seconds,
         default=0.0,
         metavar="SECONDS",
-        help="the client must send its first byte within this long (else exit 125)",
+        help="the client must send its first byte within this long (else exit 125); with "
+        "--proxy-protocol or TLS, the time for the header and the handshake (default 10)",
     )
 
 

@@ -24,6 +24,10 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
+if TYPE_CHECKING:
+    from forkserve._edge import Edge
+
 # The process models `forkserve serve --mode` offers; the benchmark suite runs each.
 MODES = ("fork", "prefork")
 DEFAULT_MAX_CONNS = 1000
@@ -77,10 +81,17 @@ class Server:
         max_lifetime: seconds a connection may last before its process group gets
             SIGTERM (SIGKILL a second later); 0: no limit.
         handshake_timeout: seconds the client has to send its first byte, or the
-            child exits 125 (0: no limit).
+            child exits 125 (0: no limit); with the PROXY protocol or TLS, the
+            deadline for the header and the handshake together (0: 10 s).
         user, group: switch to them after binding, before the first fork.
         rlimits: per-child resource limits by name: ``nofile``, ``as`` (bytes),
             ``cpu`` (seconds), ``nproc``.
+        proxy_protocol: ``"v1"``, ``"v2"`` or ``"any"``: each connection starts
+            with a PROXY header whose addresses replace the peer's; ``""``: off.
+        proxy_from: networks (``"10.0.0.0/8"``) PROXY headers are accepted from;
+            connections from elsewhere are refused. Empty: from anyone.
+        tls_cert, tls_key: PEM files: serve TLS (the handshake runs in the child).
+        tls_client_ca: PEM CA file: require client certificates it signed.
 
     Raises:
         UsageError: an argument out of range, or an address that does not parse;
@@ -121,6 +132,11 @@ class Server:
         user: str | None = None,
         group: str | None = None,
         rlimits: Mapping[str, int] | None = None,
+        proxy_protocol: str = "",
+        proxy_from: tuple[str, ...] = (),
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
     ) -> None:
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -145,6 +161,17 @@ class Server:
         self.max_conns = max_conns
         self.grace = grace
         self.log = log if log is not None else Log()
+        from forkserve._edge import make_edge
+
+        self.edge = make_edge(
+            self.log,
+            proxy_protocol=proxy_protocol,
+            proxy_from=tuple(proxy_from),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            handshake_timeout=handshake_timeout,
+        )
         gate = make_gate(rules, default_policy, per_ip, rate, ipv6_prefix)
         check_seconds("max_lifetime", max_lifetime)
         self.policy = Policy(gate, reject_message, max_lifetime)
@@ -153,10 +180,12 @@ class Server:
             self.log,
             mode=mode,
             idle_timeout=idle_timeout,
-            handshake_timeout=handshake_timeout,
+            # With an edge, the deadline is the header's and the handshake's: waiting
+            # for readability on the raw socket would miss bytes TLS already holds.
+            handshake_timeout=0.0 if self.edge is not None else handshake_timeout,
             rlimits=rlimits or {},
         )
-        self.handler, self.service = make_service(handler, prelude, self.log, mode)
+        self.handler, self.service = make_service(handler, prelude, self.log, mode, self.edge)
         from forkserve._privileges import resolve_identity
 
         self.identity = resolve_identity(user, group)
@@ -210,6 +239,10 @@ class Server:
         fields.update(limit, pid=os.getpid())
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)
+        if self.edge is not None:
+            fields.update(self.edge.describe())
+            if self.edge.tls is not None:
+                loop.reload_hook = self.reload_tls
         self.log.notice("listen", **fields)
         if self.identity is not None:
             from forkserve._privileges import switch_identity
@@ -225,6 +258,19 @@ class Server:
         finally:
             loop.close()
         self.log.notice("stopped", pid=os.getpid())
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: load the certificate and key again; keep the old ones if that fails."""
+        from forkserve._errors import TLSConfigError
+
+        assert self.edge is not None and self.edge.tls is not None
+        try:
+            self.edge.tls.reload()
+        except TLSConfigError as exc:
+            self.log.warning("reload-failed", what="tls", error=str(exc))
+            return False
+        self.log.notice("reload", what="tls", cert=self.edge.tls.cert)
+        return True
 
     def close(self) -> None:
         self.listener.close()
@@ -242,7 +288,11 @@ class Server:
 
 
 def make_service(
-    handler: Handler | Program | str, prelude: Prelude, log: Log, mode: str
+    handler: Handler | Program | str,
+    prelude: Prelude,
+    log: Log,
+    mode: str,
+    edge: Edge | None = None,
 ) -> tuple[Handler | Program, Service]:
     """Load a handler name, and wrap the handler or program as what children run.
 
@@ -266,8 +316,8 @@ def make_service(
                 "--idle-timeout applies to Python handlers: a program owns its socket "
                 "(use --max-lifetime)"
             )
-        return handler, ExecService(handler, log, prelude)
-    return handler, PythonService(handler, prelude)
+        return handler, ExecService(handler, log, prelude, edge)
+    return handler, PythonService(handler, prelude, edge)
 
 
 def check_seconds(name: str, value: float) -> None:

@@ -118,6 +118,8 @@ class Supervisor:
         self.pending: collections.deque[tuple[socket.socket, Any]] = collections.deque()
         self.paused_until = 0.0
         self.burst: tuple[str, int] | None = None  # (errno name, failures) while paused
+        # SIGHUP: reloads what was given (the TLS certificate); True if it changed.
+        self.reload_hook: Callable[[], bool] | None = None
 
     # -- the loop -------------------------------------------------------------------
 
@@ -166,6 +168,9 @@ class Supervisor:
                 self.fast_stop(signal.Signals(number).name)
             elif number in (signal.SIGTTIN, signal.SIGTTOU):
                 self.on_pool_signal(number)
+            elif number == signal.SIGHUP and self.reload_hook is not None:
+                if self.stopping is None and self.reload_hook():
+                    self.after_reload()
             elif number != signal.SIGCHLD:
                 self.log.debug("signal-ignored", signal=signal.Signals(number).name)
         if signal.SIGCHLD in signals:
@@ -396,6 +401,9 @@ class Supervisor:
 
     def on_ready(self, key: selectors.SelectorKey, mask: int) -> None:
         """A descriptor other than the signal pipe is ready."""
+
+    def after_reload(self) -> None:
+        """Make processes forked before a reload pick it up (prefork: new workers)."""
 
     def on_pool_signal(self, number: int) -> None:
         self.log.debug("signal-ignored", signal=signal.Signals(number).name)

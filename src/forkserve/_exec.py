@@ -14,7 +14,7 @@ import socket
 
 from forkserve._address import format_address
 from forkserve._errors import EXIT_TEMPORARY, ProgramError
-from forkserve._handler import Connection
+from forkserve._handler import Connection, start_connection
 from forkserve._log import Log
 from forkserve._prelude import Prelude
 from forkserve._ucspi import endpoint, ucspi_environment
@@ -124,14 +124,10 @@ class ExecService:
         self.edge = edge
 
     def __call__(self, conn: socket.socket, info: Connection) -> int:
-        if self.edge is not None:  # the PROXY header and TLS first: see _edge
-            served = self.edge(conn, info)
-            if isinstance(served, int):
-                return served
-            conn = served
-        code = self.prelude(conn, info)
-        if code is not None:
-            return code
+        started = start_connection(conn, info, self.edge, self.prelude)
+        if isinstance(started, int):
+            return started
+        conn = started
         try:
             env = self.environment(conn, info)
         except OSError as exc:  # getsockname on a connection the client reset

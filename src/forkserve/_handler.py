@@ -99,21 +99,36 @@ class PythonService:
         self.edge = edge
 
     def __call__(self, conn: socket.socket, info: Connection) -> int:
-        if self.edge is not None:
-            served = self.edge(conn, info)
-            if isinstance(served, int):
-                return served
-            conn = served
-        code = self.prelude(conn, info)
-        if code is not None:
-            return code
+        started = start_connection(conn, info, self.edge, self.prelude)
+        if isinstance(started, int):
+            return started
         saved = set_environment(info.env) if info.env else None
-        code = run_handler(self.handler, conn, info.peer)
+        code = run_handler(self.handler, started, info.peer)
         if saved is not None:
             set_environment(saved)  # a prefork worker serves the next client next
         if code == EXIT_IDLE_TIMEOUT and self.prelude.idle_timeout:
             self.prelude.log_timeout(info, "idle", self.prelude.idle_timeout)
         return code
+
+
+def start_connection(
+    conn: socket.socket, info: Connection, edge: Edge | None, prelude: Prelude
+) -> socket.socket | int:
+    """What runs in the child before the handler or program, in order: the edge (the
+    PROXY header, then the TLS handshake: see _edge), then the prelude (limits,
+    banner, first-byte wait, idle timeout).
+
+    Returns:
+        The socket to serve (the TLS socket with TLS), or the child's exit code when
+        the connection ends here.
+    """
+    if edge is not None:
+        served = edge(conn, info)
+        if isinstance(served, int):
+            return served
+        conn = served
+    code = prelude(conn, info)
+    return conn if code is None else code
 
 
 def set_environment(env: Mapping[str, str | None]) -> dict[str, str | None]:

@@ -118,6 +118,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object on stdout, no table"
     )
+    from forkserve._client import add_edge_arguments
+
+    add_edge_arguments(parser)
     parser.add_argument(
         "--progress",
         choices=("auto", "always", "never"),
@@ -157,6 +160,11 @@ def make_config(args: argparse.Namespace) -> Config:
     except socket.gaierror as exc:
         raise AddressError(f"cannot resolve {host!r}: {exc.strerror}") from None
     family, _, _, _, sockaddr = infos[0]
+    from forkserve._client import client_context
+
+    tls = client_context(args)
+    if (args.proxy or tls is not None) and mode not in ("rate", "pingpong"):
+        raise UsageError(f"--proxy and --tls work with rate and pingpong, not {mode}")
     return Config(
         mode=mode,
         host=host,
@@ -168,6 +176,8 @@ def make_config(args: argparse.Namespace) -> Config:
         size=size,
         nbytes=args.nbytes,
         timeout=args.timeout,
+        proxy=args.proxy or "",
+        tls=tls,
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from forkserve._benchstats import Tally
+from forkserve._errors import TemporaryError
 from forkserve._verify import (
     SELF_CONNECT,
     TIMEOUT,
@@ -56,6 +57,8 @@ class Config:
     size: int
     nbytes: int
     timeout: float
+    proxy: str = ""  # "v1" or "v2": send a PROXY header naming our own addresses
+    tls: Any = None  # an ssl.SSLContext: speak TLS (rate and pingpong)
 
     @property
     def target(self) -> str:
@@ -101,6 +104,10 @@ def connect(config: Config, conn: str) -> socket.socket:
         sock.settimeout(config.timeout)
         sock.connect(config.sockaddr)
         check_not_self(sock, conn)
+        if config.proxy or config.tls is not None:
+            from forkserve._client import start_edge
+
+            sock = start_edge(sock, config.proxy, config.tls, config.host)
     except TimeoutError:
         sock.close()
         raise VerifyError(
@@ -112,6 +119,9 @@ def connect(config: Config, conn: str) -> socket.socket:
     except VerifyError:
         sock.close()
         raise
+    except TemporaryError as exc:  # the TLS handshake failed
+        sock.close()
+        raise VerifyError(Problem("TLS", conn, None, str(exc))) from None
     return sock
 
 

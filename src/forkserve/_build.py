@@ -23,6 +23,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from forkserve._edge import Edge
     from forkserve._endpoint import MetricsEndpoint
     from forkserve._supervise import Supervisor
     from forkserve._upgrade import Handover
@@ -86,7 +87,11 @@ def serve_metrics(loop: Supervisor, endpoint: MetricsEndpoint, mode: str, log: L
 
 
 def make_service(
-    handler: Handler | Program | str, prelude: Prelude, log: Log, mode: str
+    handler: Handler | Program | str,
+    prelude: Prelude,
+    log: Log,
+    mode: str,
+    edge: Edge | None = None,
 ) -> tuple[Handler | Program, Service]:
     """Load a handler name, and wrap the handler or program as what children run.
 
@@ -110,8 +115,8 @@ def make_service(
                 "--idle-timeout applies to Python handlers: a program owns its socket "
                 "(use --max-lifetime)"
             )
-        return handler, ExecService(handler, log, prelude)
-    return handler, PythonService(handler, prelude)
+        return handler, ExecService(handler, log, prelude, edge)
+    return handler, PythonService(handler, prelude, edge)
 
 
 def check_seconds(name: str, value: float) -> None:

@@ -66,6 +66,7 @@ def run_serve(args: argparse.Namespace) -> int:
         Reloader,
         access_arguments,
         choose_service,
+        edge_arguments,
         log_level,
         mode_options,
     )
@@ -83,7 +84,11 @@ def run_serve(args: argparse.Namespace) -> int:
     if values["listen"] is None and "LISTEN_FDS" not in os.environ:
         raise UsageError("the [HOST:]PORT to listen on is missing (see --help)")
     log = Log(log_level(values), format=str(values["log_format"]))
-    options: dict[str, Any] = {**mode_options(values), **access_arguments(values)}
+    options: dict[str, Any] = {
+        **mode_options(values),
+        **access_arguments(values),
+        **edge_arguments(values),
+    }
     with Server(
         values["listen"],  # type: ignore[arg-type]
         choose_service(values),

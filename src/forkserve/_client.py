@@ -20,7 +20,11 @@ import selectors
 import socket
 
 from forkserve._address import check_host, parse_port
-from forkserve._errors import AddressError, TemporaryError
+from forkserve._errors import AddressError, TemporaryError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ssl
 
 CHUNK = 64 * 1024
 # Stop reading stdin while this much is waiting to be sent: backpressure, not memory.
@@ -41,15 +45,107 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="give up connecting after this long, and, once input has ended, give up "
         "when the server sends nothing for this long (default %(default)g; 0 = no limit)",
     )
+    add_edge_arguments(parser)
+
+
+def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--proxy`` and ``--tls``: shared by ``client`` and ``bench``."""
+    parser.add_argument(
+        "--proxy",
+        choices=("v1", "v2"),
+        help="send a PROXY header first, naming this connection's own addresses",
+    )
+    parser.add_argument("--tls", action="store_true", help="speak TLS (after any PROXY header)")
+    parser.add_argument("--tls-ca", metavar="PEM", help="verify the server against these CAs")
+    parser.add_argument(
+        "--insecure", action="store_true", help="with --tls: do not verify the server"
+    )
+    parser.add_argument("--tls-cert", metavar="PEM", help="with --tls: a client certificate")
+    parser.add_argument("--tls-key", metavar="PEM", help="the key of --tls-cert")
+
+
+def client_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The client's SSLContext for ``--tls``, or None.
+
+    Raises:
+        UsageError: TLS options without ``--tls``, or files that do not load.
+    """
+    if not args.tls:
+        if args.tls_ca or args.insecure or args.tls_cert:
+            raise UsageError("--tls-ca, --insecure and --tls-cert need --tls")
+        return None
+    import ssl
+
+    context = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else None
+    try:
+        if context is None:
+            context = ssl.create_default_context()
+        if args.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if args.tls_cert:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+    except OSError as exc:
+        raise UsageError(f"cannot load TLS files: {exc.strerror or exc}") from None
+    return context
+
+
+def start_edge(
+    sock: socket.socket, proxy: str | None, context: ssl.SSLContext | None, host: str
+) -> socket.socket:
+    """Send the PROXY header (our real addresses), then run the TLS handshake.
+
+    Raises:
+        TemporaryError: the handshake failed.
+    """
+    if proxy:
+        from forkserve._proxy import encode_v1, encode_v2
+
+        encode = encode_v1 if proxy == "v1" else encode_v2
+        sock.sendall(encode(sock.getsockname()[:2], sock.getpeername()[:2]))
+    if context is None:
+        return sock
+    import ssl
+
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLError as exc:
+        raise TemporaryError(f"TLS handshake failed: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise TemporaryError(f"TLS handshake failed: {exc.strerror or exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     host = args.host[1:-1] if args.host.startswith("[") and args.host.endswith("]") else args.host
     check_host(host)
+    context = client_context(args)
     sock = connect(host, parse_port(args.port), args.timeout or None)
     with sock:
-        relay(sock, 0, 1, args.timeout or None)
+        served = start_edge(sock, args.proxy, context, host)
+        if served is sock:
+            relay(sock, 0, 1, args.timeout or None)
+        else:
+            relay_tls(served, args.timeout or None)
     return 0
+
+
+def relay_tls(tls: socket.socket, timeout: float | None) -> None:
+    """``relay`` over TLS: a thread moves bytes between the TLS socket and a
+    socketpair (with half-close, see _relay), and ``relay`` serves the pair."""
+    import threading
+
+    from forkserve._relay import Relay
+
+    ours, theirs = socket.socketpair()
+    bridge = Relay(tls, ours)  # type: ignore[arg-type]
+    thread = threading.Thread(target=bridge.run, daemon=True)
+    thread.start()
+    try:
+        with theirs:
+            relay(theirs, 0, 1, timeout)
+    finally:
+        thread.join(timeout)
+        ours.close()
 
 
 def connect(host: str, port: int, timeout: float | None) -> socket.socket:

@@ -84,6 +84,16 @@ def add_argument(group: argparse._ActionsContainer, setting: Setting) -> None:
         )
         return
     flags = [f"--{setting.key}", *([setting.short] if setting.short else [])]
+    if setting.cli == "append":  # repeatable: a list, as in a file
+        group.add_argument(
+            *flags,
+            dest=setting.dest,
+            action="append",
+            metavar=setting.metavar,
+            default=argparse.SUPPRESS,
+            help=text,
+        )
+        return
     if setting.cli == "rule":  # --allow and --deny, kept in their command-line order
         group.add_argument(
             *flags,
@@ -246,6 +256,19 @@ def read_rules_file(path: str) -> list[Rule]:
         return parse_rules(data, path)
     except RuleError as exc:
         raise UsageError(f"rules file {path!r}, line {exc.line}: {exc.reason}") from None
+
+
+def edge_arguments(values: Mapping[str, object]) -> dict[str, object]:
+    """The ``Server`` arguments for the PROXY protocol and TLS."""
+    proxy_from = values["proxy_from"] or []
+    assert isinstance(proxy_from, list)
+    return {
+        "proxy_protocol": values["proxy_protocol"] or "",
+        "proxy_from": tuple(proxy_from),
+        "tls_cert": values["tls_cert"],
+        "tls_key": values["tls_key"],
+        "tls_client_ca": values["tls_client_ca"],
+    }
 
 
 def log_level(values: Mapping[str, object]) -> int:

@@ -6,9 +6,12 @@ The tree::
     ├── UsageError              exit 100: bad arguments or configuration (permanent)
     │   ├── AddressError        a listen or connect address that does not parse or resolve
     │   ├── ProgramError        exec mode: the program is not found or not executable
-    │   └── HandlerError        --handler: a name that does not import or is not callable
+    │   ├── HandlerError        --handler: a name that does not import or is not callable
+    │   └── TLSConfigError      --tls-cert/--tls-key/--tls-client-ca that do not load
     └── TemporaryError          exit 111: a system or temporary failure
         └── BindError           the address is in use, not ours, or not permitted
+    ProxyProtocolError          a peer's PROXY header is malformed (no exit code: the child
+                                closes that connection and logs ``reject reason=proxy``)
 
 Exit codes follow djb's and skarnet's tools: 100 means "fix the command line",
 111 means "the system said no; trying again later may work".
@@ -53,3 +56,22 @@ class TemporaryError(ForkserveError):
 
 class BindError(TemporaryError):
     """The listening socket could not be bound (in use, not local, not permitted)."""
+
+
+class TLSConfigError(UsageError):
+    """A certificate, key or CA file that does not load (at start-up: exit 100)."""
+
+
+class ProxyProtocolError(Exception):
+    """A PROXY protocol header that is malformed: the connection is refused.
+
+    Attributes:
+        reason: a short name for the kind of fault (``signature``, ``v1-too-long``,
+            ``length``, ``family``, ...), the ``detail`` field's prefix in the log.
+        detail: what exactly was wrong, for the log.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

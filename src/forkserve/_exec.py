@@ -14,7 +14,7 @@ import socket
 
 from forkserve._address import format_address
 from forkserve._errors import EXIT_TEMPORARY, ProgramError
-from forkserve._handler import Connection
+from forkserve._handler import Connection, start_connection
 from forkserve._log import Log
 from forkserve._prelude import Prelude
 from forkserve._ucspi import endpoint, ucspi_environment
@@ -22,6 +22,8 @@ from forkserve._ucspi import endpoint, ucspi_environment
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from forkserve._edge import Edge
 
 # Signals a process cannot catch or ignore: leave them alone.
 UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
@@ -107,22 +109,32 @@ class ExecService:
     the ``end`` line shows ``exit=111``.
     """
 
-    __slots__ = ("log", "prelude", "program")
+    __slots__ = ("edge", "log", "prelude", "program")
 
-    def __init__(self, program: Program, log: Log, prelude: Prelude | None = None) -> None:
+    def __init__(
+        self,
+        program: Program,
+        log: Log,
+        prelude: Prelude | None = None,
+        edge: Edge | None = None,
+    ) -> None:
         self.program = program
         self.log = log
         self.prelude = prelude if prelude is not None else Prelude()
+        self.edge = edge
 
     def __call__(self, conn: socket.socket, info: Connection) -> int:
-        code = self.prelude(conn, info)
-        if code is not None:
-            return code
+        started = start_connection(conn, info, self.edge, self.prelude)
+        if isinstance(started, int):
+            return started
+        conn = started
         try:
             env = self.environment(conn, info)
         except OSError as exc:  # getsockname on a connection the client reset
             conn.close()
             return 0 if exc.errno in (errno.ENOTCONN, errno.ECONNRESET) else EXIT_TEMPORARY
+        if self.edge is not None and self.edge.tls is not None:
+            return self.run_over_tls(conn, env)
         reset_process(conn, self.log.fd)
         try:
             os.execve(self.program.path, self.program.argv, env)  # noqa: S606 - no shell, by design
@@ -137,9 +149,25 @@ class ExecService:
             )
         return EXIT_TEMPORARY
 
+    def run_over_tls(self, conn: socket.socket, env: dict[str, str]) -> int:
+        """TLS: the program gets plain bytes through a relay in this process (_relay)."""
+        import ssl
+
+        from forkserve._relay import run_relayed
+        from forkserve._tls import tls_environment
+
+        assert isinstance(conn, ssl.SSLSocket)
+        env.update(tls_environment(conn))
+        return run_relayed(conn, self.program.path, self.program.argv, env, self.log.fd)
+
     def environment(self, conn: socket.socket, info: Connection) -> dict[str, str]:
-        """The program's environment: ours, minus stale UCSPI names, plus this connection's."""
-        local, remote = conn.getsockname(), info.peer
+        """The program's environment: ours, minus stale UCSPI names, plus this connection's.
+
+        Behind a PROXY header the addresses are the header's (``info.peer`` and
+        ``info.local``), not the balancer's.
+        """
+        local = info.local if info.local is not None else conn.getsockname()
+        remote = info.peer
         local_host, remote_host = self.program.local_host, None
         if self.program.lookup_hosts:
             remote_host = reverse_lookup(remote)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any, Protocol
 
+    from forkserve._edge import Edge
     from forkserve._log import Log
 else:  # typing costs the parent ~6 ms and memory every child maps: see _types
     Any = object
@@ -57,14 +58,17 @@ class Connection:
         connnum: connections open from the client's address, this one included
             (UCSPI's ``TCPCONNNUM``).
         env: extra environment variables for this connection's program or handler.
+        local: the address the client connected to when it is not the socket's own
+            (a PROXY header named it), else None: ``getsockname()`` tells.
     """
 
-    __slots__ = ("connnum", "env", "peer")
+    __slots__ = ("connnum", "env", "local", "peer")
 
     def __init__(self, peer: Any, connnum: int = 1, env: dict[str, str] | None = None) -> None:
         self.peer = peer
         self.connnum = connnum
         self.env = env if env is not None else {}
+        self.local: Any = None
 
 
 class Service(Protocol):
@@ -85,25 +89,50 @@ class PythonService:
             log, with JSON logs, takes a handler's traceback as a ``handler-error``
             event (so every line stays one JSON object); otherwise, or without a
             log, it is written to standard error as Python prints it.
+        edge: the PROXY header and TLS handshake (``_edge.Edge``), run before the
+            prelude; with TLS the handler gets the ``ssl.SSLSocket``.
     """
 
-    __slots__ = ("handler", "prelude")
+    __slots__ = ("edge", "handler", "prelude")
 
-    def __init__(self, handler: Handler, prelude: Prelude | None = None) -> None:
+    def __init__(
+        self, handler: Handler, prelude: Prelude | None = None, edge: Edge | None = None
+    ) -> None:
         self.handler = handler
         self.prelude = prelude if prelude is not None else Prelude()
+        self.edge = edge
 
     def __call__(self, conn: socket.socket, info: Connection) -> int:
-        code = self.prelude(conn, info)
-        if code is not None:
-            return code
+        started = start_connection(conn, info, self.edge, self.prelude)
+        if isinstance(started, int):
+            return started
         saved = set_environment(info.env) if info.env else None
-        code = run_handler(self.handler, conn, info.peer, self.prelude.log)
+        code = run_handler(self.handler, started, info.peer, self.prelude.log)
         if saved is not None:
             set_environment(saved)  # a prefork worker serves the next client next
         if code == EXIT_IDLE_TIMEOUT and self.prelude.idle_timeout:
             self.prelude.log_timeout(info, "idle", self.prelude.idle_timeout)
         return code
+
+
+def start_connection(
+    conn: socket.socket, info: Connection, edge: Edge | None, prelude: Prelude
+) -> socket.socket | int:
+    """What runs in the child before the handler or program, in order: the edge (the
+    PROXY header, then the TLS handshake: see _edge), then the prelude (limits,
+    banner, first-byte wait, idle timeout).
+
+    Returns:
+        The socket to serve (the TLS socket with TLS), or the child's exit code when
+        the connection ends here.
+    """
+    if edge is not None:
+        served = edge(conn, info)
+        if isinstance(served, int):
+            return served
+        conn = served
+    code = prelude(conn, info)
+    return conn if code is None else code
 
 
 def set_environment(env: Mapping[str, str | None]) -> dict[str, str | None]:

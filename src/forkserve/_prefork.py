@@ -195,6 +195,13 @@ class PreforkLoop(Supervisor):
             if now - worker.since >= RETIRE_IDLE:
                 self.retire(worker, "surplus")
 
+    def after_reload(self) -> None:
+        """Workers hold what they were forked with: retire each (a busy one after its
+        connection); maintain() forks their replacements from the reloaded parent."""
+        for worker in list(self.workers.values()):
+            if not worker.stopping:
+                self.retire(worker, "reload")
+
     def retire(self, worker: WorkerState, reason: str) -> None:
         worker.stopping = True
         self.log.debug("worker-retire", pid=worker.pid, reason=reason)
@@ -235,9 +242,7 @@ class PreforkLoop(Supervisor):
         """
         for name in ("min_spare", "max_spare", "max_workers", "max_requests"):
             setattr(self, name, int(settings[name]))  # type: ignore[call-overload]
-        for worker in list(self.workers.values()):
-            if not worker.stopping:
-                self.retire(worker, "reload")
+        self.after_reload()
         self.maintain(time.monotonic())
 
     # -- what workers report ----------------------------------------------------------

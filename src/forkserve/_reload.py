@@ -39,6 +39,10 @@ def reload(server: Server) -> None:
         server.log.warning("reload-failed", error=str(exc), kept="the running configuration")
         loop.metrics.operation("reload-failed")
         return
+    if server.edge is not None and server.edge.tls is not None:
+        # The same files, read again (a renewed certificate), before apply() forks
+        # the replacement workers; a bad one is logged and the old one stays.
+        server.reload_tls()
     apply(server, new, policy, service)
     fields: dict[str, object] = {"changed": ",".join(changed) or "none"}
     if upgrade:
@@ -73,10 +77,11 @@ def rebuild(server: Server, new: Mapping[str, object]) -> tuple[Policy, Service]
         server.log,
         mode=server.mode,
         idle_timeout=new["idle_timeout"],  # type: ignore[arg-type]
-        handshake_timeout=new["handshake_timeout"],  # type: ignore[arg-type]
+        # With PROXY or TLS the edge keeps its own deadline (set at start-up).
+        handshake_timeout=0.0 if server.edge is not None else new["handshake_timeout"],  # type: ignore[arg-type]
         rlimits=new["rlimits"],  # type: ignore[arg-type]
     )
-    _, service = make_service(server.handler, prelude, server.log, server.mode)
+    _, service = make_service(server.handler, prelude, server.log, server.mode, server.edge)
     return policy, service
 
 

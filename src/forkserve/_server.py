@@ -91,10 +91,17 @@ class Server:
         max_lifetime: seconds a connection may last before its process group gets
             SIGTERM (SIGKILL a second later); 0: no limit.
         handshake_timeout: seconds the client has to send its first byte, or the
-            child exits 125 (0: no limit).
+            child exits 125 (0: no limit); with the PROXY protocol or TLS, the
+            deadline for the header and the handshake together (0: 10 s).
         user, group: switch to them after binding, before the first fork.
         rlimits: per-child resource limits by name: ``nofile``, ``as`` (bytes),
             ``cpu`` (seconds), ``nproc``.
+        proxy_protocol: ``"v1"``, ``"v2"`` or ``"any"``: each connection starts
+            with a PROXY header whose addresses replace the peer's; ``""``: off.
+        proxy_from: networks (``"10.0.0.0/8"``) PROXY headers are accepted from;
+            connections from elsewhere are refused. Empty: from anyone.
+        tls_cert, tls_key: PEM files: serve TLS (the handshake runs in the child).
+        tls_client_ca: PEM CA file: require client certificates it signed.
         metrics: ``(host, port)`` or ``"[HOST:]PORT"`` where to serve Prometheus
             metrics (``/metrics``) and a health check (``/healthz``); None for none.
         fd: serve on this inherited listening socket instead of binding
@@ -149,6 +156,11 @@ class Server:
         user: str | None = None,
         group: str | None = None,
         rlimits: Mapping[str, int] | None = None,
+        proxy_protocol: str = "",
+        proxy_from: tuple[str, ...] = (),
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
         metrics: tuple[str, int] | str | None = None,
         fd: int | None = None,
         metrics_fd: int | None = None,
@@ -167,6 +179,17 @@ class Server:
         self.max_conns = max_conns
         self.grace = grace
         self.log = log if log is not None else Log()
+        from forkserve._edge import make_edge
+
+        self.edge = make_edge(
+            self.log,
+            proxy_protocol=proxy_protocol,
+            proxy_from=tuple(proxy_from),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            handshake_timeout=handshake_timeout,
+        )
         gate = make_gate(rules, default_policy, per_ip, rate, ipv6_prefix)
         check_seconds("max_lifetime", max_lifetime)
         self.policy = Policy(gate, reject_message, max_lifetime)
@@ -175,10 +198,12 @@ class Server:
             self.log,
             mode=mode,
             idle_timeout=idle_timeout,
-            handshake_timeout=handshake_timeout,
+            # With an edge, the deadline is the header's and the handshake's: waiting
+            # for readability on the raw socket would miss bytes TLS already holds.
+            handshake_timeout=0.0 if self.edge is not None else handshake_timeout,
             rlimits=rlimits or {},
         )
-        self.handler, self.service = make_service(handler, prelude, self.log, mode)
+        self.handler, self.service = make_service(handler, prelude, self.log, mode, self.edge)
         from forkserve._privileges import resolve_identity
 
         self.identity = resolve_identity(user, group)
@@ -317,6 +342,8 @@ class Server:
         fields["pid"] = os.getpid()
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)
+        if self.edge is not None:
+            fields.update(self.edge.describe())
         self.log.notice("listen", **fields)
 
     def drop_privileges(self) -> None:
@@ -337,6 +364,19 @@ class Server:
         from forkserve._reload import reload
 
         reload(self)
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: load the certificate and key again; keep the old ones if that fails."""
+        from forkserve._errors import TLSConfigError
+
+        assert self.edge is not None and self.edge.tls is not None
+        try:
+            self.edge.tls.reload()
+        except TLSConfigError as exc:
+            self.log.warning("reload-failed", what="tls", error=str(exc))
+            return False
+        self.log.notice("reload", what="tls", cert=self.edge.tls.cert)
+        return True
 
     def close(self) -> None:
         self.listener.close()

@@ -180,6 +180,15 @@ TIMEOUT = Kind("seconds, more than 0", _timeout, (int, float), _positive)
 SIZE = Kind("a size: 4096, 512M, 2G", _size, (str, int), lambda v: _size(str(v)))
 
 
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    return list(value)
+
+
+STRINGS = Kind("strings (a list in a file)", _text, (list,), _strings)
+
+
 def choice(*values: str) -> Kind:
     def check(text: str) -> str:
         if text not in values:

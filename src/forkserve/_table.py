@@ -29,6 +29,7 @@ from forkserve._settings import (
     RELOAD,
     SECONDS,
     SIZE,
+    STRINGS,
     TEXT,
     TIMEOUT,
     Setting,
@@ -42,11 +43,14 @@ ACCESS = "access control and limits per client address"
 TIMES = "time limits per connection"
 PRIVILEGES = "privileges and resource limits"
 LISTENING = "listening"
+EDGE = "PROXY protocol and TLS"
 POOL = "prefork pool (with --mode prefork)"
 SERVICE = "what runs for each connection"
 OPERATIONS = "logs and metrics"
 
 GROUP_TEXT = {
+    EDGE: "Both happen in the connection's process, never in the parent: PROXY header "
+    "first, then the TLS handshake, both within --handshake-timeout.",
     ACCESS: "Decided in the parent before fork: a refused client costs no process.",
     SERVICE: "Echo by default. After '--', PROGRAM [ARGS...] is executed (never through "
     "a shell) with the connection on fd 0 and 1 and the UCSPI environment (PROTO, "
@@ -322,7 +326,9 @@ SERVE = (
         "handshake-timeout",
         TIMEOUT,
         0.0,
-        "the client must send its first byte within this long (else exit 125)",
+        "the client must send its first byte within this long (else exit 125); with "
+        "proxy-protocol or TLS, the time for the header and the handshake (default 10; "
+        "then it changes only with a new process)",
         group=TIMES,
         metavar="SECONDS",
         reload=RELOAD,
@@ -363,6 +369,54 @@ SERVE = (
             ("cpu", COUNT, "SECONDS", "CPU seconds per connection; then SIGXCPU (RLIMIT_CPU)"),
             ("nproc", COUNT, "N", "processes of the user, counted per user (RLIMIT_NPROC)"),
         )
+    ),
+    Setting(
+        "proxy-protocol",
+        choice("v1", "v2", "any"),
+        None,
+        "every connection starts with a PROXY header (HAProxy's send-proxy or "
+        "send-proxy-v2); its client address replaces the balancer's everywhere",
+        group=EDGE,
+        metavar="{v1,v2,any}",
+        default_text="off",
+    ),
+    Setting(
+        "proxy-from",
+        STRINGS,
+        None,
+        "accept PROXY headers only from this address or network (repeatable; a list "
+        "in a file); others are refused and logged",
+        group=EDGE,
+        metavar="CIDR",
+        cli="append",
+        default_text="anyone",
+    ),
+    Setting(
+        "tls-cert",
+        TEXT,
+        None,
+        "serve TLS with this certificate chain; SIGHUP reads it (and the key) again",
+        group=EDGE,
+        metavar="PEM",
+        default_text="none",
+    ),
+    Setting(
+        "tls-key",
+        TEXT,
+        None,
+        "the private key of tls-cert",
+        group=EDGE,
+        metavar="PEM",
+        default_text="none",
+    ),
+    Setting(
+        "tls-client-ca",
+        TEXT,
+        None,
+        "require client certificates signed by these CAs",
+        group=EDGE,
+        metavar="PEM",
+        default_text="none",
     ),
     Setting(
         "metrics",

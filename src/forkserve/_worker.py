@@ -113,10 +113,17 @@ class Worker:
         for sock in (self.wake_r, self.wake_w):
             sock.setblocking(False)
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        signal.signal(signal.SIGTERM, self._retire)
         signal.signal(signal.SIGQUIT, _die_now)
         if self.channel is not None:
             self.channel.settimeout(ASK_TIMEOUT)
+
+    def _retire(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM: set the flag at once, not only through the wakeup pipe. The
+        handler runs as soon as poll() returns, so a worker woken by a connection
+        and the retire signal together (a reload) never accepts it with the old
+        settings: the wakeup byte may land after poll() collected its events."""
+        self.retiring = True
 
     def report(self, kind: str, detail: str = "") -> None:
         """Tell the supervisor; if it is gone there is no one to serve for: exit."""
@@ -139,7 +146,7 @@ class Worker:
             ready = {fd for fd, _ in poller.poll(pause)}
             pause = -1.0
             if self.wake_r.fileno() in ready:
-                self.retiring = signal.SIGTERM in self._drain_wakeups()
+                self.retiring = signal.SIGTERM in self._drain_wakeups() or self.retiring
             if self.alive_fd in ready:
                 return 0
             if self.retiring or self.listener.fileno() not in ready:

@@ -23,6 +23,12 @@ def peer_and_pid(conn: socket.socket, peer: Any) -> None:
     conn.sendall(f"{peer[0]} {peer[1]} {os.getpid()} {os.getpgrp()}\n".encode())
 
 
+def peer_echo(conn: socket.socket, peer: Any) -> None:
+    """The peer's address, a space, then an echo of everything received."""
+    conn.sendall(f"{peer[0]}:{peer[1]} ".encode())
+    forkserve.echo(conn, peer)
+
+
 HANDLERS = {"raises": raises, "exits_7": exits_7, "peer_and_pid": peer_and_pid}
 
 if __name__ == "__main__":

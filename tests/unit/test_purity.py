@@ -20,6 +20,7 @@ PURE = [
     "_settings.py",
     "_rules.py",
     "_limits.py",
+    "_proxy.py",
 ]
 FORBIDDEN = {"socket", "os", "signal", "selectors", "time", "subprocess", "threading"}
 SRC = Path(forkserve.__file__).parent

@@ -1,0 +1,247 @@
+"""TLS end to end, with certificates made by the openssl CLI for each test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from forkserve._proxy import encode_v2
+from tests.integration.conftest import ServerFactory
+from tests.support import WAIT, connect, recv_all, run_cli
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+
+
+def make_cert(
+    directory: Path, name: str, signer: tuple[Path, Path] | None = None
+) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    args = ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key)]
+    args += ["-subj", f"/CN={name}/O=forkserve", "-days", "2", "-out", str(cert)]
+    if signer is None:
+        args += ["-x509", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+        subprocess.run(args, check=True, capture_output=True, timeout=WAIT)
+        return cert, key
+    csr = directory / f"{name}.csr"
+    args[args.index("-out") + 1] = str(csr)
+    subprocess.run(args, check=True, capture_output=True, timeout=WAIT)
+    subprocess.run(
+        [
+            *("openssl", "x509", "-req", "-in", str(csr), "-CA", str(signer[0])),
+            *("-CAkey", str(signer[1]), "-CAcreateserial", "-days", "2", "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=WAIT,
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    directory = tmp_path_factory.mktemp("certs")
+    server = make_cert(directory, "localhost")
+    ca = make_cert(directory, "clientca")
+    return {"server": server, "ca": ca, "client": make_cert(directory, "alice", ca)}
+
+
+def tls_args(certs: dict[str, tuple[Path, Path]]) -> list[str]:
+    cert, key = certs["server"]
+    return ["--tls-cert", str(cert), "--tls-key", str(key)]
+
+
+def client_context(certs: dict[str, tuple[Path, Path]]) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(certs["server"][0]))
+
+
+def tls_connect(port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
+    return context.wrap_socket(connect(port), server_hostname="127.0.0.1")
+
+
+def test_python_client_echo_with_half_close(
+    serve: ServerFactory, certs: dict[str, tuple[Path, Path]]
+) -> None:
+    server = serve(*tls_args(certs), "-v")
+    payload = bytes(range(256)) * 400  # 100 KiB: fits the loopback socket buffers
+    with tls_connect(server.port, client_context(certs)) as sock:
+        # One thread per SSLSocket: OpenSSL objects are not safe to read and write
+        # from two threads, so send everything, then half-close, then read.
+        sock.sendall(payload)
+        dup = socket.socket(fileno=os.dup(sock.fileno()))
+        dup.shutdown(socket.SHUT_WR)
+        dup.close()
+        assert recv_all(sock) == payload
+    (line,) = server.wait_event("tls")
+    assert line["version"].startswith("TLSv1.")
+
+
+def test_openssl_s_client_echo(
+    start_server: ServerFactory, certs: dict[str, tuple[Path, Path]]
+) -> None:
+    server = start_server(*tls_args(certs))
+    proc = subprocess.Popen(
+        [
+            *("openssl", "s_client", "-quiet", "-connect", f"127.0.0.1:{server.port}"),
+            *("-CAfile", str(certs["server"][0]), "-verify_return_error"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(b"hello over tls\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"hello over tls\n"  # the echo, decrypted
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def test_plaintext_and_stalled_clients_are_cut_without_stalling_others(
+    serve: ServerFactory, certs: dict[str, tuple[Path, Path]]
+) -> None:
+    server = serve(*tls_args(certs), "--handshake-timeout", "0.5")
+    with connect(server.port) as plain, connect(server.port) as stalled:
+        plain.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        with tls_connect(server.port, client_context(certs)) as good:
+            good.sendall(b"ok")
+            assert good.recv(10) == b"ok"
+        for sock in (plain, stalled):  # both cut: EOF (after an alert) or a reset
+            try:
+                recv_all(sock)
+            except ConnectionResetError:
+                pass
+    server.wait_event("reject", reason="tls")
+    server.wait_event("timeout", kind="handshake")
+
+
+def test_exec_over_tls_relays_both_ways_with_half_close(
+    start_server: ServerFactory, certs: dict[str, tuple[Path, Path]]
+) -> None:
+    program = ["sh", "-c", 'echo "$SSL_PROTOCOL $TCPREMOTEIP"; cat; echo done; exit 3']
+    server = start_server(*tls_args(certs), "--", *program)
+    with tls_connect(server.port, client_context(certs)) as sock:
+        sock.sendall(b"a" * 100_000)
+        raw = socket.socket(fileno=sock.fileno())  # half-close: FIN after close_notify
+        try:
+            sock.unwrap  # noqa: B018 - the attribute exists; unwrap would close reading
+            raw_dup = raw.dup()
+        finally:
+            raw.detach()
+        raw_dup.shutdown(socket.SHUT_WR)
+        raw_dup.close()
+        data = recv_all(sock)
+    first, _, rest = data.partition(b"\n")
+    assert first.split()[0].startswith(b"TLSv1.")
+    assert first.split()[1] == b"127.0.0.1"
+    assert rest == b"a" * 100_000 + b"done\n"
+    (end,) = server.wait_event("end")
+    assert end["exit"] == "3"
+
+
+def test_client_certificates_and_proxy_before_tls(
+    start_server: ServerFactory, certs: dict[str, tuple[Path, Path]]
+) -> None:
+    program = ["sh", "-c", 'echo "$SSL_CLIENT_S_DN_CN|$SSL_CLIENT_S_DN|$TCPREMOTEIP"']
+    server = start_server(
+        *tls_args(certs),
+        "--tls-client-ca",
+        str(certs["ca"][0]),
+        "--proxy-protocol",
+        "v2",
+        "--",
+        *program,
+    )
+    context = client_context(certs)
+    context.load_cert_chain(*certs["client"])
+    with connect(server.port) as raw:
+        raw.sendall(encode_v2(("198.51.100.4", 1234), ("198.51.100.1", 443)))
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            assert recv_all(sock) == b"alice|O=forkserve,CN=alice|198.51.100.4\n"
+    with connect(server.port) as raw:  # no client certificate: refused
+        raw.sendall(encode_v2(("198.51.100.4", 1234), ("198.51.100.1", 443)))
+        sock = client_context(certs).wrap_socket(raw, server_hostname="127.0.0.1")
+        with sock, pytest.raises((ssl.SSLError, ConnectionResetError)):
+            sock.recv(10)  # TLS 1.3: the server's verdict arrives after the handshake
+    server.wait_event("reject", reason="tls")
+
+
+def test_forkserve_client_and_bench_over_tls(
+    start_server: ServerFactory, certs: dict[str, tuple[Path, Path]]
+) -> None:
+    server = start_server(*tls_args(certs), "--proxy-protocol", "v1")
+    ca = str(certs["server"][0])
+    result = run_cli(
+        ["client", "127.0.0.1", str(server.port), "--tls", "--tls-ca", ca, "--proxy", "v1"],
+        input=b"x" * 200_000,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"x" * 200_000
+    result = run_cli(
+        [
+            *("bench", "127.0.0.1", str(server.port), "--tls", "--insecure", "--proxy", "v1"),
+            *("-m", "pingpong", "-d", "0.5", "-c", "2"),
+        ],
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_sighup_reloads_the_certificate(
+    serve: ServerFactory, mode: str, certs: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(certs["server"][0], cert)
+    shutil.copy(certs["server"][1], key)
+    server = serve("--tls-cert", str(cert), "--tls-key", str(key))
+    new_cert, new_key = make_cert(tmp_path, "localhost2")
+    shutil.copy(new_cert, cert)
+    shutil.copy(new_key, key)
+    server.send_signal(signal.SIGHUP)
+    server.wait_event("reload", what="tls")
+    if mode == "prefork":  # the workers forked before the reload retire (2 spare)
+        server.wait_event("worker-exit", count=2, reason="stopped")
+    context = ssl.create_default_context(cafile=str(new_cert))
+    context.check_hostname = False
+    for _ in range(3):  # prefork: any worker, old or new, must present the new one
+        with tls_connect(server.port, context) as sock:
+            sock.sendall(b"new")
+            assert sock.recv(10) == b"new"
+    cert.write_text("garbage")
+    server.send_signal(signal.SIGHUP)
+    server.wait_event("reload-failed", what="tls")
+    with tls_connect(server.port, context) as sock:  # still serving the last good one
+        sock.sendall(b"kept")
+        assert sock.recv(10) == b"kept"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"],
+        ["--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname"],
+        ["--tls-cert", "/etc/hostname"],
+        ["--tls-client-ca", "/etc/hostname"],
+    ],
+)
+def test_bad_tls_options_exit_100(args: list[str]) -> None:
+    result = run_cli(["serve", "127.0.0.1:0", *args])
+    assert result.returncode == 100
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+
+
+def test_bad_client_tls_options_exit_100() -> None:
+    result = run_cli(["client", "127.0.0.1", "1", "--insecure"])
+    assert result.returncode == 100
+    assert len(result.stderr.decode().strip().splitlines()) == 1

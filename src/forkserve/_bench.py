@@ -26,15 +26,18 @@ the CLI, and the server's parent stays small. rich is imported inside ``run``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from forkserve._address import check_host, parse_port
 from forkserve._errors import AddressError, TemporaryError, UsageError
 
+# The serving parent imports this module (for `forkserve bench`'s arguments): keep its
+# top level free of typing and json, which cost every fork (tests/unit/test_lean_parent).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from forkserve._benchstats import Report, Tally
     from forkserve._benchwork import Config
 
@@ -277,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
     with _benchview.LiveProgress(config, enabled=show) as live:
         report = execute(config, live.update, live.held)
     if args.json:
+        import json
+
         sys.stdout.write(json.dumps(report.to_json()) + "\n")
     else:
         _benchview.print_report(report)

@@ -24,6 +24,8 @@ import forkserve._configure, forkserve._table, forkserve._settings, forkserve._b
 # Operations: imported with --metrics, under systemd, at the first SIGHUP or SIGUSR2.
 import forkserve._metrics, forkserve._endpoint, forkserve._systemd, forkserve._activation
 import forkserve._reload, forkserve._upgrade
+# What `forkserve serve` itself runs before it forks: the whole parser is built.
+forkserve._cli.build_parser().parse_args(["serve", "0"])
 heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
 print(" ".join(heavy))
 """

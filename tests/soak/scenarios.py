@@ -399,6 +399,8 @@ def scenario_nproc(mode: str, size: Size) -> Result:
         unclean = [f for f in during.failures if " 0 of " not in f]
         result.check(not unclean, f"not closed cleanly while fork failed: {unclean[:3]}")
         result.faults += f"; {len(during.failures)} clients closed while fork failed"
+        # The resource is back once a connection is served again: then everyone is.
+        wait_until(lambda: _served(proc.port), timeout=15, what="serving again")
         after = run_integrity(
             proc.port, connections=10, max_size=4096, concurrency=10, seed=6, timeout=60
         )
@@ -406,6 +408,13 @@ def scenario_nproc(mode: str, size: Size) -> Result:
         result.sent += during.sent
         result.verified += during.verified
     return result
+
+
+def _served(port: int) -> bool:
+    try:
+        return echo_roundtrip(port, b"back?") == b"back?"
+    except OSError:
+        return False
 
 
 def _as_nobody_sleeping(user: pwd.struct_passwd) -> subprocess.Popen[bytes]:
@@ -537,8 +546,14 @@ def scenario_slow(mode: str, size: Size) -> Result:
         result.count(tally)
         result.check(tally.ok == 40, f"{tally.ok}/40 normal clients served")
         rejected = len(proc.events("reject", reason="per-ip"))
-        result.check(rejected >= opened - PER_IP, f"{rejected} rejected of {opened} over the limit")
         cut = proc.events("max-lifetime") + proc.events("timeout", kind="idle")
+        # --per-ip bounds connections at once, not over a run: a slow connection still
+        # queued when the first ones are cut may be admitted (prefork's round trip per
+        # refusal makes that likely). What must hold: none escaped both limits.
+        result.check(
+            rejected + len(cut) >= opened,
+            f"{opened} slow connections, {rejected} rejected, {len(cut)} cut",
+        )
         result.check(len(cut) >= PER_IP, f"only {len(cut)} slow connections cut")
         result.faults = f"{rejected} rejected per-ip, {len(cut)} cut by idle or lifetime"
     return result

@@ -254,15 +254,28 @@ class Shifted(Stream):
         return super().byte_at(offset + self.shift)
 
 
-def pingpong(config: Config, index: int, start: Start, counters: Counters) -> Tally:
-    """One persistent connection: send a message, read its whole echo, repeat."""
+def open_worker(
+    config: Config, index: int, start: Start
+) -> tuple[Tally, str, socket.socket | None]:
+    """A persistent-connection worker's tally, name and socket.
+
+    If the connection fails, the problem is counted, the start barrier is passed (the
+    other workers must not wait for this one) and the socket is None.
+    """
     tally = Tally()
     conn = f"w{index}"
     try:
-        sock = connect(config, conn)
+        return tally, conn, connect(config, conn)
     except VerifyError as exc:
         tally.add_problem(exc.problem)
         start()
+        return tally, conn, None
+
+
+def pingpong(config: Config, index: int, start: Start, counters: Counters) -> Tally:
+    """One persistent connection: send a message, read its whole echo, repeat."""
+    tally, conn, sock = open_worker(config, index, start)
+    if sock is None:
         return tally
     with sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -298,13 +311,8 @@ def bulk(config: Config, index: int, start: Start, counters: Counters) -> Tally:
     A sender thread writes the stream and then half-closes; this thread reads and
     checks the echo as it arrives, then expects EOF.
     """
-    tally = Tally()
-    conn = f"w{index}"
-    try:
-        sock = connect(config, conn)
-    except VerifyError as exc:
-        tally.add_problem(exc.problem)
-        start()
+    tally, conn, sock = open_worker(config, index, start)
+    if sock is None:
         return tally
     stream = Stream(index)
     total = config.nbytes

@@ -79,12 +79,15 @@ def _at_least_one(value: object) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def _float_seconds(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise ValueError(f"expected seconds, not {text!r}") from None
-    return _nonnegative(value)
+
+
+def _seconds(text: str) -> float:
+    return _nonnegative(_float_seconds(text))
 
 
 def _nonnegative(value: object) -> float:
@@ -152,11 +155,7 @@ def _prefix_length(text: str) -> int:
 
 
 def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected seconds, not {text!r}") from None
-    return _positive(value)
+    return _positive(_float_seconds(text))
 
 
 def _positive(value: object) -> float:

@@ -102,9 +102,13 @@ class Supervisor(Admission, Operations):
                 while not self.finished():
                     self.before_wait()
                     self.notify_status()
-                    events = self.sel.select(self.timeout())
+                    # Records taken already: a handler that ran after its wakeup
+                    # byte was read must not wait for the next event.
+                    events = self.sel.select(0.0 if sigs.arrived else self.timeout())
                     if any(key.fileobj is sigs for key, _ in events):
-                        self.on_signals(sigs.drain())
+                        sigs.clear()
+                    if sigs.arrived:
+                        self.on_signals(sigs.take())
                     for key, mask in events:
                         if callable(key.data):  # the metrics endpoint, an upgrade
                             key.data(mask)

@@ -289,6 +289,7 @@ class Server:
             loop.run()
         finally:
             loop.close()
+            self.log.stopping()
         self.log.notice("stopped", pid=os.getpid())
 
     def make_loop(self, announce: Callable[[], None]) -> Supervisor:

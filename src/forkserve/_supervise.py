@@ -88,6 +88,7 @@ class Supervisor(Admission, Operations):
         with SignalPipe() as sigs, self.sel:
             self.sigs = sigs
             self.sel.register(sigs, selectors.EVENT_READ)
+            self.log.attach(self.sel)  # a full log is watched until it has room
             if self.endpoint is not None:
                 self.endpoint.attach(self.sel)
             self.start()
@@ -116,6 +117,7 @@ class Supervisor(Admission, Operations):
                             self.on_ready(key, mask)
                     self.on_timers(time.monotonic())
             finally:
+                self.log.detach()
                 self.close_endpoint()
         self.sigs = None
 

@@ -45,6 +45,10 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected 0 or more seconds, not {text!r}")
+    from forkserve._limits import MAX_SECONDS, MAX_SECONDS_TEXT
+
+    if value > MAX_SECONDS:  # poll(2) and socket timeouts wait no longer: see _limits
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_SECONDS_TEXT}, not {text!r}")
     return value
 
 

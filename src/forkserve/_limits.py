@@ -17,6 +17,13 @@ from forkserve._rules import IPV6_BIT, Rule, RuleError, RuleSet, is_ipv4, parse_
 # holds a whole /64 (RFC 6177), so counting single addresses would let one client
 # open a connection from each of 2**64 addresses.
 DEFAULT_IPV6_PREFIX = 64
+# The longest duration a setting may have (--grace, --max-lifetime, every timeout):
+# poll(2) and epoll_wait(2) take their timeout in milliseconds as a C int, so Python's
+# poll raises OverflowError past 2**31 - 1 ms (24.8 days), and a socket timeout past
+# time_t's range; the parent's loop died with a traceback (issue 12, finding 4). A
+# round bound below that, checked where settings are parsed.
+MAX_SECONDS = 2_000_000
+MAX_SECONDS_TEXT = f"{MAX_SECONDS} seconds (about 23 days)"
 # The rate limiter forgets a source once its bucket is full again; beyond this many
 # sources at once the least recently seen is forgotten early (it gets a full bucket
 # back: the limiter fails open for that source rather than grow without bound).

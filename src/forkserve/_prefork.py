@@ -336,6 +336,7 @@ class PreforkLoop(Supervisor):
                     worker.served += 1
                     self.crashes = 0
                     self.release_source(worker)
+                    self.forget_lifetime(worker)
                     self.log_end(worker, now, exit=int(detail))
                 worker.state, worker.since, worker.peer = "idle", now, ""
 
@@ -365,6 +366,7 @@ class PreforkLoop(Supervisor):
                 self.sel.unregister(channel)
                 channel.close()
             if worker.state == "busy":
+                self.forget_lifetime(worker)
                 self.log_end(worker, now, **ended.status_fields())
             if worker.stopping or self.stopping is not None:
                 reason = "stopped"
@@ -430,6 +432,11 @@ class PreforkLoop(Supervisor):
 
     # -- --max-lifetime: workers are timed from when they report a connection ----------
 
+    def forget_lifetime(self, worker: WorkerState) -> None:
+        """The worker's connection ended: drop its timer (keyed ``(pid, since)``)."""
+        if self.lifetimes is not None:
+            self.lifetimes.discard((worker.pid, worker.since))
+
     def lifetime_current(self, key: object) -> bool:
         if not isinstance(key, tuple):
             return super().lifetime_current(key)  # a child forked at a stop
@@ -457,7 +464,9 @@ class PreforkLoop(Supervisor):
             os.kill(worker.pid, signal.SIGQUIT)
         except ProcessLookupError:
             pass  # it just ended; the reaper will see it
-        self.lifetime_kills.add(worker.pid, now)
+        child = self.children.get(worker.pid)  # the kill is keyed by it, not the pid
+        if child is not None:
+            self.lifetime_kills.add(child, now)
 
     def terminate_children(self) -> None:
         """Workers get SIGQUIT, on which they die by SIGTERM (see _worker); children

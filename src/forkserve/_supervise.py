@@ -154,7 +154,9 @@ class Supervisor(Admission, Operations):
             elif number != signal.SIGCHLD:
                 self.log.debug("signal-ignored", signal=signal.Signals(number).name)
         if signal.SIGCHLD in signals:
-            self.on_exits(self.upgrade_exits(self.children.reap()))
+            exits = self.children.reap()
+            self.forget_lifetimes(exits)
+            self.on_exits(self.upgrade_exits(exits))
         self.notify_status()  # STOPPING=1 at once: the loop may end this turn
 
     def fast_stop(self, signame: str) -> None:
@@ -240,8 +242,7 @@ class Supervisor(Admission, Operations):
         finally:
             conn.close()
         child = self.children.add(pid, peer_text, verdict.source)
-        if self.lifetimes is not None:
-            self.lifetimes.add(pid, child.started)
+        self.start_lifetime(child)
         self.metrics.accepted()
         self.metrics.forked(child.started - taken)
         self.log.info("accept", peer=peer_text, pid=pid, conns=self.active())

@@ -205,6 +205,9 @@ def _report_exception(log: Log | None) -> None:
             error = text.rstrip("\n").rpartition("\n")[2]
             log.warning("handler-error", pid=os.getpid(), error=error, traceback=text)
             return
+        if log is not None:
+            log.raw(text)  # never hangs the child on a log nobody reads (see _log)
+            return
         sys.stderr.write(text)
         sys.stderr.flush()
     except Exception:  # noqa: BLE001, S110 - stderr gone: nothing else to tell

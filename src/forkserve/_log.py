@@ -128,13 +128,25 @@ class Log:
         if (self.rest or self.dropped) and not self.catch_up():
             self.dropped += 1
             return
-        data = self._line(event, fields)
+        self._put(self._line(event, fields))
+
+    def raw(self, text: str) -> None:
+        """Lines written as they are (a handler's traceback, in a child), the same
+        way: whole or dropped and counted, and never a wait without end."""
+        if (self.rest or self.dropped) and not self.catch_up():
+            self.dropped += 1
+            return
+        self._put(text.encode("utf-8", "replace"))
+
+    def _put(self, data: bytes) -> None:
         written = self._write(data)
         if written < len(data):
-            if written:
-                self.rest = data[written:]
-            else:
+            if not written:
                 self.dropped += 1
+            else:
+                self.rest = data[written:]
+                if self.catch_up():  # a child may wait for room for the rest
+                    return
             self._stalled()
 
     def catch_up(self) -> bool:

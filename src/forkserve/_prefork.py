@@ -284,9 +284,9 @@ class PreforkLoop(Supervisor):
             self.mark_busy(worker, now, peer)
             reply = f"ok {connnum}".encode()
         try:
-            channel.send(reply)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # it died waiting: the exit is reaped and released like any other
+            channel.send(reply)  # non-blocking: a worker that cannot take it never holds us
+        except (BrokenPipeError, ConnectionResetError, BlockingIOError):
+            pass  # it died waiting (or is stuck): it gives up after ASK_TIMEOUT and exits
 
     def mark_busy(self, worker: WorkerState, now: float, peer: str) -> None:
         worker.state, worker.since, worker.peer = "busy", now, peer

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from tests.integration.conftest import ServerFactory
+from tests.soak.scenarios import CHAOS
 from tests.support import (
     UNREAD_PIPE_SIZE,
     WAIT,
@@ -51,10 +52,10 @@ def deliver(pid: int, sig: int) -> None:
         time.sleep(0.0005)
 
 
-def echo_once(port: int) -> bytes:
+def echo_once(port: int, command: bytes = b"") -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
         sock.settimeout(WAIT)
-        sock.sendall(b"ping\n")
+        sock.sendall(command + b"ping\n")
         return sock.recv(16)
 
 
@@ -111,4 +112,20 @@ def test_a_child_never_hangs_on_a_full_log(serve: ServerFactory) -> None:
             sock.settimeout(WAIT)
             assert sock.recv(16) == b"", "the deadline ends the connection"
     assert echo_once(server.port) == b"ping\n"
+    wait_until(lambda: not server.zombies(), what="every exit reaped")
+
+
+def test_a_traceback_never_hangs_a_child_on_a_full_log(serve: ServerFactory) -> None:
+    """A handler's traceback (text format: raw lines) into a full log: the child
+    waits a bounded time, then drops it, and ends."""
+    server = serve("--handler", CHAOS, unread_log=True)
+    for number in range(100):
+        assert echo_once(server.port, b"E") == b"ping\n", f"connection {number}"
+    assert server.log_queued() > UNREAD_PIPE_SIZE - 200, "the log is full"
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+            sock.settimeout(WAIT)
+            sock.sendall(b"R")
+            assert sock.recv(16) == b"", "the handler raised: the connection ends"
+    assert echo_once(server.port, b"E") == b"ping\n"
     wait_until(lambda: not server.zombies(), what="every exit reaped")

@@ -28,7 +28,6 @@ socket; a regular file never waits for a reader and is written as it is. Should
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import select
 import selectors
@@ -197,6 +196,8 @@ class Log:
         """In a child about to place descriptors of its own on low numbers (an
         upgrade's new master): move the log's descriptor to ``lowest`` or above."""
         if self.fd < lowest and self.fd > 2:
+            import fcntl  # _upgrade imported it in the parent: no disk read after --user
+
             moved = fcntl.fcntl(self.fd, fcntl.F_DUPFD_CLOEXEC, lowest)
             if self.sock is not None:
                 self.sock.detach()

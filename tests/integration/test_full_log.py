@@ -129,3 +129,25 @@ def test_a_traceback_never_hangs_a_child_on_a_full_log(serve: ServerFactory) -> 
             assert sock.recv(16) == b"", "the handler raised: the connection ends"
     assert echo_once(server.port, b"E") == b"ping\n"
     wait_until(lambda: not server.zombies(), what="every exit reaped")
+
+
+def fill_stdout() -> None:
+    """preexec: fill standard output (a pipe) to the brim before the server starts."""
+    os.set_blocking(1, False)
+    try:
+        while True:
+            os.write(1, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    finally:
+        os.set_blocking(1, True)
+
+
+def test_print_port_never_blocks_on_a_full_stdout(start_server: ServerFactory) -> None:
+    """--print-port writes its line as the log does: a stdout nobody reads costs the
+    line (logged as print-port-failed), never the service."""
+    server = start_server(preexec_fn=fill_stdout, print_port=False)
+    failed = server.wait_event("print-port-failed")[0]
+    assert failed["error"] == "EAGAIN"
+    port = int(server.wait_event("listen")[0]["address"].rpartition(":")[2])
+    assert echo_once(port) == b"ping\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import time
 from collections.abc import Iterator
 
@@ -113,3 +114,18 @@ def test_a_closed_log_is_no_error() -> None:
     log.info("accept", pid=1)  # EPIPE: nobody will read it
     assert log.dropped == 0
     os.close(w)
+
+
+def test_a_socket_log_is_written_with_msg_dontwait() -> None:
+    """systemd's journal stream is a socket: the log sends with MSG_DONTWAIT, a flag
+    of the call, and leaves the socket itself blocking for everyone else."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        log = Log(fd=theirs.fileno())
+        assert log.sock is not None
+        try:
+            fill(log)
+            assert theirs.getblocking()
+            assert parse_line(ours.recv(200).decode().partition("\n")[0])
+        finally:
+            log.sock.close()

@@ -70,3 +70,11 @@ def test_a_reload_to_a_duration_too_long_keeps_the_running_one(
         server.send_signal(signal.SIGTERM)
         assert server.wait_event("stop")[0]["grace"] == "5.0s"
     assert server.wait_exit() == 0
+
+
+@pytest.mark.parametrize("key", ["limit-cpu", "limit-as", "limit-nproc"])
+def test_a_resource_limit_too_large_is_refused_at_start(key: str) -> None:
+    """--limit-cpu is CPU seconds: past 2**63 - 1 every child died with an
+    OverflowError traceback in setrlimit; now it is refused at start."""
+    stderr = refused(run_cli(["serve", "127.0.0.1:0", f"--{key}", str(2**64)]))
+    assert "too large" in stderr

@@ -204,6 +204,12 @@ class Log:
                 self.sock = socket.socket(fileno=moved)
             self.fd = moved
 
+    def in_child(self) -> None:
+        """In a freshly forked child: the parent's backlog (the end of a line it
+        wrote in part, its count of dropped lines) is the parent's to write."""
+        if self.rest or self.dropped or self.sel is not None:
+            self.rest, self.dropped, self.sel, self.watching = b"", 0, None, False
+
     def stopping(self) -> None:
         """The parent serves no more: its last lines (``stopped``, the count of lines
         dropped) may wait for room as a child's do, CHILD_WAIT seconds at most."""

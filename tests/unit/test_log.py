@@ -129,3 +129,25 @@ def test_a_socket_log_is_written_with_msg_dontwait() -> None:
             assert parse_line(ours.recv(200).decode().partition("\n")[0])
         finally:
             log.sock.close()
+
+
+def test_a_child_never_writes_the_parents_backlog(pipe: tuple[int, int]) -> None:
+    """The end of a line the parent wrote in part is the parent's to finish: a child
+    forked meanwhile writing it too would garble the log."""
+    r, w = pipe
+    log = Log(fd=w)
+    log.info("long", text="y" * 6000)
+    log.info("dropped")
+    assert log.rest and log.dropped
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            log.in_child()
+            os.set_blocking(r, False)
+            os.read(r, 8192)  # room for the child's own line
+            log.info("child")
+        finally:
+            os._exit(0 if not log.rest and not log.dropped else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert log.rest, "the parent still has its own to write"

@@ -27,6 +27,7 @@ and replaced.
 
 from __future__ import annotations
 
+import errno
 import os
 import selectors
 import signal
@@ -39,7 +40,7 @@ from forkserve._children import Exited
 from forkserve._forking import fork_child
 from forkserve._handler import Service
 from forkserve._limits import Verdict
-from forkserve._listen import ACCEPT_PAUSE, Listener
+from forkserve._listen import ACCEPT_PAUSE, CAPACITY_ERRNOS, Listener
 from forkserve._log import Log
 from forkserve._supervise import Supervisor
 from forkserve._worker import Worker, decode
@@ -48,6 +49,9 @@ RETIRE_IDLE = 1.0
 MAX_SPAWN_BATCH = 32
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 10.0
+# What a spawn may run out of: descriptors (its channel and wakeup pairs), memory,
+# processes (fork's EAGAIN). A failed spawn is retried after the back-off.
+SPAWN_ERRNOS = CAPACITY_ERRNOS | {errno.EAGAIN}
 
 
 class WorkerState:
@@ -91,6 +95,7 @@ class PreforkLoop(Supervisor):
         self.spawn_batch = 1
         self.crashes = 0
         self.backoff_until = 0.0
+        self.spawn_burst: tuple[str, int] | None = None  # (errno name, failures)
         self.status_r, self.status_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.status_r.setblocking(False)
         # Per-source limits: each worker's question channel (supervisor's end), and
@@ -129,50 +134,86 @@ class PreforkLoop(Supervisor):
 
     # -- workers ------------------------------------------------------------------
 
-    def spawn(self, now: float) -> None:
-        assert self.listener is not None
-        ours, theirs = (
-            socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            if self.gate.limits_sources
-            else (None, None)
-        )
-        worker = Worker(
-            self.listener.sock,
-            self.status_w,
-            self.alive_r,
-            self.service,
-            self.max_requests,
-            policy=self.policy,
-            log=self.log,
-            channel=theirs,
-        )
+    def spawn(self, now: float) -> bool:
+        """Fork one worker; False (logged once per burst, backed off) if out of a resource.
 
-        def close_in_worker() -> None:
-            self.close_in_child(keep_status=True)
-            if ours is not None:
-                ours.close()
-            worker.install_signals()
-
+        Error handling: everything the supervisor allocates for a worker (its question
+        channel, the wakeup pair it is forked with, the fork itself) can fail for lack
+        of descriptors, memory or processes (EMFILE, ENFILE, ENOBUFS, ENOMEM,
+        EAGAIN). Each is a failed spawn: whatever was allocated is closed again, the
+        pool serves with the workers it has, and maintain() retries after the crash
+        back-off. Any other errno is a bug and is raised.
+        """
         try:
-            pid = fork_child(worker.run, close_in_worker)
+            pid, ours = self.fork_worker()
         except OSError as exc:
-            self.log.warning("fork-failed", error=os.strerror(exc.errno or 0))
-            self.note_crash(now)
-            if ours is not None and theirs is not None:
-                ours.close()
-                theirs.close()
-            return
-        finally:
-            worker.wake_r.close()
-            worker.wake_w.close()
+            if exc.errno not in SPAWN_ERRNOS:
+                raise
+            self.spawn_failed(errno.errorcode[exc.errno], now)
+            return False
+        if self.spawn_burst is not None:
+            name, failures = self.spawn_burst
+            self.log.notice("spawn-resumed", after=name, failures=failures)
+            self.spawn_burst = None
+            self.crashes = 0  # the back-off was the shortage's, and it is over
         self.workers[pid] = WorkerState(pid, now)
         self.children.add(pid, "worker")
-        if ours is not None and theirs is not None:
-            theirs.close()
+        if ours is not None:
             ours.setblocking(False)
             self.channels[pid] = ours
             self.sel.register(ours, selectors.EVENT_READ, pid)
         self.log.debug("worker-start", pid=pid, workers=len(self.workers))
+        return True
+
+    def fork_worker(self) -> tuple[int, socket.socket | None]:
+        """Allocate a worker's descriptors and fork it: ``(pid, channel or None)``.
+
+        Raises:
+            OSError: socketpair(2) or fork(2) failed; nothing is left open.
+        """
+        assert self.listener is not None
+        ours = theirs = None
+        worker = None
+        try:
+            if self.gate.limits_sources:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            worker = Worker(
+                self.listener.sock,
+                self.status_w,
+                self.alive_r,
+                self.service,
+                self.max_requests,
+                policy=self.policy,
+                log=self.log,
+                channel=theirs,
+            )
+
+            def close_in_worker() -> None:
+                self.close_in_child(keep_status=True)
+                if ours is not None:
+                    ours.close()
+                worker.install_signals()
+
+            pid = fork_child(worker.run, close_in_worker)
+        except OSError:
+            if ours is not None:
+                ours.close()
+            raise
+        finally:
+            if theirs is not None:
+                theirs.close()
+            if worker is not None:
+                worker.wake_r.close()
+                worker.wake_w.close()
+        return pid, ours
+
+    def spawn_failed(self, name: str, now: float) -> None:
+        """Log the first failed spawn of a burst; count the others; back off."""
+        if self.spawn_burst is None:
+            self.log.warning("fork-failed", error=name, workers=len(self.workers))
+            self.spawn_burst = (name, 0)
+        self.spawn_burst = (self.spawn_burst[0], self.spawn_burst[1] + 1)
+        self.note_crash(now)
 
     def maintain(self, now: float) -> None:
         """Spawn up to ``min_spare`` idle workers; retire idle ones beyond ``max_spare``."""
@@ -182,7 +223,8 @@ class PreforkLoop(Supervisor):
         room = self.max_workers - sum(1 for w in self.workers.values() if not w.stopping)
         if spare < self.min_spare and room > 0 and now >= self.backoff_until:
             for _ in range(min(max(self.min_spare - spare, self.spawn_batch), room)):
-                self.spawn(now)
+                if not self.spawn(now):
+                    break  # out of a resource: retried after the back-off
             self.spawn_batch = min(self.spawn_batch * 2, MAX_SPAWN_BATCH)
         elif spare >= self.min_spare:
             self.spawn_batch = 1

@@ -462,8 +462,13 @@ class PreforkLoop(Supervisor):
         for other, _ in self.pending:
             other.close()
         self.close_extras_in_child()
-        if keep_status:
+        # The alive pipe's write end is the supervisor's alone, in every child: a
+        # copy held by a connection's child would keep idle workers from seeing its
+        # end of file at a stop, and they would go on accepting (from a socket the
+        # stop cannot shut down: socket activation, an upgrade).
+        if self.alive_w >= 0:
             os.close(self.alive_w)
+        if keep_status:
             return
         if self.listener is not None:
             self.listener.close()

@@ -4,10 +4,13 @@ just as a connection arrives."""
 
 from __future__ import annotations
 
+import os
 import resource
+import signal
 
 from tests.integration.conftest import ServerFactory
-from tests.support import echo_roundtrip
+from tests.integration.test_systemd import activated, listening
+from tests.support import WAIT, connect, echo_roundtrip, recv_exactly, wait_until
 
 
 def low_nofile() -> None:
@@ -35,3 +38,35 @@ def test_spawning_out_of_descriptors_serves_and_retries(start_server: ServerFact
     assert int(resumed["failures"]) >= 1
     assert len(server.events("fork-failed")) == 1  # once per burst, not per retry
     assert echo_roundtrip(server.port, b"and after") == b"and after"
+
+
+def test_a_stop_with_a_passed_socket_ends_idle_workers(start_server: ServerFactory) -> None:
+    """Finding 8: with a socket the server does not own (socket activation) a stop
+    cannot shut it down; idle workers leave on the alive pipe's end of file. A child
+    forked at the stop for a queued client must not hold that pipe open, or idle
+    workers go on taking clients meant for the next start."""
+    with listening() as sock:
+        server = start_server(
+            "--mode", "prefork", "--min-spare", "2", "--max-spare", "2", **activated(sock)
+        )
+        workers = wait_until(lambda: len(server.children()) >= 2 and server.children())
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)  # idle, but taking nothing: clients queue
+        queued = connect(server.port)
+        server.send_signal(signal.SIGTERM)
+        server.wait_event("stop")
+        (accept,) = server.wait_event("accept")
+        assert int(accept["pid"]) not in workers  # a child forked at the stop
+        queued.sendall(b"q")
+        assert recv_exactly(queued, 1) == b"q"
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+        for pid in workers:
+            server.wait_event("worker-exit", pid=pid, timeout=5)
+        with connect(server.port) as late:  # for the next start: no worker takes it
+            sock.settimeout(WAIT)
+            taken, _ = sock.accept()
+            taken.close()
+            late.sendall(b"late")
+        queued.close()
+        assert server.wait_exit() == 0

@@ -500,17 +500,31 @@ class PreforkLoop(Supervisor):
         self.log.info(
             "max-lifetime", pid=worker.pid, peer=worker.peer, after=after, signal="SIGQUIT"
         )
-        try:
-            os.kill(worker.pid, signal.SIGQUIT)
-        except ProcessLookupError:
-            pass  # it just ended; the reaper will see it
+        self.end_worker(worker.pid)
         self.lifetime_kills.add(worker.pid, now)
 
+    def end_worker(self, pid: int) -> None:
+        """End a worker now, as fork mode ends a connection's child.
+
+        SIGTERM would only ask a worker to retire, so the worker itself gets SIGQUIT,
+        on which it dies by SIGTERM (see _worker); the rest of its process group (a
+        handler's subprocesses) gets SIGTERM, never SIGQUIT, whose default action
+        dumps core. SIGKILL to the group follows if anything is left.
+        """
+        try:
+            os.kill(pid, signal.SIGQUIT)
+        except ProcessLookupError:
+            return  # it just ended; the reaper will see it
+        self.children.signal(pid, signal.SIGTERM)
+
     def terminate_children(self) -> None:
-        """Workers get SIGQUIT, on which they die by SIGTERM (see _worker); children
-        forked at the stop get SIGTERM: every status reads as in fork mode."""
+        """Workers end as end_worker says; children forked at the stop get SIGTERM:
+        every status reads as in fork mode."""
         for pid in self.children.pids():
-            self.children.signal(pid, signal.SIGQUIT if pid in self.workers else signal.SIGTERM)
+            if pid in self.workers:
+                self.end_worker(pid)
+            else:
+                self.children.signal(pid, signal.SIGTERM)
 
     def close(self) -> None:
         for channel in self.channels.values():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+from pathlib import Path
 
 from tests.integration.conftest import ServerFactory
 from tests.integration.test_systemd import activated, listening
@@ -70,3 +71,50 @@ def test_a_stop_with_a_passed_socket_ends_idle_workers(start_server: ServerFacto
             late.sendall(b"late")
         queued.close()
         assert server.wait_exit() == 0
+
+
+GROUP_HANDLER = '''
+import subprocess
+import sys
+
+RECORDER = """
+import signal, sys, time
+def record(number, frame):
+    with open(sys.argv[1], "w") as file:
+        file.write(signal.Signals(number).name)
+    sys.exit(0)
+for number in (signal.SIGTERM, signal.SIGQUIT):
+    signal.signal(number, record)
+print("ready", flush=True)
+while True:
+    time.sleep(60)
+"""
+
+def handle(conn, peer):
+    path = conn.recv(200).decode()
+    child = subprocess.Popen([sys.executable, "-c", RECORDER, path], stdout=subprocess.PIPE)
+    conn.sendall(child.stdout.readline())
+    conn.recv(1)  # until the end
+'''
+
+
+def test_grace_expiry_ends_a_workers_subprocesses_by_sigterm(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Finding 16: at the end of the grace period a handler's subprocesses (in its
+    worker's process group) get SIGTERM, as in fork mode, not SIGQUIT (a core)."""
+    handler = tmp_path / "group.py"
+    handler.write_text(GROUP_HANDLER)
+    record = tmp_path / "signal"
+    server = start_server(
+        *("--mode", "prefork", "--min-spare", "1", "--grace", "0.2"),
+        *("--handler", f"{handler}:handle"),
+    )
+    with connect(server.port) as sock:
+        sock.sendall(str(record).encode())
+        assert recv_exactly(sock, 6) == b"ready\n"
+        server.send_signal(signal.SIGTERM)
+        server.wait_event("terminate")
+        assert server.wait_exit() == 0
+    wait_until(record.exists, what="the subprocess to record its signal")
+    assert wait_until(record.read_text) == "SIGTERM"

@@ -52,6 +52,14 @@ BACKOFF_MAX = 10.0
 # What a spawn may run out of: descriptors (its channel and wakeup pairs), memory,
 # processes (fork's EAGAIN). A failed spawn is retried after the back-off.
 SPAWN_ERRNOS = CAPACITY_ERRNOS | {errno.EAGAIN}
+# Reloadable settings only the supervisor reads: a reload that changes nothing else
+# keeps the workers. Each worker holds the rest: the handler's prelude (banner, time
+# and resource limits), the access rules and --reject-message, its --max-requests,
+# the log's level and format, the TLS context. --per-ip and --rate are counted by the
+# supervisor, but turning them on or off gives workers a channel or takes it away.
+SUPERVISOR_SETTINGS = frozenset(
+    {"grace", "upgrade-timeout", "min-spare", "max-spare", "max-workers", "per-ip", "rate"}
+)
 
 
 class WorkerState:
@@ -101,6 +109,7 @@ class PreforkLoop(Supervisor):
         # Per-source limits: each worker's question channel (supervisor's end), and
         # the busy workers' connections by source.
         self.channels: dict[int, socket.socket] = {}
+        self.asking = self.gate.limits_sources  # whether workers are forked with one
         self.busy_sources: dict[int, int] = {}
         # Workers watch the read end: EOF means the supervisor stops (or died).
         self.alive_r, self.alive_w = os.pipe()
@@ -275,16 +284,22 @@ class PreforkLoop(Supervisor):
         self.log.notice("pool", min_spare=self.min_spare, max_spare=self.max_spare)
         self.maintain(time.monotonic())
 
-    def reconfigure(self, settings: Mapping[str, object]) -> None:
-        """A reload: new pool limits, and every worker replaced gracefully.
+    def reconfigure(self, settings: Mapping[str, object], changed: frozenset[str]) -> None:
+        """A reload: new pool limits; workers replaced if they hold what changed.
 
-        Workers run the service and settings they were forked with, so each is
-        asked to retire (SIGTERM: an idle one exits now, a busy one after its
-        connection) and new ones are forked with the new settings at once.
+        Workers run the service and settings they were forked with. When one of
+        those changed (anything but SUPERVISOR_SETTINGS; per-source limits turned
+        on or off, which decides whether a worker has a question channel; the TLS
+        certificate read again), each is asked to retire (SIGTERM: an idle one
+        exits now, a busy one after its connection) and new ones are forked with
+        the new settings at once. Otherwise the pool is left as it is.
         """
         for name in ("min_spare", "max_spare", "max_workers", "max_requests"):
             setattr(self, name, int(settings[name]))  # type: ignore[call-overload]
-        self.after_reload()
+        asking = self.gate.limits_sources
+        if changed - SUPERVISOR_SETTINGS or asking != self.asking:
+            self.asking = asking
+            self.after_reload()
         self.maintain(time.monotonic())
 
     # -- what workers report ----------------------------------------------------------

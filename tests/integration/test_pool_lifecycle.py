@@ -9,6 +9,8 @@ import resource
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import ServerFactory
 from tests.integration.test_systemd import activated, listening
 from tests.support import WAIT, connect, echo_roundtrip, recv_exactly, wait_until
@@ -118,3 +120,31 @@ def test_grace_expiry_ends_a_workers_subprocesses_by_sigterm(
         assert server.wait_exit() == 0
     wait_until(record.exists, what="the subprocess to record its signal")
     assert wait_until(record.read_text) == "SIGTERM"
+
+
+POOL = 'mode = "prefork"\nmin-spare = 2\nmax-spare = 3\n'
+
+
+@pytest.mark.parametrize(
+    ("after", "changed"),
+    [
+        ("per-ip = 4\n", "none"),
+        ("per-ip = 4\ngrace = 3\n", "grace"),
+        ("per-ip = 4\nmax-workers = 9\n", "max-workers"),
+        ("per-ip = 5\n", "per-ip"),
+    ],
+)
+def test_a_reload_that_changes_nothing_workers_hold_keeps_them(
+    start_server: ServerFactory, tmp_path: Path, after: str, changed: str
+) -> None:
+    """Finding 22: workers are replaced at a reload only for a setting they hold."""
+    path = tmp_path / "f.toml"
+    path.write_text(POOL + "per-ip = 4\n")
+    server = start_server("--config", str(path), "-v")
+    before = set(wait_until(lambda: len(server.children()) >= 2 and server.children()))
+    path.write_text(POOL + after)
+    server.send_signal(signal.SIGHUP)
+    server.wait_event("reload", changed=changed)
+    assert server.events("worker-retire") == []  # logged before the reload line
+    assert before <= set(server.children())
+    assert echo_roundtrip(server.port, b"same workers") == b"same workers"

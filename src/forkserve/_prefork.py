@@ -445,7 +445,8 @@ class PreforkLoop(Supervisor):
         Workers share the listening socket, so closing the supervisor's copy would
         not stop it, and a busy worker cannot close its own until its connection
         ends. So, once begin_graceful_stop has accepted what was queued (served by
-        fork-mode children), the socket is shut down for every holder at once: new
+        fork-mode children, forked after this), the socket is shut down for every
+        holder at once: new
         clients are refused from then on, and each worker's accept fails with
         EINVAL. Closing the alive pipe tells idle workers to go; busy ones go once
         their connection ends.

@@ -4,16 +4,18 @@ just as a connection arrives."""
 
 from __future__ import annotations
 
+import collections
 import os
 import resource
 import signal
+import socket
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import ServerFactory
 from tests.integration.test_systemd import activated, listening
-from tests.support import WAIT, connect, echo_roundtrip, recv_exactly, wait_until
+from tests.support import WAIT, connect, echo_roundtrip, proc_stat, recv_exactly, wait_until
 
 
 def low_nofile() -> None:
@@ -148,3 +150,63 @@ def test_a_reload_that_changes_nothing_workers_hold_keeps_them(
     assert server.events("worker-retire") == []  # logged before the reload line
     assert before <= set(server.children())
     assert echo_roundtrip(server.port, b"same workers") == b"same workers"
+
+
+def test_a_graceful_stop_resets_no_client(serve: ServerFactory, mode: str) -> None:
+    """Finding 9: SIGTERM while clients flood in. Every client whose handshake
+    completed before the stop is served; the listener closes as soon as the queue is
+    drained, so later clients are refused, never accepted by the kernel and reset.
+
+    The server and its workers are frozen while the first wave queues, so it is in
+    the backlog when SIGTERM is handled; the second wave connects once the stop has
+    forked its first child, which is while the listener is still open if the stop
+    forks before it closes (the bug: those clients were reset). Prefork's workers
+    stay frozen until then, so that none takes a second-wave client."""
+    server = serve("--grace", "30", *(["--max-workers", "80"] if mode == "prefork" else []))
+    workers = server.children()
+    for pid in (*workers, server.pid):
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: proc_stat(server.pid) in (None, ("T", os.getpid())), what="SIGSTOP")
+        first = [connect(server.port) for _ in range(32)]
+        os.kill(server.pid, signal.SIGTERM)
+        os.kill(server.pid, signal.SIGCONT)
+        server.wait_event("accept")
+        second = [flood_client(server.port) for _ in range(32)]
+    finally:
+        for pid in (*workers, server.pid):
+            os.kill(pid, signal.SIGCONT)
+    for sock in first:
+        sock.sendall(b"1")
+    served_first = sum(recv_exactly(sock, 1) == b"1" for sock in first)
+    outcomes = collections.Counter(outcome(sock) for sock in second)
+    for sock in first:
+        sock.close()
+    assert server.wait_exit() == 0
+    assert served_first == 32
+    assert outcomes["reset"] == 0, outcomes
+    assert outcomes["served"] + outcomes["refused"] == 32, outcomes
+
+
+def flood_client(port: int) -> socket.socket | None:
+    """Connect; None if refused."""
+    try:
+        return connect(port)
+    except ConnectionRefusedError:
+        return None
+
+
+def outcome(sock: socket.socket | None) -> str:
+    """``refused``, ``served`` (echoed), ``reset``, or ``closed`` (EOF, unserved)."""
+    if sock is None:
+        return "refused"
+    with sock:
+        try:
+            sock.sendall(b"2")
+            got = recv_exactly(sock, 1)
+        except ConnectionResetError:
+            return "reset"
+        if got != b"2":
+            return "closed"
+        sock.shutdown(socket.SHUT_WR)
+        return "served"

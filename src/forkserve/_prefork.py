@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import selectors
 import signal
 import socket
@@ -113,6 +114,9 @@ class PreforkLoop(Supervisor):
         self.busy_sources: dict[int, int] = {}
         # Workers watch the read end: EOF means the supervisor stops (or died).
         self.alive_r, self.alive_w = os.pipe()
+        # Whether a client waits in the listener's queue (see hand_on_wakeup): a
+        # poll(2) set, which holds no descriptor of its own.
+        self.probe = select.poll()
 
     def count(self, state: str) -> int:
         return sum(1 for w in self.workers.values() if w.state == state and not w.stopping)
@@ -139,6 +143,8 @@ class PreforkLoop(Supervisor):
 
     def start(self) -> None:
         self.sel.register(self.status_r, selectors.EVENT_READ)
+        assert self.listener is not None
+        self.probe.register(self.listener.fileno(), select.POLLIN)
         self.maintain(time.monotonic())
 
     # -- workers ------------------------------------------------------------------
@@ -224,16 +230,22 @@ class PreforkLoop(Supervisor):
         self.spawn_burst = (self.spawn_burst[0], self.spawn_burst[1] + 1)
         self.note_crash(now)
 
-    def maintain(self, now: float) -> None:
-        """Spawn up to ``min_spare`` idle workers; retire idle ones beyond ``max_spare``."""
+    def maintain(self, now: float) -> int:
+        """Spawn up to ``min_spare`` idle workers; retire idle ones beyond ``max_spare``.
+
+        Returns:
+            How many workers it forked.
+        """
         if self.stopping is not None:
-            return
+            return 0
         spare = self.count("idle") + self.count("starting")
         room = self.max_workers - sum(1 for w in self.workers.values() if not w.stopping)
+        forked = 0
         if spare < self.min_spare and room > 0 and now >= self.backoff_until:
             for _ in range(min(max(self.min_spare - spare, self.spawn_batch), room)):
                 if not self.spawn(now):
                     break  # out of a resource: retried after the back-off
+                forked += 1
             self.spawn_batch = min(self.spawn_batch * 2, MAX_SPAWN_BATCH)
         elif spare >= self.min_spare:
             self.spawn_batch = 1
@@ -245,6 +257,7 @@ class PreforkLoop(Supervisor):
         for worker in idle[: max(0, surplus)]:
             if now - worker.since >= RETIRE_IDLE:
                 self.retire(worker, "surplus")
+        return forked
 
     def after_reload(self) -> None:
         """Workers hold what they were forked with: retire each (a busy one after its
@@ -411,11 +424,13 @@ class PreforkLoop(Supervisor):
     def on_exits(self, exits: list[Exited]) -> None:
         now = time.monotonic()
         self.read_status(now)  # an "E" sent just before exiting must count first
+        waited = False  # whether a worker that left was waiting on the listener
         for ended in exits:
             worker = self.workers.pop(ended.pid, None)
             if worker is None:
                 self.log_child_end(ended, now)  # a connection served at the stop
                 continue
+            waited = waited or self.was_waiting(worker)
             self.release_source(worker)
             channel = self.channels.pop(ended.pid, None)
             if channel is not None:
@@ -435,7 +450,32 @@ class PreforkLoop(Supervisor):
             fields = ended.status_fields()
             log("worker-exit", pid=ended.pid, **fields, served=worker.served, reason=reason)
         self.serve_pending()
-        self.maintain(now)
+        if not self.maintain(now) and waited:
+            self.hand_on_wakeup(now)
+
+    def was_waiting(self, worker: WorkerState) -> bool:
+        """Whether a worker that left may have been waiting in epoll on the listener:
+        idle, and not leaving because it reached --max-requests (it then exits right
+        after its connection, without waiting again)."""
+        done = self.max_requests and worker.served >= self.max_requests
+        return worker.state == "idle" and not done
+
+    def hand_on_wakeup(self, now: float) -> None:
+        """A client may be stranded: fork a worker if one is queued.
+
+        EPOLLEXCLUSIVE wakes one waiting worker per new connection. A worker woken
+        for one that then leaves without accepting (SIGTERM to retire, landing in
+        the same poll) takes the wakeup with it: the other idle workers sleep on,
+        and the client waits until the next one arrives (seen in 11 of 20 tries).
+        No call wakes them again, but a new worker's EPOLL_CTL_ADD polls the
+        listener, so a worker forked now finds the client at once. The probe is a
+        poll(2) with no timeout, which wakes no one.
+        """
+        if self.stopping is not None or not self.probe.poll(0):
+            return
+        if self.max_workers > sum(1 for w in self.workers.values() if not w.stopping):
+            self.log.debug("wakeup-handed-on", workers=len(self.workers))
+            self.spawn(now)
 
     # -- stopping --------------------------------------------------------------------
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import collections
 import os
 import resource
+import select
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +212,64 @@ def outcome(sock: socket.socket | None) -> str:
             return "closed"
         sock.shutdown(socket.SHUT_WR)
         return "served"
+
+
+@pytest.mark.parametrize("attempt", range(4))
+def test_a_worker_leaving_as_a_client_arrives_strands_no_one(
+    start_server: ServerFactory, attempt: int
+) -> None:
+    """Suspected in issue 12, confirmed: EPOLLEXCLUSIVE wakes one waiting worker per
+    connection (the first in the listener's wait queue: the oldest). Every idle
+    worker but the youngest is asked to retire (SIGTERM) as a client connects; the
+    woken one leaves without accepting, and the client must not wait for the next
+    arrival. To make that moment likely, the workers run only on this test's CPU,
+    at SCHED_IDLE, while it connects without sleeping: one that runs anyway (at a
+    tick, or on a busy machine) leaves the wait queue first and the youngest serves,
+    so one try strands about 2 times in 3 before the fix, and four tries are made."""
+    server = start_server(
+        *("--mode", "prefork", "--min-spare", "1", "--max-spare", "8", "--max-workers", "16"),
+        "-v",
+    )
+    burst = [connect(server.port) for _ in range(4)]  # grow the pool: 4 idle after
+    for sock in burst:
+        sock.sendall(b"b")
+    for sock in burst:
+        assert recv_exactly(sock, 1) == b"b"  # four busy workers at once
+    for sock in burst:
+        sock.close()
+    server.wait_event("end", count=4)
+    alive = set(server.children())
+    idle = [int(e["pid"]) for e in server.events("worker-start") if int(e["pid"]) in alive]
+    assert len(idle) >= 3
+    ours = os.sched_getaffinity(0)
+    cpu = {min(ours)}
+    for pid in idle:
+        os.sched_setaffinity(pid, cpu)
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    os.sched_setaffinity(0, cpu)
+    try:
+        for pid in idle[:-1]:
+            os.kill(pid, signal.SIGTERM)
+        sock = connect_without_sleeping(server.port)
+    finally:
+        os.sched_setaffinity(0, ours)
+    sock.settimeout(5)
+    with sock:
+        sock.sendall(b"x")
+        assert recv_exactly(sock, 1) == b"x"  # TimeoutError when stranded
+    for pid in idle[:-1]:
+        server.wait_event("worker-exit", pid=pid)
+
+
+def connect_without_sleeping(port: int) -> socket.socket:
+    """Connect without giving up the CPU: a non-blocking connect, then a spin (with a
+    deadline) until the handshake completes. Sleeping in connect() would let the
+    SCHED_IDLE workers on this CPU run before the client is queued."""
+    sock = socket.socket()
+    sock.setblocking(False)
+    sock.connect_ex(("127.0.0.1", port))
+    deadline = time.monotonic() + WAIT
+    while not select.select([], [sock], [], 0)[1]:
+        assert time.monotonic() < deadline, "no handshake"
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    return sock

@@ -260,18 +260,25 @@ class Supervisor(Admission, Operations):
     # -- stopping ------------------------------------------------------------------------
 
     def begin_graceful_stop(self, signame: str, fast: bool = False) -> None:
-        """Serve what already completed its handshake, then stop listening.
+        """Take what already completed its handshake, stop listening, then serve it.
 
         Connections waiting in the backlog are accepted until EAGAIN before the
         listener closes: closing it with them queued would reset clients that had
-        connected successfully (gunicorn issue 3397). Past the limit they wait in
-        ``pending`` for a slot, within the same grace period. A fast stop skips this.
+        connected successfully (gunicorn issue 3397). The listener closes at once
+        after that, before any fork: a client whose handshake completed while the
+        stop forked would be queued, then reset by the close (62 of a 64-client
+        flood were). From the close on, clients are refused (ECONNREFUSED). Only a
+        handshake completing in the instant between the last accept and the close
+        can still be reset: the kernel offers no way to close a listener and keep
+        its queue. Accepted connections are served as slots allow; past the limit
+        they wait in ``pending``, within the same grace period. A fast stop skips
+        the drain.
         """
         if self.listener is not None and not fast:
             while (accepted := self.accept_one()) is not None:
                 self.pending.append(accepted)
-            self.serve_pending()
         self.stop_listening()
+        self.serve_pending()
         if not fast:
             self.log.notice(
                 "stop",

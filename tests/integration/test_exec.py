@@ -117,6 +117,24 @@ def test_only_fds_0_1_2_reach_the_program(start_server: ServerFactory) -> None:
         assert recv_all(sock).split() == [b"0", b"1", b"2", b"3"]
 
 
+@pytest.mark.parametrize("limit", [[], ["--limit-nofile", "64"]])
+def test_an_inherited_descriptor_reaches_no_program(
+    start_server: ServerFactory, tmp_path: Path, limit: list[str]
+) -> None:
+    """A wrapper's lock (``exec 200>lock; flock 200; exec forkserve ...``) stays with
+    forkserve: fd 200 is above a --limit-nofile of 64, and must be closed anyway."""
+    lock = os.open(tmp_path / "lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.dup2(lock, 200)
+        server = start_server(*limit, "--", "ls", "/proc/self/fd", pass_fds=[200])
+    finally:
+        os.close(200)
+        os.close(lock)
+    assert os.path.exists(f"/proc/{server.pid}/fd/200")  # the server holds it
+    with connect(server.port) as sock:
+        assert recv_all(sock).split() == [b"0", b"1", b"2", b"3"]
+
+
 def test_signals_are_default_and_unblocked(start_server: ServerFactory) -> None:
     server = start_server("--", "grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status")
     with connect(server.port) as sock:

@@ -102,6 +102,29 @@ def test_headers_without_usable_addresses_keep_the_real_peer(
     assert server.events("reject") == []
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_huge_authority_is_logged_capped_and_escaped(
+    serve: ServerFactory, log_format: str
+) -> None:
+    """PP2_TYPE_AUTHORITY is the client's SNI, i.e. the client's bytes: 2 KB of escape
+    sequences must not make a line past PIPE_BUF (interleaved with other processes'
+    lines) nor reach the terminal raw."""
+    server = serve("--proxy-protocol", "v2", "--log-format", log_format)
+    authority = b"\x1b]0;owned\x07\x1b[2J" * 100 + b"\n" * 100
+    header = encode_v2(("203.0.113.7", 4242), ("10.0.0.1", 80), ((0x02, authority),))
+    with connect(server.port) as sock:
+        sock.sendall(header + b"ping")
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == b"ping"
+    server.wait_event("end")
+    (line,) = [text for text in server.lines if "proxy" in text and "203.0.113.7" in text]
+    assert len(line.encode()) < 1024
+    assert line.isprintable()
+    (event,) = server.events("proxy")
+    assert event["authority"].startswith("\x1b]0;owned\x07")
+    assert event["authority"].endswith(" chars)")
+
+
 @pytest.mark.parametrize(
     ("wire", "detail"),
     [

@@ -96,6 +96,19 @@ class Program:
         self.lookup_hosts = lookup_hosts
         self.local_host = local_host
 
+    def check_runnable(self, who: str) -> None:
+        """Check, after the switch to ``--user``/``--group``, that the program found
+        at start-up (as root, who may run anything with an x bit) runs as ``who``.
+
+        Raises:
+            ProgramError: it does not (exit 100).
+        """
+        if not os.access(self.path, os.X_OK):  # access(2) checks the real ids: ours now
+            raise ProgramError(
+                f"program {self.path!r} cannot be run as {who}: permission denied "
+                "(on the file or a directory above it)"
+            )
+
     def __repr__(self) -> str:
         return f"Program({self.argv!r})"
 

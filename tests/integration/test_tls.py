@@ -154,6 +154,43 @@ def test_inherited_tls_variables_never_reach_a_program(
         assert seen["SSL_PROTOCOL"].startswith("TLSv1.")
 
 
+def end_of_data(sock: ssl.SSLSocket) -> bytes:
+    """What arrives until the server's end of data: close_notify, or a bare FIN (which
+    the default client context reports as SSLEOFError)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ssl.SSLEOFError:
+        pass
+    return data
+
+
+def test_a_program_ends_its_output_over_tls_by_closing_fd_0_and_1(
+    start_server: ServerFactory, certs: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """The relay's socketpair is on fd 0 and 1 both: closing fd 1 alone ends nothing;
+    closing both (or exiting) is the end of the program's output."""
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    program = f"printf hi; exec 1>&-; read x < {fifo}; exec 0<&-; read x < {fifo}"
+    server = start_server(*tls_args(certs), "--", "sh", "-c", program)
+    with tls_connect(server.port, client_context(certs)) as sock:
+        sock.settimeout(WAIT)
+        assert sock.recv(2) == b"hi"
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # fd 1 closed, fd 0 open: nothing
+        sock.settimeout(WAIT)
+        with fifo.open("w") as go:
+            go.write("\n")  # now fd 0 too
+        assert end_of_data(sock) == b""
+        assert server.events("end") == []  # the program still runs
+        with fifo.open("w") as go:
+            go.write("\n")
+    server.wait_event("end", exit=0)
+
+
 def test_exec_over_tls_relays_both_ways_with_half_close(
     start_server: ServerFactory, certs: dict[str, tuple[Path, Path]]
 ) -> None:

@@ -73,6 +73,15 @@ def escape_bytes(data: bytes, limit: int = PEER_BYTES_LIMIT) -> str:
     return shown
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with every unprintable character but the newline escaped as Python
+    writes it (``\\x1b``, ``\\u2028``): for a multi-line text such as a traceback,
+    whose exception message may hold a peer's bytes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c == "\n" or c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def escaped_size(char: str) -> int:
     """How many characters ``char`` takes in a JSON string with ``ensure_ascii``
     (``"\\u0001"`` for a control character, a surrogate pair beyond the BMP)."""

@@ -11,6 +11,7 @@ from forkserve._events import (
     VALUE_LIMIT,
     clip,
     escape_bytes,
+    escape_controls,
     format_timestamp,
     format_value,
     json_value,
@@ -67,6 +68,12 @@ def test_short_values_are_shown_whole() -> None:
     assert clip(name) == name
     assert render_text(0.0, "proxy", {"authority": name}).endswith(f"authority={name}")
     assert json.loads(render_json(0.0, "x", {"e": "caf\u00e9 \x00"}))["e"] == "caf\u00e9 \x00"
+
+
+def test_multi_line_text_keeps_its_newlines_and_nothing_else_raw() -> None:
+    text = "Traceback\n  x\nValueError: \x1b[2J\r\t\u2028caf\u00e9\n"
+    assert escape_controls(text) == "Traceback\n  x\nValueError: \\x1b[2J\\r\\t\\u2028caf\u00e9\n"
+    assert escape_controls("plain") == "plain"
 
 
 def test_a_traceback_keeps_its_end() -> None:

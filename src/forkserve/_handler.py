@@ -194,7 +194,8 @@ def run_handler(handler: Handler, conn: socket.socket, peer: Any, log: Log | Non
 
 
 def _report_exception(log: Log | None) -> None:
-    """Write the handler's traceback to the log: raw, or as one JSON event."""
+    """Write the handler's traceback to the log: as Python prints it (control
+    characters escaped), or as one JSON event."""
     try:
         import traceback
 
@@ -205,7 +206,9 @@ def _report_exception(log: Log | None) -> None:
             error = text.rstrip("\n").rpartition("\n")[2]
             log.warning("handler-error", pid=os.getpid(), error=error, traceback=text)
             return
-        sys.stderr.write(text)
+        from forkserve._events import escape_controls
+
+        sys.stderr.write(escape_controls(text))  # the message may hold the client's bytes
         sys.stderr.flush()
     except Exception:  # noqa: BLE001, S110 - stderr gone: nothing else to tell
         pass

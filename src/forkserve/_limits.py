@@ -94,6 +94,12 @@ class TokenBuckets:
             self.buckets.popitem(last=False)
         return allowed
 
+    def adopt(self, old: TokenBuckets) -> None:
+        """Carry on with ``old``'s buckets. Under a different rate they stay valid:
+        ``take`` clamps a bucket to this burst and refills it at this pace, and a
+        bucket untouched for this period is full under this rate too."""
+        self.buckets = old.buckets
+
     def evict(self, now: float) -> None:
         """Drop the buckets that are full again (untouched for a whole period)."""
         buckets = self.buckets
@@ -151,6 +157,14 @@ class Gate:
         self.per_ip = per_ip
         self.buckets = TokenBuckets(*rate) if rate is not None else None
         self.ipv6_prefix = ipv6_prefix
+
+    def take_over(self, old: Gate) -> None:
+        """Keep ``old``'s rate buckets (a reload builds a new gate): a SIGHUP must not
+        hand every source a fresh burst. With the rate changed they carry on under
+        the new one: a bucket is clamped to the new burst and refills at the new pace.
+        """
+        if self.buckets is not None and old.buckets is not None:
+            self.buckets.adopt(old.buckets)
 
     @property
     def limits_sources(self) -> bool:

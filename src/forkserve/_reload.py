@@ -95,6 +95,7 @@ def apply(server: Server, new: Mapping[str, object], policy: Policy, service: Se
     server.log.set_format(str(log_format))
     server.grace = loop.grace = grace
     loop.upgrade_timeout = float(new["upgrade_timeout"])  # type: ignore[arg-type]
+    policy.gate.take_over(server.policy.gate)
     server.policy = loop.policy = policy
     loop.gate = policy.gate
     loop.service = service

@@ -138,3 +138,21 @@ def test_timers_skip_what_ended_and_expire_in_order() -> None:
     assert timers.due(100.0) == []
     assert timers.next_deadline() is None
     assert len(timers) == 0
+
+
+def test_a_new_gate_takes_over_the_rate_buckets() -> None:
+    old = Gate(rate=(2, 10.0))
+    source = old.source("192.0.2.1")
+    assert [old.buckets.take(source, 0.0) for _ in range(3)] == [True, True, False]  # type: ignore[union-attr]
+    same = Gate(rate=(2, 10.0))
+    same.take_over(old)
+    assert not same.buckets.take(source, 1.0)  # type: ignore[union-attr]
+    larger = Gate(rate=(4, 10.0))  # refills at 0.4/s from the spent bucket
+    larger.take_over(same)
+    assert not larger.buckets.take(source, 2.0)  # type: ignore[union-attr]
+    assert larger.buckets.take(source, 4.0)  # type: ignore[union-attr]
+    assert larger.buckets.take(old.source("192.0.2.2"), 4.0)  # type: ignore[union-attr]
+    unlimited = Gate()
+    unlimited.take_over(larger)  # no rate now: nothing to keep
+    assert unlimited.buckets is None
+    Gate(rate=(1, 1.0)).take_over(unlimited)  # a rate turned on starts afresh

@@ -208,6 +208,45 @@ class Gate:
         return verdict
 
 
+# -- the question a connection's process asks the supervisor (see _ask) ---------------
+
+# The most a question or an answer takes (a peer is at most an IPv6 address with a
+# scope and a port).
+QUESTION_SIZE = 256
+
+
+def encode_question(source: int, peer: str) -> bytes:
+    """``SOURCE PEER``: may a connection counted against ``source`` be served?"""
+    return f"{source} {peer}".encode("utf-8", "backslashreplace")
+
+
+def encode_denied(peer: str) -> bytes:
+    """``D PEER``: the rules denied the connection from ``peer``."""
+    return f"D {peer}".encode("utf-8", "backslashreplace")
+
+
+def decode_question(data: bytes) -> tuple[int | None, str]:
+    """``(source, peer)``; source None for a ``D`` report.
+
+    Raises:
+        ValueError: not what ``encode_question`` or ``encode_denied`` wrote.
+    """
+    head, _, peer = data.decode("utf-8", "replace").partition(" ")
+    return (None if head == "D" else int(head)), peer
+
+
+def encode_answer(connnum: int) -> bytes:
+    """``ok CONNNUM`` for a connection admitted as its source's ``connnum``-th, or
+    ``no`` (``connnum`` 0)."""
+    return f"ok {connnum}".encode() if connnum else b"no"
+
+
+def decode_answer(data: bytes) -> int:
+    """The admitted connection's TCPCONNNUM, or 0 when refused."""
+    kind, _, count = data.decode("ascii", "replace").partition(" ")
+    return int(count) if kind == "ok" and count.isdigit() else 0
+
+
 class Timers:
     """Deadlines that are all ``delay`` after their start, in start order: a FIFO, so
     the next deadline is the oldest entry and adding or expiring one is O(1).

@@ -71,7 +71,12 @@ def rebuild(server: Server, new: Mapping[str, object]) -> tuple[Policy, Service]
         new["rate"],  # type: ignore[arg-type]
         server.policy.gate.ipv6_prefix,
     )
-    policy = Policy(gate, new["reject_message"], server.policy.max_lifetime)  # type: ignore[arg-type]
+    policy = Policy(
+        gate,
+        new["reject_message"],  # type: ignore[arg-type]
+        server.policy.max_lifetime,
+        proxy=server.policy.proxy,
+    )
     prelude = make_prelude(
         new["banner"],  # type: ignore[arg-type]
         server.log,

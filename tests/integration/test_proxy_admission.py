@@ -17,6 +17,7 @@ import pytest
 from forkserve._proxy import encode_v1, encode_v2
 from tests.integration.conftest import ServerFactory
 from tests.integration.test_metrics import scrape
+from tests.integration.test_tls import certs, client_context, tls_args  # noqa: F401 - a fixture
 from tests.support import ServerProcess, connect, recv_all
 
 A, B = "203.0.113.1", "198.51.100.2"
@@ -241,3 +242,29 @@ def test_a_connection_counts_once_its_header_names_the_client(serve: ServerFacto
         sock.sendall(header("v1", A, 1) + b"ping")
         sock.shutdown(socket.SHUT_WR)
         assert recv_all(sock) == b"ping"
+
+
+def test_rules_and_limits_come_before_the_tls_handshake(
+    serve: ServerFactory,
+    certs: dict[str, tuple[Path, Path]],  # noqa: F811 - the fixture imported above
+) -> None:
+    server = serve(
+        *tls_args(certs), "--proxy-protocol", "v2", "--deny", "203.0.113.0/24", "--rate", "1/60"
+    )
+    with connect(server.port) as raw:  # refused at once: no ClientHello is awaited
+        raw.sendall(header("v2", "203.0.113.5", 1))
+        assert recv_all(raw) == b""
+    assert server.wait_event("deny")[0]["peer"] == "203.0.113.5:1"
+    context = client_context(certs)
+    for expected in (b"ping", b""):  # the second one is past the rate: refused too
+        raw = connect(server.port)
+        raw.sendall(header("v2", B, 2))
+        if expected:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"ping")
+                assert tls.recv(4) == b"ping"
+        else:
+            with raw:
+                assert recv_all(raw) == b""
+    assert server.wait_event("reject", reason="rate")[0]["peer"] == f"{B}:2"
+    assert server.events("reject", reason="tls") == []

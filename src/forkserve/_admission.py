@@ -167,8 +167,8 @@ class Admission:
         return source, peer, encode_answer(self.open_from(source) + 1)
 
     def watch_question(self, pid: int, channel: socket.socket) -> None:
-        """Answer fork-mode child ``pid``'s question from the loop when it comes."""
-        channel.setblocking(False)
+        """Answer fork-mode child ``pid``'s question from the loop when it comes
+        (``channel`` is non-blocking)."""
         self.questions[pid] = channel
         self.sel.register(channel, selectors.EVENT_READ, lambda mask: self.on_question(pid))
 

@@ -239,7 +239,10 @@ class Supervisor(Admission, Operations):
         per-source limits on a channel made here (see _ask); until then the
         connection counts against no source. A refused client costs no handler."""
         try:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            # Non-blocking from the start: the parent's end never waits, and the
+            # child's gets its timeout in the child.
+            kind = socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK
+            ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
         except OSError as exc:  # EMFILE, ENFILE: as a failed fork
             conn.close()
             self.fork_failed(peer_text, exc)

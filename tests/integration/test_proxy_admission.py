@@ -268,3 +268,13 @@ def test_rules_and_limits_come_before_the_tls_handshake(
                 assert recv_all(raw) == b""
     assert server.wait_event("reject", reason="rate")[0]["peer"] == f"{B}:2"
     assert server.events("reject", reason="tls") == []
+
+
+def test_advertised_ipv6_clients_count_by_prefix(serve: ServerFactory, tmp_path: Path) -> None:
+    server = serve("--proxy-protocol", "v2", "--per-ip", "1", *handler_args(tmp_path))
+    held_one, _ = held(server, "v2", "2001:db8:0:1::7")
+    host, _, port = refused(server, "v2", "2001:db8:0:1::8").rpartition(":")  # same /64
+    assert server.wait_event("reject", reason="per-ip")[0]["peer"] == f"[{host}]:{port}"
+    other, _ = held(server, "v2", "2001:db8:0:2::7")  # another /64
+    for sock in (held_one, other):
+        sock.close()

@@ -24,7 +24,7 @@ from forkserve._prelude import EXIT_IDLE_TIMEOUT, Prelude
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is what we avoid
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any, Protocol
 
     from forkserve._edge import Edge
@@ -60,15 +60,19 @@ class Connection:
         env: extra environment variables for this connection's program or handler.
         local: the address the client connected to when it is not the socket's own
             (a PROXY header named it), else None: ``getsockname()`` tells.
+        admit: behind the PROXY protocol, the admission the edge runs once the
+            header named the client (``_ask.Asker``): it returns None to go on, or
+            the exit code of a refused connection (closed). None: decided already.
     """
 
-    __slots__ = ("connnum", "env", "local", "peer")
+    __slots__ = ("admit", "connnum", "env", "local", "peer")
 
     def __init__(self, peer: Any, connnum: int = 1, env: dict[str, str] | None = None) -> None:
         self.peer = peer
         self.connnum = connnum
         self.env = env if env is not None else {}
         self.local: Any = None
+        self.admit: Callable[[socket.socket, Connection], int | None] | None = None
 
 
 class Service(Protocol):

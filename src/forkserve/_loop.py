@@ -108,6 +108,7 @@ class ForkLoop(Supervisor):
             self.sigs.close_in_child()
         for other, _ in self.pending:
             os.close(other.fileno())
+        self.close_questions_in_child()
         self.close_extras_in_child()
 
     def stop_listening(self) -> None:

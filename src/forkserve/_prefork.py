@@ -17,8 +17,9 @@ worker, waiting out a crash back-off).
   back-off that doubles with each crash in a row (0.1 s up to 10 s) and resets when a
   worker completes a connection.
 
-Access control (see _worker): workers apply the rules themselves; with per-source
-limits each asks the supervisor on a channel of its own, and the supervisor counts a
+Access control (see _worker, _ask): workers apply the rules themselves; with
+per-source limits or the PROXY protocol each asks the supervisor on a channel of its
+own (behind PROXY once the header named the client), and the supervisor counts a
 busy worker's connection against its source until the worker reports its end or is
 reaped. ``--max-lifetime`` counts from when a worker reports a connection; at the
 limit the worker is ended (SIGQUIT: it dies by SIGTERM, as a fork-mode child would)
@@ -36,11 +37,10 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
-from forkserve._admission import Policy
+from forkserve._admission import Policy, read_question, send_answer
 from forkserve._children import Exited
 from forkserve._forking import fork_child
 from forkserve._handler import Service
-from forkserve._limits import Verdict
 from forkserve._listen import ACCEPT_PAUSE, CAPACITY_ERRNOS, Listener
 from forkserve._log import Log
 from forkserve._supervise import Supervisor
@@ -190,7 +190,7 @@ class PreforkLoop(Supervisor):
         ours = theirs = None
         worker = None
         try:
-            if self.gate.limits_sources:
+            if self.gate.limits_sources or self.policy.proxy:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             worker = Worker(
                 self.listener.sock,
@@ -326,37 +326,29 @@ class PreforkLoop(Supervisor):
             self.maintain(time.monotonic())
 
     def answer(self, pid: int, now: float) -> None:
-        """A worker asks whether the per-source limits admit its new connection."""
+        """A worker asks whether the per-source limits admit its connection, or
+        reports a denial (see _ask). Without PROXY the answer replaces its ``A``
+        report; with PROXY it reported ``A`` at accept, and the answer counts the
+        connection against the client its header named."""
         channel = self.channels.get(pid)
         if channel is None:
             # Reaped (and its channel closed) by the signals handled earlier in this
             # same turn of the loop: the selector's event predates that.
             return
-        try:
-            question = channel.recv(256)
-        except BlockingIOError:
-            return
-        except ConnectionResetError:
-            question = b""
+        question = read_question(channel)
         worker = self.workers.get(pid)
         if not question or worker is None:
-            return  # the worker died; on_exits closes its channel
-        source_text, _, peer = question.decode("utf-8", "replace").partition(" ")
-        verdict = Verdict(True, "", "", {}, int(source_text))
-        self.gate.check_limits(verdict, now, self.open_from)
-        if not verdict.allowed:
-            self.metrics.rejected(verdict.reason)
-            self.log.info("reject", peer=peer, reason=verdict.reason, conns=self.active())
-            reply = b"no"
-        else:
-            connnum = self.open_from(verdict.source) + 1
-            self.count_source(worker, verdict.source)
-            self.mark_busy(worker, now, peer)
-            reply = f"ok {connnum}".encode()
-        try:
-            channel.send(reply)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # it died waiting: the exit is reaped and released like any other
+            return  # nothing yet, or the worker died: on_exits closes its channel
+        self.read_status(now)  # an "A" sent before the question counts first
+        source, peer, answer = self.judge(question, now, pid)
+        if worker.state == "busy":
+            worker.peer = peer  # its end line names the client
+        if source is not None:
+            self.count_source(worker, source)
+            if worker.state != "busy":
+                self.mark_busy(worker, now, peer)
+        if answer:
+            send_answer(channel, answer)
 
     def mark_busy(self, worker: WorkerState, now: float, peer: str) -> None:
         worker.state, worker.since, worker.peer = "busy", now, peer
@@ -397,6 +389,8 @@ class PreforkLoop(Supervisor):
                 self.mark_busy(worker, now, detail)
             elif kind == "D":
                 self.metrics.rejected("deny")  # the worker logged it
+                if worker.state == "busy":  # behind PROXY: its end line names the client
+                    worker.peer = detail
             elif kind == "P":
                 self.log.warning("accept-paused", pid=pid, error=detail, pause=f"{ACCEPT_PAUSE}s")
             elif kind == "U":
@@ -517,6 +511,7 @@ class PreforkLoop(Supervisor):
             channel.close()
         for other, _ in self.pending:
             other.close()
+        self.close_questions_in_child()
         self.close_extras_in_child()
         # The alive pipe's write end is the supervisor's alone, in every child: a
         # copy held by a connection's child would keep idle workers from seeing its

@@ -73,7 +73,12 @@ def rebuild(server: Server, new: Mapping[str, object]) -> tuple[Policy, Service]
         new["rate"],  # type: ignore[arg-type]
         server.policy.gate.ipv6_prefix,
     )
-    policy = Policy(gate, new["reject_message"], server.policy.max_lifetime)  # type: ignore[arg-type]
+    policy = Policy(
+        gate,
+        new["reject_message"],  # type: ignore[arg-type]
+        server.policy.max_lifetime,
+        proxy=server.policy.proxy,
+    )
     prelude = make_prelude(
         new["banner"],  # type: ignore[arg-type]
         server.log,
@@ -108,6 +113,7 @@ def apply(
     server.log.set_format(str(log_format))
     server.grace = loop.grace = grace
     loop.upgrade_timeout = float(new["upgrade_timeout"])  # type: ignore[arg-type]
+    policy.gate.take_over(server.policy.gate)
     server.policy = loop.policy = policy
     loop.gate = policy.gate
     loop.service = service

@@ -192,7 +192,8 @@ class Server:
         )
         gate = make_gate(rules, default_policy, per_ip, rate, ipv6_prefix)
         check_seconds("max_lifetime", max_lifetime)
-        self.policy = Policy(gate, reject_message, max_lifetime)
+        proxied = self.edge is not None and bool(self.edge.proxy)
+        self.policy = Policy(gate, reject_message, max_lifetime, proxy=proxied)
         prelude = make_prelude(
             banner,
             self.log,

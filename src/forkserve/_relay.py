@@ -98,6 +98,7 @@ class Relay:
         self.plain_sends = True  # no EOF from the plain side yet
         self.plain_takes = True  # not yet shut down for writing, nor refused
         self.notify: bytes | None = None  # what is left of our close_notify record
+        self.buffer = memoryview(bytearray(CHUNK))  # one SSL_read's decrypted bytes
         # What a TLS read or write waits for: OpenSSL may need the other one first.
         self.tls_read_waits = selectors.EVENT_READ
         self.tls_write_waits = selectors.EVENT_WRITE
@@ -113,13 +114,22 @@ class Relay:
             while self.tls_takes or self.plain_takes:
                 watch(sel, self.tls, self.tls_events())
                 watch(sel, self.plain, self.plain_events())
-                for key, _ in sel.select(0 if self.tls_buffered() else None):
-                    if key.fd == pidfd:  # what it wrote is still readable
+                tls_ready = plain_ready = 0
+                for key, mask in sel.select(0 if self.tls_buffered() else None):
+                    if key.fileobj is self.tls:
+                        tls_ready = mask
+                    elif key.fileobj is self.plain:
+                        plain_ready = mask
+                    else:  # the program exited: what it wrote is still readable
                         sel.unregister(pidfd)
                         self.plain_takes = False
                         self.to_plain.clear()
-                self.from_tls()
-                self.from_plain()
+                if tls_ready & self.tls_read_waits or self.tls_buffered():
+                    self.from_tls()
+                if plain_ready & selectors.EVENT_READ:
+                    self.from_plain()
+                # Writes are tried at once, without waiting for a poll to say so:
+                # what was just read usually fits, and the ends are decided here.
                 self.to_plain_side()
                 self.to_tls_side()
 
@@ -149,7 +159,7 @@ class Relay:
         """Read what the TLS side sent, OpenSSL's own buffer included."""
         while self.tls_sends and len(self.to_plain) < BUFFER_LIMIT:
             try:
-                data = self.tls.recv(CHUNK)
+                n = self.tls.recv_into(self.buffer, CHUNK)
             except ssl.SSLWantReadError:
                 self.tls_read_waits = selectors.EVENT_READ
                 return
@@ -159,15 +169,15 @@ class Relay:
             except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
                 # A FIN without close_notify is still an end of data; and CPython
                 # raises on close_notify, not returns b"", once ours went first.
-                data = b""
+                n = 0
             except (ConnectionError, TimeoutError, ssl.SSLError):
                 self.tls_failed()
                 return
-            if not data:
+            if not n:
                 self.tls_sends = False
                 return
             if self.plain_takes:
-                self.to_plain += data
+                self.to_plain += self.buffer[:n]
 
     def from_plain(self) -> None:
         while self.plain_sends and len(self.to_tls) < BUFFER_LIMIT:

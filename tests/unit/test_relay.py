@@ -17,7 +17,7 @@ import pytest
 
 from forkserve import _relay
 from forkserve._relay import Relay
-from forkserve._tls import close_notify, load_context
+from forkserve._tls import close_notify, end_tls, load_context
 from tests.integration.conftest import make_cert
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
@@ -110,7 +110,9 @@ def test_close_notify_keeps_the_peers_bytes_in_flight(
     before = os.urandom(200_000)
     client.sendall(before)  # in flight: unread by the server
     server.settimeout(timeout)
+    fds = sorted(os.listdir("/proc/self/fd"))
     record = close_notify(server)
+    assert sorted(os.listdir("/proc/self/fd")) == fds  # the stand-in is gone, the socket back
     assert server.gettimeout() == timeout
     assert record  # an alert record: type 21, or 23 under TLS 1.3's encryption
     socket.socket.sendall(server, record)
@@ -130,6 +132,20 @@ def plain_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     program.settimeout(WAIT)
     with ours, program:
         yield ours, program
+
+
+def test_end_tls_ends_once_and_reading_goes_on(
+    tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket],
+) -> None:
+    """A handler's end: close_notify and a FIN, once however often it is called."""
+    server, client = tls_pair
+    server.sendall(b"reply")
+    end_tls(server)
+    end_tls(server)  # daytime ends its output itself, then the handler's return does
+    assert read_to_end(client) == b"reply"
+    client.sendall(b"late")
+    fin(client)
+    assert read_to_end(server) == b"late"
 
 
 def relay_in_thread(tls: ssl.SSLSocket, plain: socket.socket) -> Callable[[], None]:

@@ -8,8 +8,9 @@ mode a reusable worker. Whatever it does cannot touch other connections.
 
 When it returns the connection is closed and the child exits 0. If it raises, the
 traceback goes to the log and the child exits 1. A peer that resets the connection
-or goes away mid-write (ConnectionResetError, BrokenPipeError) ends it quietly with
-exit 0: that is the client's choice, not a server fault. A TimeoutError (the socket
+or goes away mid-write (ConnectionResetError, BrokenPipeError; over TLS also
+SSLZeroReturnError and SSLEOFError) ends it quietly with exit 0: that is the client's
+choice, not a server fault. A TimeoutError (the socket
 timeout ``--idle-timeout`` sets, or the handler's own) ends it quietly with exit 124.
 ``SystemExit(n)`` exits n.
 """
@@ -111,7 +112,12 @@ class PythonService:
         if isinstance(started, int):
             return started
         saved = set_environment(info.env) if info.env else None
-        code = run_handler(self.handler, started, info.peer, self.prelude.log)
+        finish: Callable[[Any], None] | None = None
+        if self.edge is not None and self.edge.tls is not None:
+            from forkserve._tls import end_tls
+
+            finish = end_tls  # close_notify, then a FIN
+        code = run_handler(self.handler, started, info.peer, self.prelude.log, finish)
         if saved is not None:
             set_environment(saved)  # a prefork worker serves the next client next
         if code == EXIT_IDLE_TIMEOUT and self.prelude.idle_timeout:
@@ -171,16 +177,26 @@ def echo(conn: socket.socket, peer: Any) -> None:
             view = memoryview(buf)
 
 
-def run_handler(handler: Handler, conn: socket.socket, peer: Any, log: Log | None = None) -> int:
+def run_handler(
+    handler: Handler,
+    conn: socket.socket,
+    peer: Any,
+    log: Log | None = None,
+    finish: Callable[[Any], None] | None = None,
+) -> int:
     """Run ``handler`` for one connection and return the exit code for its process.
 
     Args:
         log: where a JSON-format traceback goes (see PythonService).
+        finish: what ends the connection cleanly once the handler has returned
+            (over TLS, close_notify: see ``_tls.end_tls``); not run when it raised.
 
     Resource handling: closes ``conn`` whatever happens.
     """
     try:
         handler(conn, peer)
+        if finish is not None:
+            finish(conn)
     except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
         return EXIT_HANDLER_OK
     except TimeoutError:
@@ -189,12 +205,20 @@ def run_handler(handler: Handler, conn: socket.socket, peer: Any, log: Log | Non
         if exc.code is None:
             return EXIT_HANDLER_OK
         return exc.code if isinstance(exc.code, int) else EXIT_HANDLER_RAISED
-    except BaseException:  # noqa: BLE001 - a handler bug must not escape the child
-        _report_exception(log)
-        return EXIT_HANDLER_RAISED
+    except BaseException as exc:  # noqa: BLE001 - a handler bug must not escape the child
+        if not tls_peer_gone(exc):  # else the client went away: exit 0
+            _report_exception(log)
+            return EXIT_HANDLER_RAISED
     finally:
         conn.close()
     return EXIT_HANDLER_OK
+
+
+def tls_peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is how a TLS client's going away shows: a write after its
+    close_notify (SSLZeroReturnError), or a FIN without one (SSLEOFError)."""
+    ssl = sys.modules.get("ssl")  # loaded if conn can be an SSLSocket at all
+    return ssl is not None and isinstance(exc, (ssl.SSLZeroReturnError, ssl.SSLEOFError))
 
 
 def _report_exception(log: Log | None) -> None:

@@ -13,43 +13,10 @@ from pathlib import Path
 import pytest
 
 from forkserve._proxy import encode_v2
-from tests.integration.conftest import ServerFactory
+from tests.integration.conftest import ServerFactory, make_cert
 from tests.support import WAIT, connect, recv_all, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
-
-
-def make_cert(
-    directory: Path, name: str, signer: tuple[Path, Path] | None = None
-) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    args = ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key)]
-    args += ["-subj", f"/CN={name}/O=forkserve", "-days", "2", "-out", str(cert)]
-    if signer is None:
-        args += ["-x509", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
-        subprocess.run(args, check=True, capture_output=True, timeout=WAIT)
-        return cert, key
-    csr = directory / f"{name}.csr"
-    args[args.index("-out") + 1] = str(csr)
-    subprocess.run(args, check=True, capture_output=True, timeout=WAIT)
-    subprocess.run(
-        [
-            *("openssl", "x509", "-req", "-in", str(csr), "-CA", str(signer[0])),
-            *("-CAkey", str(signer[1]), "-CAcreateserial", "-days", "2", "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=WAIT,
-    )
-    return cert, key
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    directory = tmp_path_factory.mktemp("certs")
-    server = make_cert(directory, "localhost")
-    ca = make_cert(directory, "clientca")
-    return {"server": server, "ca": ca, "client": make_cert(directory, "alice", ca)}
 
 
 def tls_args(certs: dict[str, tuple[Path, Path]]) -> list[str]:

@@ -17,7 +17,7 @@ import pytest
 from forkserve._proxy import encode_v1, encode_v2
 from tests.integration.conftest import ServerFactory
 from tests.integration.test_metrics import scrape
-from tests.integration.test_tls import certs, client_context, tls_args  # noqa: F401 - a fixture
+from tests.integration.test_tls import client_context, tls_args
 from tests.support import ServerProcess, connect, recv_all
 
 A, B = "203.0.113.1", "198.51.100.2"
@@ -246,7 +246,7 @@ def test_a_connection_counts_once_its_header_names_the_client(serve: ServerFacto
 
 def test_rules_and_limits_come_before_the_tls_handshake(
     serve: ServerFactory,
-    certs: dict[str, tuple[Path, Path]],  # noqa: F811 - the fixture imported above
+    certs: dict[str, tuple[Path, Path]],
 ) -> None:
     server = serve(
         *tls_args(certs), "--proxy-protocol", "v2", "--deny", "203.0.113.0/24", "--rate", "1/60"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from forkserve._metrics import MAX_REQUEST
@@ -15,6 +17,7 @@ from tests.support import (
     ServerProcess,
     connect,
     echo_roundtrip,
+    find_promtool,
     recv_all,
     recv_exactly,
     run_cli,
@@ -155,3 +158,62 @@ def test_metrics_address_in_use_is_exit_111(start_server: ServerFactory) -> None
         result = run_cli(["serve", "0", "--metrics", f"127.0.0.1:{port}"])
     assert result.returncode == 111
     assert b"address already in use" in result.stderr
+
+
+# -- the exposition as Prometheus reads it (issue 12, finding 21) -------------------------
+
+# Every family by the name prometheus_client's parser gives it (a counter's name without
+# ``_total``), and its type.
+FAMILIES = {
+    "forkserve_connections_accepted": "counter",
+    "forkserve_connections_rejected": "counter",
+    "forkserve_children_exited": "counter",
+    "forkserve_operations": "counter",
+    "forkserve_connection_duration_seconds": "histogram",
+    "forkserve_accept_to_fork_seconds": "histogram",
+    "forkserve_connections_active": "gauge",
+    "forkserve_connections_limit": "gauge",
+}
+LIMITS = ("--per-ip", "4", "--rate", "100/1", "--deny", "192.0.2.0/24")
+
+
+def test_promtool_accepts_the_exposition(serve: ServerFactory) -> None:
+    tool = find_promtool()
+    if tool is None:
+        pytest.skip("promtool is not installed (make test fetches it: see the Makefile)")
+    server = serve(*METRICS, *LIMITS)
+    assert echo_roundtrip(server.port, b"x") == b"x"
+    status, body = http_get(metrics_port(server), "/metrics")
+    assert status == 200
+    # `check metrics` lints too (help text, names, units): any finding is exit 3.
+    result = subprocess.run(
+        [tool, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+def test_every_family_has_its_type_and_samples(serve: ServerFactory, mode: str) -> None:
+    server = serve(*METRICS, *LIMITS)
+    status, body = http_get(metrics_port(server), "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    expected = FAMILIES | ({"forkserve_workers": "gauge"} if mode == "prefork" else {})
+    assert {name: f.type for name, f in families.items()} == expected
+    for family in families.values():
+        assert family.samples, f"{family.name} has no samples"
+        if family.type == "counter":
+            assert {s.name for s in family.samples} == {family.name + "_total"}
+    # Every reason and operation this server can count is there from the first scrape,
+    # at 0, so rate() and increase() see the first event.
+    rejected = {
+        s.labels["reason"]: s.value for s in families["forkserve_connections_rejected"].samples
+    }
+    assert rejected == dict.fromkeys(("deny", "per-ip", "rate", "fork-failed", "dropped"), 0)
+    operations = {s.labels["operation"]: s.value for s in families["forkserve_operations"].samples}
+    assert operations == dict.fromkeys(("reload-ok", "reload-failed", "upgrade-failed"), 0)
+
+
+def test_only_reasons_the_server_can_count_are_exported(start_server: ServerFactory) -> None:
+    server = start_server(*METRICS)
+    reasons = {labels for name, labels in scrape(server) if name.endswith("_rejected_total")}
+    assert reasons == {"reason=fork-failed", "reason=dropped"}

@@ -93,7 +93,7 @@ def serve_metrics(loop: Supervisor, endpoint: MetricsEndpoint, mode: str, log: L
         metrics.expect_rejections(reasons)
         return metrics.render(loop.gauges())
 
-    endpoint.respond = lambda data: answer(data, render, loop.health)
+    endpoint.serve(lambda data: answer(data, render, loop.health), log)
     log.notice("metrics", address=endpoint.describe(), paths="/metrics,/healthz")
 
 

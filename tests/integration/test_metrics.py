@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from tests.support import (
     recv_all,
     recv_exactly,
     run_cli,
+    wait_until,
 )
 
 METRICS = ("--metrics", "127.0.0.1:0")
@@ -217,3 +221,80 @@ def test_only_reasons_the_server_can_count_are_exported(start_server: ServerFact
     server = start_server(*METRICS)
     reasons = {labels for name, labels in scrape(server) if name.endswith("_rejected_total")}
     assert reasons == {"reason=fork-failed", "reason=dropped"}
+
+
+# -- /healthz under attack, and out of descriptors (issue 12, finding 7) ------------------
+
+
+def curl_healthz(port: int) -> tuple[str, float]:
+    """``/healthz`` by curl: the status it got (000: none in 10 s), and how long it took."""
+    started = time.monotonic()
+    url = f"http://127.0.0.1:{port}/healthz"
+    curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", url]
+    result = subprocess.run(curl, capture_output=True, timeout=30, check=False)
+    return result.stdout.decode(), time.monotonic() - started
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_healthz_answers_while_silent_clients_hold_the_endpoint(serve: ServerFactory) -> None:
+    """24 connections that never send a request (3 times the old 8 slots of 5 s, and
+    its backlog's worth more) must not keep a balancer's health check waiting."""
+    server = serve(*METRICS)
+    port = metrics_port(server)
+    silent = [connect(port) for _ in range(24)]
+    try:
+        silent[0].sendall(b"GET /metr")  # half a request, then nothing
+        for _ in range(3):
+            status, took = curl_healthz(port)
+            assert status == "200" and took < 1.5, (status, took)
+        assert echo_roundtrip(server.port, b"still serving") == b"still serving"
+        # The held connections are closed by the endpoint, none is kept forever.
+        for sock in silent:
+            assert recv_all(sock) == b""
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def lowest_free_fd(pid: int) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
+def test_endpoint_pauses_on_emfile_and_recovers(start_server: ServerFactory) -> None:
+    """Out of descriptors, the endpoint's listener leaves the selector for a pause
+    instead of staying readable and spinning the parent at 100% CPU."""
+    server = start_server(*METRICS)
+    port = metrics_port(server)
+    limits = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
+    # Room for two clients: the third accept fails with EMFILE.
+    room = lowest_free_fd(server.pid) + 2
+    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (room, limits[1]))
+    held = [connect(port) for _ in range(4)]
+    try:
+        wait_until(lambda: lowest_free_fd(server.pid) >= room, what="the descriptors to run out")
+        before = cpu_ticks(server.pid)
+        # A measurement interval, not a synchronisation: the parent's CPU time over a
+        # second out of descriptors, with connections waiting on the listener. A pause
+        # retries about 10 times a second; a spin takes most of a core.
+        time.sleep(1.0)
+        spent = cpu_ticks(server.pid) - before
+        assert spent < 0.2 * os.sysconf("SC_CLK_TCK"), f"{spent} ticks in 1s"
+        assert server.wait_event("metrics-accept-paused")[0]["error"] == "EMFILE"
+    finally:
+        for sock in held:
+            sock.close()
+    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, limits)
+    assert http_get(port, "/healthz") == (200, b"ok\n")
+    resumed = server.wait_event("metrics-accept-resumed")
+    # Logged once per burst, not per failure (a held client timing out after 2 s
+    # frees a descriptor, so a slow run may see a second burst).
+    paused = server.events("metrics-accept-paused")
+    assert len(paused) == len(resumed)
+    assert all(r["after"] == "EMFILE" and int(r["failures"]) >= 1 for r in resumed)

@@ -124,8 +124,10 @@ class MetricsEndpoint:
                 self.make_room()
             client = Client(sock, time.monotonic())
             self.clients[sock.fileno()] = client
+            # Read from the next turn on, not now: what else was ready in this turn
+            # (a prefork worker's report, a reaped child) is counted before a scrape
+            # is answered.
             self.sel.register(sock, selectors.EVENT_READ, lambda m, c=client: self.on_client(c))
-            self.on_client(client)  # the request often arrives with the handshake
 
     def make_room(self) -> None:
         """Free the oldest client's place: answered if its request is in, else closed."""

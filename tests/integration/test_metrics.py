@@ -217,10 +217,21 @@ def test_every_family_has_its_type_and_samples(serve: ServerFactory, mode: str) 
     assert operations == dict.fromkeys(("reload-ok", "reload-failed", "upgrade-failed"), 0)
 
 
-def test_only_reasons_the_server_can_count_are_exported(start_server: ServerFactory) -> None:
-    server = start_server(*METRICS)
-    reasons = {labels for name, labels in scrape(server) if name.endswith("_rejected_total")}
-    assert reasons == {"reason=fork-failed", "reason=dropped"}
+def rejection_labels(server: ServerProcess) -> set[str]:
+    return {labels for name, labels in scrape(server) if name.endswith("_rejected_total")}
+
+
+def test_a_reason_shows_once_a_reload_sets_its_limit(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    config = tmp_path / "f.toml"
+    config.write_text('banner = ""\n')
+    server = start_server("--config", str(config), *METRICS)
+    assert rejection_labels(server) == {"reason=fork-failed", "reason=dropped"}
+    config.write_text("per-ip = 2\n")
+    server.send_signal(signal.SIGHUP)
+    server.wait_event("reload", changed="per-ip")
+    assert rejection_labels(server) == {"reason=fork-failed", "reason=dropped", "reason=per-ip"}
 
 
 # -- /healthz under attack, and out of descriptors (issue 12, finding 7) ------------------

@@ -168,7 +168,7 @@ def test_out_of_descriptors_the_listener_pauses_and_logs_once() -> None:
             assert not h.endpoint.watching  # not before the pause is over
             h.endpoint.on_deadline(until)
             assert h.endpoint.watching
-        h.turn()
+        h.until_readable(client)
         assert recv_all(client).endswith(b"answer")
         log = h.log()
         assert log.count("metrics-accept-paused error=EMFILE") == 1

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from forkserve._endpoint import MAX_CLIENTS
 from forkserve._metrics import MAX_REQUEST
 from tests.integration.conftest import ServerFactory
 from tests.support import (
@@ -106,7 +107,7 @@ def test_healthz_says_stopping_during_the_drain(serve: ServerFactory) -> None:
 def test_slow_scrapers_never_block_the_parent(serve: ServerFactory) -> None:
     server = serve(*METRICS)
     port = metrics_port(server)
-    silent = [connect(port) for _ in range(10)]  # more than the endpoint serves at once
+    silent = [connect(port) for _ in range(MAX_CLIENTS + 4)]  # more than it holds at once
     try:
         silent[0].sendall(b"GET /metr")  # half a request, then nothing
         assert echo_roundtrip(server.port, b"still serving") == b"still serving"

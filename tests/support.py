@@ -13,6 +13,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -346,6 +347,12 @@ def raw_listener(host: str = "127.0.0.1") -> Iterator[socket.socket]:
         sock.listen(16)
         sock.settimeout(WAIT)
         yield sock
+
+
+def find_promtool() -> str | None:
+    """promtool from PATH, or the copy ``make test`` puts beside the venv's python."""
+    beside = Path(sys.executable).parent / "promtool"
+    return str(beside) if beside.exists() else shutil.which("promtool")
 
 
 def mode_args(mode: str) -> list[str]:

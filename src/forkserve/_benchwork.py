@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -189,13 +190,27 @@ class Echo:
         except TimeoutError:
             raise VerifyError(no_eof(self.conn, offset, self.timeout)) from None
         except OSError as exc:
-            raise VerifyError(os_problem(exc, self.conn, offset)) from None
+            ssl = sys.modules.get("ssl")
+            # Over TLS, after our own close_notify, CPython raises SSLZeroReturnError
+            # on the server's instead of returning 0: that is the EOF expected.
+            if ssl is None or not isinstance(exc, ssl.SSLZeroReturnError):
+                raise VerifyError(os_problem(exc, self.conn, offset)) from None
+            n = 0
         if n:
             raise VerifyError(extra_bytes(self.conn, offset, bytes(self.buf[:n])))
 
     def half_close(self, offset: int) -> None:
+        """Our end of data: a FIN, after a close_notify over TLS (SSLSocket.shutdown()
+        would drop the SSL object and read the server's close_notify as raw bytes)."""
+        from forkserve._services import is_tls
+
         try:
-            self.sock.shutdown(socket.SHUT_WR)
+            if is_tls(self.sock):
+                from forkserve._tls import end_tls
+
+                end_tls(self.sock)
+            else:
+                self.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             raise VerifyError(os_problem(exc, self.conn, offset)) from None
 

@@ -77,12 +77,23 @@ def bind_metrics(address: tuple[str, int] | str | None, fd: int | None) -> Metri
 
 def serve_metrics(loop: Supervisor, endpoint: MetricsEndpoint, mode: str, log: Log) -> None:
     """Give ``loop`` the counters and the endpoint that serves them."""
-    from forkserve._metrics import Metrics, answer
+    from forkserve._metrics import Metrics, answer, rejection_reasons
 
     metrics = Metrics(mode)
     loop.metrics = metrics
     loop.endpoint = endpoint
-    endpoint.respond = lambda data: answer(data, lambda: metrics.render(loop.gauges()), loop.health)
+
+    def render() -> bytes:
+        # The gate in force now: a reload may have added a limit, whose reason then
+        # shows at 0 from this scrape on.
+        gate = loop.gate
+        reasons = rejection_reasons(
+            gate.rules is not None, bool(gate.per_ip), gate.buckets is not None
+        )
+        metrics.expect_rejections(reasons)
+        return metrics.render(loop.gauges())
+
+    endpoint.serve(lambda data: answer(data, render, loop.health), log)
     log.notice("metrics", address=endpoint.describe(), paths="/metrics,/healthz")
 
 

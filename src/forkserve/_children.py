@@ -9,7 +9,8 @@ import time
 
 class Child:
     """A forked child: its pid (also its process group), its peer, its source (the
-    key its connection counts against: see _limits.source_key), when it started.
+    key its connection counts against: see _limits.source_key; None while it counts
+    against none, until its PROXY header names the client), when it started.
 
     A plain class with slots, not a dataclass: dataclasses imports inspect and ast,
     memory the parent would carry into every fork.
@@ -17,7 +18,7 @@ class Child:
 
     __slots__ = ("peer", "pid", "source", "started")
 
-    def __init__(self, pid: int, peer: str, started: float, source: int = -1) -> None:
+    def __init__(self, pid: int, peer: str, started: float, source: int | None = -1) -> None:
         self.pid = pid
         self.peer = peer
         self.started = started
@@ -89,11 +90,25 @@ class ChildTable:
     def get(self, pid: int) -> Child | None:
         return self._children.get(pid)
 
-    def add(self, pid: int, peer: str, source: int = -1) -> Child:
+    def add(self, pid: int, peer: str, source: int | None = -1) -> Child:
+        """A new child, counted against ``source`` (None: against none yet)."""
         child = Child(pid, peer, time.monotonic(), source)
         self._children[pid] = child
-        self._per_source[source] = self._per_source.get(source, 0) + 1
+        if source is not None:
+            self._per_source[source] = self._per_source.get(source, 0) + 1
         return child
+
+    def advertise(self, pid: int, peer: str, source: int | None) -> None:
+        """A child's PROXY header named its client: log it as ``peer`` from now on,
+        and count it against ``source`` (None: the client was refused) until it is
+        reaped. A child counts against one source at most, once."""
+        child = self._children.get(pid)
+        if child is None:
+            return
+        child.peer = peer
+        if source is not None and child.source is None:
+            child.source = source
+            self._per_source[source] = self._per_source.get(source, 0) + 1
 
     def open_from(self, source: int) -> int:
         """Children now serving ``source``."""
@@ -101,7 +116,7 @@ class ChildTable:
 
     def _remove(self, pid: int) -> Child | None:
         child = self._children.pop(pid, None)
-        if child is not None:
+        if child is not None and child.source is not None:
             left = self._per_source[child.source] - 1
             if left:
                 self._per_source[child.source] = left

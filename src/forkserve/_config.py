@@ -42,11 +42,18 @@ def parse_banner(text: str) -> bytes:
             out.append(int(text[i + 2 : i + 4], 16))
             i += 4
         else:
-            shown = text[i : i + 4]
-            raise UsageError(
-                f"invalid escape {shown!r} in --banner: use \\n \\r \\t \\0 \\\\ or \\xHH"
-            )
+            raise UsageError(bad_escape(text[i : i + 4 if code == "x" else i + 2]))
     return bytes(out)
+
+
+def bad_escape(escape: str) -> str:
+    """The error for one bad escape: the escape alone, as typed (a character that
+    cannot be shown as it is, as ``\\xHH`` or ``\\uHHHH``). The caller names the
+    option or key."""
+    if escape == "\\":
+        return "invalid escape: a \\ ends the text (write \\\\ for a backslash)"
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in escape)
+    return f"invalid escape '{shown}': use \\n \\r \\t \\0 \\\\ or \\xHH"
 
 
 def escape_banner(data: bytes) -> str:

@@ -7,8 +7,9 @@ timeout (``--handshake-timeout``; DEFAULT_DEADLINE when none is given), counted 
 the moment the child starts on the connection.
 
 Order, when both are on: the PROXY header comes first on the wire (the balancer
-writes it before relaying the client's TLS records), then the TLS handshake, then
-the banner, then the handler or program.
+writes it before relaying the client's TLS records), then the access rules and
+per-source limits on the client it names (``Connection.admit``: see _ask), then the
+TLS handshake, then the banner, then the handler or program.
 
 The PROXY header is read exactly: ``ProxyReader.wanted()`` never asks for a byte past
 its end, so the client's first byte stays in the socket for an exec'd program.
@@ -120,6 +121,11 @@ class Edge:
         try:
             if self.proxy:
                 result = self.read_proxy(conn, info, end)
+                if info.admit is not None and not isinstance(result, int):
+                    # The rules and limits judge the client the header named (_ask),
+                    # before the handshake: a refused client costs no TLS either.
+                    refused = info.admit(conn, info)
+                    result = result if refused is None else refused
             if self.tls is not None and not isinstance(result, int):
                 result = self.handshake(conn, info, end)
         except TimeoutError:

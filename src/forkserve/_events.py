@@ -2,7 +2,9 @@
 
 A text line is ``TIMESTAMP EVENT key=value ...``. Values that contain spaces, quotes,
 ``=`` or anything unprintable are written as JSON strings, so every line splits
-unambiguously on spaces and no byte from a peer reaches the log raw.
+unambiguously on spaces and no byte from a peer reaches the log raw. Every value is
+capped (``VALUE_LIMIT`` characters once escaped), so no value from a peer can make a
+line long enough to interleave with another process's.
 
 A JSON line (``--log-format json``) is one object with the same fields:
 ``{"ts": TIMESTAMP, "event": EVENT, "key": value, ...}``. Whole numbers and booleans
@@ -18,6 +20,15 @@ from collections.abc import Callable, Mapping
 
 # A peer's bytes are shown at most this long in a log line.
 PEER_BYTES_LIMIT = 64
+# Every text value is shown in at most this many characters once escaped, whoever
+# supplied it (a PROXY authority, a TLS alert, an address, an error message): a line of
+# a dozen fields then stays under PIPE_BUF (4096 bytes), the size up to which writes
+# to the shared stderr pipe are atomic (pipe(7)); longer lines from the parent and its
+# children interleave. 512 holds a whole DNS name (253), or an error naming a path.
+VALUE_LIMIT = 512
+# Fields shown by their end, and how much of it: a handler's traceback (JSON logs)
+# keeps its last frames and the error.
+TAIL_LIMITS = {"traceback": 2048}
 
 
 def format_timestamp(ts: float) -> str:
@@ -62,8 +73,51 @@ def escape_bytes(data: bytes, limit: int = PEER_BYTES_LIMIT) -> str:
     return shown
 
 
-def format_value(value: object) -> str:
-    """Format one field value so that it contains no space and no control character."""
+def escape_controls(text: str) -> str:
+    """``text`` with every unprintable character but the newline escaped as Python
+    writes it (``\\x1b``, ``\\u2028``): for a multi-line text such as a traceback,
+    whose exception message may hold a peer's bytes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c == "\n" or c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def escaped_size(char: str) -> int:
+    """How many characters ``char`` takes in a JSON string with ``ensure_ascii``
+    (``"\\u0001"`` for a control character, a surrogate pair beyond the BMP)."""
+    if " " <= char < "\x7f":
+        return 2 if char in '"\\' else 1
+    if char in "\n\r\t\b\f":
+        return 2
+    return 12 if ord(char) > 0xFFFF else 6
+
+
+def clip(text: str, limit: int = VALUE_LIMIT, tail: bool = False) -> str:
+    """``text``, or as much of it as takes at most ``limit`` characters once escaped,
+    with how many characters were left out: ``abc...(+N chars)``, or with ``tail``
+    the end, ``(+N chars)...xyz``."""
+    if text.isascii() and text.isprintable() and len(text) * 2 <= limit:
+        return text  # the common case, decided in C: at most 2 characters each
+    order = reversed(text) if tail else iter(text)
+    budget, kept = limit - 24, 0  # room for the note
+    used = 0
+    for char in order:
+        used += escaped_size(char)
+        if used > limit:
+            break
+        if used <= budget:
+            kept += 1
+    else:
+        return text  # all of it fits
+    cut = len(text) - kept
+    if tail:
+        return f"(+{cut} chars)...{text[len(text) - kept :]}"
+    return f"{text[:kept]}...(+{cut} chars)"
+
+
+def format_value(value: object, limit: int = VALUE_LIMIT, tail: bool = False) -> str:
+    """Format one field value so that it contains no space and no control character,
+    and shows at most ``limit`` characters of text (see ``clip``)."""
     kind = type(value)
     if kind is int:
         return str(value)
@@ -71,7 +125,7 @@ def format_value(value: object) -> str:
         value = escape_bytes(value)  # type: ignore[arg-type]
     elif kind is float:
         return f"{value:.3f}"
-    text = str(value)
+    text = clip(str(value), limit, tail)
     if (
         text.isprintable()
         and text
@@ -95,12 +149,16 @@ def render_text(
     """
     parts = [(stamp or format_timestamp)(ts), event]
     for key, value in fields.items():
-        parts.append(f"{key}={format_value(value)}")
+        if key in TAIL_LIMITS:
+            parts.append(f"{key}={format_value(value, TAIL_LIMITS[key], tail=True)}")
+        else:
+            parts.append(f"{key}={format_value(value)}")
     return " ".join(parts)
 
 
-def json_value(value: object) -> object:
-    """A field value as JSON carries it: numbers and booleans as such, the rest as text."""
+def json_value(value: object, limit: int = VALUE_LIMIT, tail: bool = False) -> object:
+    """A field value as JSON carries it: numbers and booleans as such, the rest as text
+    of at most ``limit`` characters once escaped (see ``clip``)."""
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
@@ -108,7 +166,7 @@ def json_value(value: object) -> object:
         return round(value, 3) if abs(value) < float("inf") else str(value)
     if isinstance(value, bytes):
         return escape_bytes(value)
-    return str(value)
+    return clip(str(value), limit, tail)
 
 
 def render_json(
@@ -123,5 +181,8 @@ def render_json(
 
     record: dict[str, object] = {"ts": (stamp or format_timestamp)(ts), "event": event}
     for key, value in fields.items():
-        record[key] = json_value(value)
+        if key in TAIL_LIMITS:
+            record[key] = json_value(value, TAIL_LIMITS[key], tail=True)
+        else:
+            record[key] = json_value(value)
     return json.dumps(record, ensure_ascii=True, separators=(",", ":"))

@@ -96,6 +96,19 @@ class Program:
         self.lookup_hosts = lookup_hosts
         self.local_host = local_host
 
+    def check_runnable(self, who: str) -> None:
+        """Check, after the switch to ``--user``/``--group``, that the program found
+        at start-up (as root, who may run anything with an x bit) runs as ``who``.
+
+        Raises:
+            ProgramError: it does not (exit 100).
+        """
+        if not os.access(self.path, os.X_OK):  # access(2) checks the real ids: ours now
+            raise ProgramError(
+                f"program {self.path!r} cannot be run as {who}: permission denied "
+                "(on the file or a directory above it)"
+            )
+
     def __repr__(self) -> str:
         return f"Program({self.argv!r})"
 
@@ -221,12 +234,28 @@ def reset_process(conn: socket.socket, log_fd: int) -> None:
     if fd == 2:  # stderr was closed when forkserve started: the socket got fd 2
         os.close(2)
     keep = log_fd if log_fd > 2 else 2
-    # One close_range(2) on Linux 5.9+; SC_OPEN_MAX bounds the fallback loop.
-    limit = max(os.sysconf("SC_OPEN_MAX"), keep + 1)
+    # One close_range(2) each on Linux 5.9+, up to the highest descriptor open.
+    limit = highest_open_fd() + 1
     os.closerange(3, keep)
     os.closerange(keep + 1, limit)
     if keep > 2:
         os.set_inheritable(keep, False)
+
+
+def highest_open_fd() -> int:
+    """The highest descriptor this process has open, from /proc/self/fd.
+
+    Not the RLIMIT_NOFILE limit: ``--limit-nofile`` has lowered it by now, and a
+    descriptor inherited above it (a wrapper's ``exec 200>lock; flock 200``) stays
+    open; nor a huge bound, which costs a close(2) per number where close_range(2)
+    is missing or refused (a seccomp filter), as CPython then loops. Without /proc,
+    the limit is all there is.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # /proc not mounted
+        return os.sysconf("SC_OPEN_MAX")
+    return max((int(name) for name in names), default=2)
 
 
 def describe(argv: Sequence[str]) -> str:

@@ -8,8 +8,9 @@ mode a reusable worker. Whatever it does cannot touch other connections.
 
 When it returns the connection is closed and the child exits 0. If it raises, the
 traceback goes to the log and the child exits 1. A peer that resets the connection
-or goes away mid-write (ConnectionResetError, BrokenPipeError) ends it quietly with
-exit 0: that is the client's choice, not a server fault. A TimeoutError (the socket
+or goes away mid-write (ConnectionResetError, BrokenPipeError; over TLS also
+SSLZeroReturnError and SSLEOFError) ends it quietly with exit 0: that is the client's
+choice, not a server fault. A TimeoutError (the socket
 timeout ``--idle-timeout`` sets, or the handler's own) ends it quietly with exit 124.
 ``SystemExit(n)`` exits n.
 """
@@ -24,7 +25,7 @@ from forkserve._prelude import EXIT_IDLE_TIMEOUT, Prelude
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is what we avoid
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any, Protocol
 
     from forkserve._edge import Edge
@@ -60,15 +61,19 @@ class Connection:
         env: extra environment variables for this connection's program or handler.
         local: the address the client connected to when it is not the socket's own
             (a PROXY header named it), else None: ``getsockname()`` tells.
+        admit: behind the PROXY protocol, the admission the edge runs once the
+            header named the client (``_ask.Asker``): it returns None to go on, or
+            the exit code of a refused connection (closed). None: decided already.
     """
 
-    __slots__ = ("connnum", "env", "local", "peer")
+    __slots__ = ("admit", "connnum", "env", "local", "peer")
 
     def __init__(self, peer: Any, connnum: int = 1, env: dict[str, str] | None = None) -> None:
         self.peer = peer
         self.connnum = connnum
         self.env = env if env is not None else {}
         self.local: Any = None
+        self.admit: Callable[[socket.socket, Connection], int | None] | None = None
 
 
 class Service(Protocol):
@@ -107,7 +112,12 @@ class PythonService:
         if isinstance(started, int):
             return started
         saved = set_environment(info.env) if info.env else None
-        code = run_handler(self.handler, started, info.peer, self.prelude.log)
+        finish: Callable[[Any], None] | None = None
+        if self.edge is not None and self.edge.tls is not None:
+            from forkserve._tls import end_tls
+
+            finish = end_tls  # close_notify, then a FIN
+        code = run_handler(self.handler, started, info.peer, self.prelude.log, finish)
         if saved is not None:
             set_environment(saved)  # a prefork worker serves the next client next
         if code == EXIT_IDLE_TIMEOUT and self.prelude.idle_timeout:
@@ -167,16 +177,26 @@ def echo(conn: socket.socket, peer: Any) -> None:
             view = memoryview(buf)
 
 
-def run_handler(handler: Handler, conn: socket.socket, peer: Any, log: Log | None = None) -> int:
+def run_handler(
+    handler: Handler,
+    conn: socket.socket,
+    peer: Any,
+    log: Log | None = None,
+    finish: Callable[[Any], None] | None = None,
+) -> int:
     """Run ``handler`` for one connection and return the exit code for its process.
 
     Args:
         log: where a JSON-format traceback goes (see PythonService).
+        finish: what ends the connection cleanly once the handler has returned
+            (over TLS, close_notify: see ``_tls.end_tls``); not run when it raised.
 
     Resource handling: closes ``conn`` whatever happens.
     """
     try:
         handler(conn, peer)
+        if finish is not None:
+            finish(conn)
     except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
         return EXIT_HANDLER_OK
     except TimeoutError:
@@ -185,16 +205,25 @@ def run_handler(handler: Handler, conn: socket.socket, peer: Any, log: Log | Non
         if exc.code is None:
             return EXIT_HANDLER_OK
         return exc.code if isinstance(exc.code, int) else EXIT_HANDLER_RAISED
-    except BaseException:  # noqa: BLE001 - a handler bug must not escape the child
-        _report_exception(log)
-        return EXIT_HANDLER_RAISED
+    except BaseException as exc:  # noqa: BLE001 - a handler bug must not escape the child
+        if not tls_peer_gone(exc):  # else the client went away: exit 0
+            _report_exception(log)
+            return EXIT_HANDLER_RAISED
     finally:
         conn.close()
     return EXIT_HANDLER_OK
 
 
+def tls_peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is how a TLS client's going away shows: a write after its
+    close_notify (SSLZeroReturnError), or a FIN without one (SSLEOFError)."""
+    ssl = sys.modules.get("ssl")  # loaded if conn can be an SSLSocket at all
+    return ssl is not None and isinstance(exc, (ssl.SSLZeroReturnError, ssl.SSLEOFError))
+
+
 def _report_exception(log: Log | None) -> None:
-    """Write the handler's traceback to the log: raw, or as one JSON event."""
+    """Write the handler's traceback to the log: as Python prints it (control
+    characters escaped), or as one JSON event."""
     try:
         import traceback
 
@@ -205,6 +234,9 @@ def _report_exception(log: Log | None) -> None:
             error = text.rstrip("\n").rpartition("\n")[2]
             log.warning("handler-error", pid=os.getpid(), error=error, traceback=text)
             return
+        from forkserve._events import escape_controls
+
+        text = escape_controls(text)  # the message may hold the client's bytes
         if log is not None:
             log.raw(text)  # never hangs the child on a log nobody reads (see _log)
             return

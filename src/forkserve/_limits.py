@@ -101,6 +101,12 @@ class TokenBuckets:
             self.buckets.popitem(last=False)
         return allowed
 
+    def adopt(self, old: TokenBuckets) -> None:
+        """Carry on with ``old``'s buckets. Under a different rate they stay valid:
+        ``take`` clamps a bucket to this burst and refills it at this pace, and a
+        bucket untouched for this period is full under this rate too."""
+        self.buckets = old.buckets
+
     def evict(self, now: float) -> None:
         """Drop the buckets that are full again (untouched for a whole period)."""
         buckets = self.buckets
@@ -159,6 +165,14 @@ class Gate:
         self.buckets = TokenBuckets(*rate) if rate is not None else None
         self.ipv6_prefix = ipv6_prefix
 
+    def take_over(self, old: Gate) -> None:
+        """Keep ``old``'s rate buckets (a reload builds a new gate): a SIGHUP must not
+        hand every source a fresh burst. With the rate changed they carry on under
+        the new one: a bucket is clamped to the new burst and refills at the new pace.
+        """
+        if self.buckets is not None and old.buckets is not None:
+            self.buckets.adopt(old.buckets)
+
     @property
     def limits_sources(self) -> bool:
         """Whether decisions need the count of open connections or a clock."""
@@ -199,6 +213,45 @@ class Gate:
         if verdict.allowed:
             self.check_limits(verdict, now, open_from)
         return verdict
+
+
+# -- the question a connection's process asks the supervisor (see _ask) ---------------
+
+# The most a question or an answer takes (a peer is at most an IPv6 address with a
+# scope and a port).
+QUESTION_SIZE = 256
+
+
+def encode_question(source: int, peer: str) -> bytes:
+    """``SOURCE PEER``: may a connection counted against ``source`` be served?"""
+    return f"{source} {peer}".encode("utf-8", "backslashreplace")
+
+
+def encode_denied(peer: str) -> bytes:
+    """``D PEER``: the rules denied the connection from ``peer``."""
+    return f"D {peer}".encode("utf-8", "backslashreplace")
+
+
+def decode_question(data: bytes) -> tuple[int | None, str]:
+    """``(source, peer)``; source None for a ``D`` report.
+
+    Raises:
+        ValueError: not what ``encode_question`` or ``encode_denied`` wrote.
+    """
+    head, _, peer = data.decode("utf-8", "replace").partition(" ")
+    return (None if head == "D" else int(head)), peer
+
+
+def encode_answer(connnum: int) -> bytes:
+    """``ok CONNNUM`` for a connection admitted as its source's ``connnum``-th, or
+    ``no`` (``connnum`` 0)."""
+    return f"ok {connnum}".encode() if connnum else b"no"
+
+
+def decode_answer(data: bytes) -> int:
+    """The admitted connection's TCPCONNNUM, or 0 when refused."""
+    kind, _, count = data.decode("ascii", "replace").partition(" ")
+    return int(count) if kind == "ok" and count.isdigit() else 0
 
 
 class Timers:

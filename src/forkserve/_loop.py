@@ -45,7 +45,7 @@ class ForkLoop(Supervisor):
     def has_slot(self) -> bool:
         return len(self.children) < self.max_conns
 
-    def reconfigure(self, settings: Mapping[str, object]) -> None:
+    def reconfigure(self, settings: Mapping[str, object], changed: frozenset[str]) -> None:
         """A reload's new limit applies from the next accept; children are untouched."""
         self.max_conns = int(settings["max_conns"])  # type: ignore[call-overload]
 
@@ -108,6 +108,7 @@ class ForkLoop(Supervisor):
             self.sigs.close_in_child()
         for other, _ in self.pending:
             os.close(other.fileno())
+        self.close_questions_in_child()
         self.close_extras_in_child()
 
     def stop_listening(self) -> None:

@@ -6,12 +6,16 @@ workers, keeps a file per process: with a process per connection that is a file 
 connection. Gauges (connections open now, workers by state) are read from the
 supervisor at scrape time, so they are never stale and cost nothing between scrapes.
 
-The Prometheus text exposition format (version 0.0.4) is written here, not by
-prometheus_client: importing prometheus_client brings 112 modules into the parent
-(http.server, ssl, email, typing, inspect, threading...), and measured on this
-machine that doubles the serving parent's memory (12.5 to 24.4 MB RSS) and the cost
-of every fork (fork+exit+wait 0.6 ms to 1.4 ms). The tests parse what is written
-here with prometheus_client's own parser.
+The Prometheus text exposition format (version 0.0.4) is written here as
+prometheus_client's ``generate_latest`` writes it: a counter's family is named with
+its ``_total``, in ``# HELP`` and ``# TYPE`` as in its samples, which is what
+``promtool check metrics`` and the 0.0.4 parsers expect (the ``_created`` series it
+adds are optional and left out). It is not written by prometheus_client: importing
+it brings 112 modules into the parent (http.server, ssl, email, typing, inspect,
+threading...), and measured on this machine that doubles the serving parent's memory
+(12.5 to 24.4 MB RSS) and the cost of every fork (fork+exit+wait 0.6 ms to 1.4 ms).
+The tests parse what is written here with prometheus_client's own parser, and check
+it with promtool.
 
 The HTTP side is the least a scraper needs: one HTTP/1.0 request per connection,
 ``GET`` or ``HEAD`` of ``/metrics`` or ``/healthz``; the socket work is in _endpoint.
@@ -30,8 +34,12 @@ DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 3600)
 FORK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
 
 # Why a connection was closed unserved (``forkserve_connections_rejected_total``):
-# fork(2) failed for it; or it was still queued when the grace period ran out.
+# fork(2) failed for it; or it was still queued when the grace period ran out. These
+# can happen to any server; the others only with the setting that decides them (see
+# ``rejection_reasons``).
 REJECT_REASONS = ("fork-failed", "dropped")
+# What ``forkserve_operations_total`` counts: SIGHUP and SIGUSR2 work on any server.
+OPERATIONS = ("reload-ok", "reload-failed", "upgrade-failed")
 
 # Requests longer than this are refused (431): a scraper's request is a few lines.
 MAX_REQUEST = 8192
@@ -53,6 +61,18 @@ def escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def rejection_reasons(rules: bool, per_ip: bool, rate: bool) -> tuple[str, ...]:
+    """Every ``reason`` a server with these settings can reject a connection for.
+
+    Args:
+        rules: access rules are set (``--allow``, ``--deny``, ``--rules``): ``deny``.
+        per_ip: ``--per-ip`` is set: ``per-ip``.
+        rate: ``--rate`` is set: ``rate``.
+    """
+    chosen = (("deny", rules), ("per-ip", per_ip), ("rate", rate))
+    return (*(reason for reason, on in chosen if on), *REJECT_REASONS)
+
+
 def labels(pairs: Mapping[str, str]) -> str:
     """``{k="v",...}``, or nothing for no labels."""
     if not pairs:
@@ -61,7 +81,11 @@ def labels(pairs: Mapping[str, str]) -> str:
 
 
 class Family:
-    """One metric: its samples by label values. ``kind`` is counter, gauge or histogram."""
+    """One metric: its samples by label values. ``kind`` is counter, gauge or histogram.
+
+    A counter's ``name`` ends in ``_total``, and the family is declared by that name:
+    the samples of a family are its name plus a suffix only for a histogram.
+    """
 
     def __init__(self, name: str, help: str, kind: str, label: str = "") -> None:
         self.name = name
@@ -79,10 +103,9 @@ class Family:
     def lines(self) -> Iterator[str]:
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} {self.kind}"
-        suffix = "_total" if self.kind == "counter" else ""
         for key, value in self.values.items():
             pairs = {self.label: key} if self.label else {}
-            yield f"{self.name}{suffix}{labels(pairs)} {number(value)}"
+            yield f"{self.name}{labels(pairs)} {number(value)}"
 
 
 class Histogram(Family):
@@ -129,16 +152,16 @@ class Metrics:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.accepted_total = Family(
-            "forkserve_connections_accepted", "Connections accepted.", "counter"
+            "forkserve_connections_accepted_total", "Connections accepted.", "counter"
         )
         self.rejected_total = Family(
-            "forkserve_connections_rejected",
+            "forkserve_connections_rejected_total",
             "Connections closed without being served, by reason.",
             "counter",
             "reason",
         )
         self.exited_total = Family(
-            "forkserve_children_exited",
+            "forkserve_children_exited_total",
             "Child processes reaped (connection children; prefork: workers), by outcome.",
             "counter",
             "outcome",
@@ -161,16 +184,27 @@ class Metrics:
         )
         self.workers = Family("forkserve_workers", "Prefork workers, by state.", "gauge", "state")
         self.operations_total = Family(
-            "forkserve_operations",
+            "forkserve_operations_total",
             "SIGHUP reloads and SIGUSR2 upgrades, by operation and result.",
             "counter",
             "operation",
         )
         self.accepted_total.inc(by=0)
-        # Known labels start at 0, so a rate() over them works from the first scrape.
+        # Known labels start at 0, so a rate() over them works from the first scrape
+        # (an increase from no series to 1 is invisible to rate() and increase()).
         for label in ("ok", "error", "signal"):
             self.exited_total.inc(label, 0)
-        for reason in REJECT_REASONS:
+        self.expect_rejections(REJECT_REASONS)
+        for name in OPERATIONS:
+            self.operations_total.inc(name, 0)
+
+    def expect_rejections(self, reasons: tuple[str, ...]) -> None:
+        """Export each of ``reasons`` from now on, at 0 until it is counted.
+
+        Called before each scrape with ``rejection_reasons`` of the settings in force,
+        so a limit added by a reload shows up at 0 too. A reason once counted stays.
+        """
+        for reason in reasons:
             self.rejected_total.inc(reason, 0)
 
     def accepted(self) -> None:
@@ -209,9 +243,8 @@ class Metrics:
             self.fork_time,
             self.active,
             self.limit,
+            self.operations_total,
         ]
-        if self.operations_total.values:
-            families.append(self.operations_total)
         workers = gauges.get("workers")
         if isinstance(workers, Mapping):
             for state, count in workers.items():

@@ -144,8 +144,9 @@ class Operations:
         if self.status is not None:
             self.status.ready(self.active(), again=True)
 
-    def reconfigure(self, settings: Mapping[str, object]) -> None:
-        """Apply reloaded limits (each process model reads its own)."""
+    def reconfigure(self, settings: Mapping[str, object], changed: frozenset[str]) -> None:
+        """Apply reloaded limits (each process model reads its own); ``changed``
+        names the settings that differ (see _reload.apply)."""
 
     # -- SIGUSR2 ------------------------------------------------------------------------
 

@@ -17,8 +17,9 @@ worker, waiting out a crash back-off).
   back-off that doubles with each crash in a row (0.1 s up to 10 s) and resets when a
   worker completes a connection.
 
-Access control (see _worker): workers apply the rules themselves; with per-source
-limits each asks the supervisor on a channel of its own, and the supervisor counts a
+Access control (see _worker, _ask): workers apply the rules themselves; with
+per-source limits or the PROXY protocol each asks the supervisor on a channel of its
+own (behind PROXY once the header named the client), and the supervisor counts a
 busy worker's connection against its source until the worker reports its end or is
 reaped. ``--max-lifetime`` counts from when a worker reports a connection; at the
 limit the worker is ended (SIGQUIT: it dies by SIGTERM, as a fork-mode child would)
@@ -27,19 +28,20 @@ and replaced.
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import selectors
 import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
 
-from forkserve._admission import Policy
+from forkserve._admission import Policy, read_question, send_answer
 from forkserve._children import Exited
 from forkserve._forking import fork_child
 from forkserve._handler import Service
-from forkserve._limits import Verdict
-from forkserve._listen import ACCEPT_PAUSE, Listener
+from forkserve._listen import ACCEPT_PAUSE, CAPACITY_ERRNOS, Listener
 from forkserve._log import Log
 from forkserve._supervise import Supervisor
 from forkserve._worker import Worker, decode
@@ -48,6 +50,17 @@ RETIRE_IDLE = 1.0
 MAX_SPAWN_BATCH = 32
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 10.0
+# What a spawn may run out of: descriptors (its channel and wakeup pairs), memory,
+# processes (fork's EAGAIN). A failed spawn is retried after the back-off.
+SPAWN_ERRNOS = CAPACITY_ERRNOS | {errno.EAGAIN}
+# Reloadable settings only the supervisor reads: a reload that changes nothing else
+# keeps the workers. Each worker holds the rest: the handler's prelude (banner, time
+# and resource limits), the access rules and --reject-message, its --max-requests,
+# the log's level and format, the TLS context. --per-ip and --rate are counted by the
+# supervisor, but turning them on or off gives workers a channel or takes it away.
+SUPERVISOR_SETTINGS = frozenset(
+    {"grace", "upgrade-timeout", "min-spare", "max-spare", "max-workers", "per-ip", "rate"}
+)
 
 
 class WorkerState:
@@ -91,14 +104,19 @@ class PreforkLoop(Supervisor):
         self.spawn_batch = 1
         self.crashes = 0
         self.backoff_until = 0.0
+        self.spawn_burst: tuple[str, int] | None = None  # (errno name, failures)
         self.status_r, self.status_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.status_r.setblocking(False)
         # Per-source limits: each worker's question channel (supervisor's end), and
         # the busy workers' connections by source.
         self.channels: dict[int, socket.socket] = {}
+        self.asking = self.gate.limits_sources  # whether workers are forked with one
         self.busy_sources: dict[int, int] = {}
         # Workers watch the read end: EOF means the supervisor stops (or died).
         self.alive_r, self.alive_w = os.pipe()
+        # Whether a client waits in the listener's queue (see hand_on_wakeup): a
+        # poll(2) set, which holds no descriptor of its own.
+        self.probe = select.poll()
 
     def count(self, state: str) -> int:
         return sum(1 for w in self.workers.values() if w.state == state and not w.stopping)
@@ -125,64 +143,109 @@ class PreforkLoop(Supervisor):
 
     def start(self) -> None:
         self.sel.register(self.status_r, selectors.EVENT_READ)
+        assert self.listener is not None
+        self.probe.register(self.listener.fileno(), select.POLLIN)
         self.maintain(time.monotonic())
 
     # -- workers ------------------------------------------------------------------
 
-    def spawn(self, now: float) -> None:
-        assert self.listener is not None
-        ours, theirs = (
-            socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            if self.gate.limits_sources
-            else (None, None)
-        )
-        worker = Worker(
-            self.listener.sock,
-            self.status_w,
-            self.alive_r,
-            self.service,
-            self.max_requests,
-            policy=self.policy,
-            log=self.log,
-            channel=theirs,
-        )
+    def spawn(self, now: float) -> bool:
+        """Fork one worker; False (logged once per burst, backed off) if out of a resource.
 
-        def close_in_worker() -> None:
-            self.close_in_child(keep_status=True)
-            if ours is not None:
-                ours.close()
-            worker.install_signals()
-
+        Error handling: everything the supervisor allocates for a worker (its question
+        channel, the wakeup pair it is forked with, the fork itself) can fail for lack
+        of descriptors, memory or processes (EMFILE, ENFILE, ENOBUFS, ENOMEM,
+        EAGAIN). Each is a failed spawn: whatever was allocated is closed again, the
+        pool serves with the workers it has, and maintain() retries after the crash
+        back-off. Any other errno is a bug and is raised.
+        """
         try:
-            pid = fork_child(worker.run, close_in_worker)
+            pid, ours = self.fork_worker()
         except OSError as exc:
-            self.log.warning("fork-failed", error=os.strerror(exc.errno or 0))
-            self.note_crash(now)
-            if ours is not None and theirs is not None:
-                ours.close()
-                theirs.close()
-            return
-        finally:
-            worker.wake_r.close()
-            worker.wake_w.close()
+            if exc.errno not in SPAWN_ERRNOS:
+                raise
+            self.spawn_failed(errno.errorcode[exc.errno], now)
+            return False
+        if self.spawn_burst is not None:
+            name, failures = self.spawn_burst
+            self.log.notice("spawn-resumed", after=name, failures=failures)
+            self.spawn_burst = None
+            self.crashes = 0  # the back-off was the shortage's, and it is over
         self.workers[pid] = WorkerState(pid, now)
         self.children.add(pid, "worker")
-        if ours is not None and theirs is not None:
-            theirs.close()
+        if ours is not None:
             ours.setblocking(False)
             self.channels[pid] = ours
             self.sel.register(ours, selectors.EVENT_READ, pid)
         self.log.debug("worker-start", pid=pid, workers=len(self.workers))
+        return True
 
-    def maintain(self, now: float) -> None:
-        """Spawn up to ``min_spare`` idle workers; retire idle ones beyond ``max_spare``."""
+    def fork_worker(self) -> tuple[int, socket.socket | None]:
+        """Allocate a worker's descriptors and fork it: ``(pid, channel or None)``.
+
+        Raises:
+            OSError: socketpair(2) or fork(2) failed; nothing is left open.
+        """
+        assert self.listener is not None
+        ours = theirs = None
+        worker = None
+        try:
+            if self.gate.limits_sources or self.policy.proxy:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            worker = Worker(
+                self.listener.sock,
+                self.status_w,
+                self.alive_r,
+                self.service,
+                self.max_requests,
+                policy=self.policy,
+                log=self.log,
+                channel=theirs,
+            )
+
+            def close_in_worker() -> None:
+                self.close_in_child(keep_status=True)
+                if ours is not None:
+                    ours.close()
+                worker.install_signals()
+
+            pid = fork_child(worker.run, close_in_worker)
+        except OSError:
+            if ours is not None:
+                ours.close()
+            raise
+        finally:
+            if theirs is not None:
+                theirs.close()
+            if worker is not None:
+                worker.wake_r.close()
+                worker.wake_w.close()
+        return pid, ours
+
+    def spawn_failed(self, name: str, now: float) -> None:
+        """Log the first failed spawn of a burst; count the others; back off."""
+        if self.spawn_burst is None:
+            self.log.warning("fork-failed", error=name, workers=len(self.workers))
+            self.spawn_burst = (name, 0)
+        self.spawn_burst = (self.spawn_burst[0], self.spawn_burst[1] + 1)
+        self.note_crash(now)
+
+    def maintain(self, now: float) -> int:
+        """Spawn up to ``min_spare`` idle workers; retire idle ones beyond ``max_spare``.
+
+        Returns:
+            How many workers it forked.
+        """
         if self.stopping is not None:
-            return
+            return 0
         spare = self.count("idle") + self.count("starting")
         room = self.max_workers - sum(1 for w in self.workers.values() if not w.stopping)
+        forked = 0
         if spare < self.min_spare and room > 0 and now >= self.backoff_until:
             for _ in range(min(max(self.min_spare - spare, self.spawn_batch), room)):
-                self.spawn(now)
+                if not self.spawn(now):
+                    break  # out of a resource: retried after the back-off
+                forked += 1
             self.spawn_batch = min(self.spawn_batch * 2, MAX_SPAWN_BATCH)
         elif spare >= self.min_spare:
             self.spawn_batch = 1
@@ -194,6 +257,7 @@ class PreforkLoop(Supervisor):
         for worker in idle[: max(0, surplus)]:
             if now - worker.since >= RETIRE_IDLE:
                 self.retire(worker, "surplus")
+        return forked
 
     def after_reload(self) -> None:
         """Workers hold what they were forked with: retire each (a busy one after its
@@ -233,16 +297,22 @@ class PreforkLoop(Supervisor):
         self.log.notice("pool", min_spare=self.min_spare, max_spare=self.max_spare)
         self.maintain(time.monotonic())
 
-    def reconfigure(self, settings: Mapping[str, object]) -> None:
-        """A reload: new pool limits, and every worker replaced gracefully.
+    def reconfigure(self, settings: Mapping[str, object], changed: frozenset[str]) -> None:
+        """A reload: new pool limits; workers replaced if they hold what changed.
 
-        Workers run the service and settings they were forked with, so each is
-        asked to retire (SIGTERM: an idle one exits now, a busy one after its
-        connection) and new ones are forked with the new settings at once.
+        Workers run the service and settings they were forked with. When one of
+        those changed (anything but SUPERVISOR_SETTINGS; per-source limits turned
+        on or off, which decides whether a worker has a question channel; the TLS
+        certificate read again), each is asked to retire (SIGTERM: an idle one
+        exits now, a busy one after its connection) and new ones are forked with
+        the new settings at once. Otherwise the pool is left as it is.
         """
         for name in ("min_spare", "max_spare", "max_workers", "max_requests"):
             setattr(self, name, int(settings[name]))  # type: ignore[call-overload]
-        self.after_reload()
+        asking = self.gate.limits_sources
+        if changed - SUPERVISOR_SETTINGS or asking != self.asking:
+            self.asking = asking
+            self.after_reload()
         self.maintain(time.monotonic())
 
     # -- what workers report ----------------------------------------------------------
@@ -256,37 +326,29 @@ class PreforkLoop(Supervisor):
             self.maintain(time.monotonic())
 
     def answer(self, pid: int, now: float) -> None:
-        """A worker asks whether the per-source limits admit its new connection."""
+        """A worker asks whether the per-source limits admit its connection, or
+        reports a denial (see _ask). Without PROXY the answer replaces its ``A``
+        report; with PROXY it reported ``A`` at accept, and the answer counts the
+        connection against the client its header named."""
         channel = self.channels.get(pid)
         if channel is None:
             # Reaped (and its channel closed) by the signals handled earlier in this
             # same turn of the loop: the selector's event predates that.
             return
-        try:
-            question = channel.recv(256)
-        except BlockingIOError:
-            return
-        except ConnectionResetError:
-            question = b""
+        question = read_question(channel)
         worker = self.workers.get(pid)
         if not question or worker is None:
-            return  # the worker died; on_exits closes its channel
-        source_text, _, peer = question.decode("utf-8", "replace").partition(" ")
-        verdict = Verdict(True, "", "", {}, int(source_text))
-        self.gate.check_limits(verdict, now, self.open_from)
-        if not verdict.allowed:
-            self.metrics.rejected(verdict.reason)
-            self.log.info("reject", peer=peer, reason=verdict.reason, conns=self.active())
-            reply = b"no"
-        else:
-            connnum = self.open_from(verdict.source) + 1
-            self.count_source(worker, verdict.source)
-            self.mark_busy(worker, now, peer)
-            reply = f"ok {connnum}".encode()
-        try:
-            channel.send(reply)  # non-blocking: a worker that cannot take it never holds us
-        except (BrokenPipeError, ConnectionResetError, BlockingIOError):
-            pass  # it died waiting (or is stuck): it gives up after ASK_TIMEOUT and exits
+            return  # nothing yet, or the worker died: on_exits closes its channel
+        self.read_status(now)  # an "A" sent before the question counts first
+        source, peer, answer = self.judge(question, now, pid)
+        if worker.state == "busy":
+            worker.peer = peer  # its end line names the client
+        if source is not None:
+            self.count_source(worker, source)
+            if worker.state != "busy":
+                self.mark_busy(worker, now, peer)
+        if answer:
+            send_answer(channel, answer)
 
     def mark_busy(self, worker: WorkerState, now: float, peer: str) -> None:
         worker.state, worker.since, worker.peer = "busy", now, peer
@@ -327,6 +389,8 @@ class PreforkLoop(Supervisor):
                 self.mark_busy(worker, now, detail)
             elif kind == "D":
                 self.metrics.rejected("deny")  # the worker logged it
+                if worker.state == "busy":  # behind PROXY: its end line names the client
+                    worker.peer = detail
             elif kind == "P":
                 self.log.warning("accept-paused", pid=pid, error=detail, pause=f"{ACCEPT_PAUSE}s")
             elif kind == "U":
@@ -355,11 +419,13 @@ class PreforkLoop(Supervisor):
     def on_exits(self, exits: list[Exited]) -> None:
         now = time.monotonic()
         self.read_status(now)  # an "E" sent just before exiting must count first
+        waited = False  # whether a worker that left was waiting on the listener
         for ended in exits:
             worker = self.workers.pop(ended.pid, None)
             if worker is None:
                 self.log_child_end(ended, now)  # a connection served at the stop
                 continue
+            waited = waited or self.was_waiting(worker)
             self.release_source(worker)
             channel = self.channels.pop(ended.pid, None)
             if channel is not None:
@@ -380,7 +446,32 @@ class PreforkLoop(Supervisor):
             fields = ended.status_fields()
             log("worker-exit", pid=ended.pid, **fields, served=worker.served, reason=reason)
         self.serve_pending()
-        self.maintain(now)
+        if not self.maintain(now) and waited:
+            self.hand_on_wakeup(now)
+
+    def was_waiting(self, worker: WorkerState) -> bool:
+        """Whether a worker that left may have been waiting in epoll on the listener:
+        idle, and not leaving because it reached --max-requests (it then exits right
+        after its connection, without waiting again)."""
+        done = self.max_requests and worker.served >= self.max_requests
+        return worker.state == "idle" and not done
+
+    def hand_on_wakeup(self, now: float) -> None:
+        """A client may be stranded: fork a worker if one is queued.
+
+        EPOLLEXCLUSIVE wakes one waiting worker per new connection. A worker woken
+        for one that then leaves without accepting (SIGTERM to retire, landing in
+        the same poll) takes the wakeup with it: the other idle workers sleep on,
+        and the client waits until the next one arrives (seen in 11 of 20 tries).
+        No call wakes them again, but a new worker's EPOLL_CTL_ADD polls the
+        listener, so a worker forked now finds the client at once. The probe is a
+        poll(2) with no timeout, which wakes no one.
+        """
+        if self.stopping is not None or not self.probe.poll(0):
+            return
+        if self.max_workers > sum(1 for w in self.workers.values() if not w.stopping):
+            self.log.debug("wakeup-handed-on", workers=len(self.workers))
+            self.spawn(now)
 
     # -- stopping --------------------------------------------------------------------
 
@@ -390,7 +481,8 @@ class PreforkLoop(Supervisor):
         Workers share the listening socket, so closing the supervisor's copy would
         not stop it, and a busy worker cannot close its own until its connection
         ends. So, once begin_graceful_stop has accepted what was queued (served by
-        fork-mode children), the socket is shut down for every holder at once: new
+        fork-mode children, forked after this), the socket is shut down for every
+        holder at once: new
         clients are refused from then on, and each worker's accept fails with
         EINVAL. Closing the alive pipe tells idle workers to go; busy ones go once
         their connection ends.
@@ -421,9 +513,15 @@ class PreforkLoop(Supervisor):
             channel.close()
         for other, _ in self.pending:
             other.close()
+        self.close_questions_in_child()
         self.close_extras_in_child()
-        if keep_status:
+        # The alive pipe's write end is the supervisor's alone, in every child: a
+        # copy held by a connection's child would keep idle workers from seeing its
+        # end of file at a stop, and they would go on accepting (from a socket the
+        # stop cannot shut down: socket activation, an upgrade).
+        if self.alive_w >= 0:
             os.close(self.alive_w)
+        if keep_status:
             return
         if self.listener is not None:
             self.listener.close()
@@ -460,19 +558,33 @@ class PreforkLoop(Supervisor):
         self.log.info(
             "max-lifetime", pid=worker.pid, peer=worker.peer, after=after, signal="SIGQUIT"
         )
-        try:
-            os.kill(worker.pid, signal.SIGQUIT)
-        except ProcessLookupError:
-            pass  # it just ended; the reaper will see it
+        self.end_worker(worker.pid)
         child = self.children.get(worker.pid)  # the kill is keyed by it, not the pid
         if child is not None:
             self.lifetime_kills.add(child, now)
 
+    def end_worker(self, pid: int) -> None:
+        """End a worker now, as fork mode ends a connection's child.
+
+        SIGTERM would only ask a worker to retire, so the worker itself gets SIGQUIT,
+        on which it dies by SIGTERM (see _worker); the rest of its process group (a
+        handler's subprocesses) gets SIGTERM, never SIGQUIT, whose default action
+        dumps core. SIGKILL to the group follows if anything is left.
+        """
+        try:
+            os.kill(pid, signal.SIGQUIT)
+        except ProcessLookupError:
+            return  # it just ended; the reaper will see it
+        self.children.signal(pid, signal.SIGTERM)
+
     def terminate_children(self) -> None:
-        """Workers get SIGQUIT, on which they die by SIGTERM (see _worker); children
-        forked at the stop get SIGTERM: every status reads as in fork mode."""
+        """Workers end as end_worker says; children forked at the stop get SIGTERM:
+        every status reads as in fork mode."""
         for pid in self.children.pids():
-            self.children.signal(pid, signal.SIGQUIT if pid in self.workers else signal.SIGTERM)
+            if pid in self.workers:
+                self.end_worker(pid)
+            else:
+                self.children.signal(pid, signal.SIGTERM)
 
     def close(self) -> None:
         for channel in self.channels.values():

@@ -89,10 +89,12 @@ def resolve_identity(user: str | None, group: str | None) -> Identity | None:
 
 
 # Modules the server may import lazily after the switch (json quotes an odd log value,
-# traceback reports a handler's exception): loaded before it, since the new user may
-# not be able to read the Python installation (a Python under /root, say).
+# traceback reports a handler's exception, shlex writes the listen line's program,
+# which is logged after the switch so that a program the user cannot run stops the
+# server first): loaded before it, since the new user may not be able to read the
+# Python installation (a Python under /root, say).
 # SIGHUP and SIGUSR2 import their modules when first used, which may be after the switch.
-LATE_IMPORTS = ("json", "traceback", "forkserve._reload", "forkserve._upgrade")
+LATE_IMPORTS = ("json", "traceback", "shlex", "forkserve._reload", "forkserve._upgrade")
 
 
 def switch_identity(identity: Identity) -> None:
@@ -123,6 +125,19 @@ def switch_identity(identity: Identity) -> None:
         ) from None
     if identity.uid is not None and identity.uid != 0:
         check_dropped()
+
+
+def describe_identity(identity: Identity) -> str:
+    """``user NAME``, ``uid N`` or ``group N``, for messages."""
+    if identity.uid is None:
+        return f"group {identity.gid}"
+    return f"user {identity.name}" if identity.name is not None else f"uid {identity.uid}"
+
+
+def unreadable(paths: list[str]) -> list[str]:
+    """Those of ``paths`` this process cannot read (access(2), real ids: after the
+    switch, the new user's)."""
+    return [path for path in paths if not os.access(path, os.R_OK)]
 
 
 def is_current(identity: Identity) -> bool:

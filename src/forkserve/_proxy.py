@@ -16,14 +16,19 @@ a family and transport byte, a 2-byte length, then that many bytes: the addresse
 and TLVs (type, 2-byte length, value).
 
 Decisions:
-- ``LOCAL`` (v2) and ``UNKNOWN`` (v1) headers, and v2 ``AF_UNSPEC`` or ``AF_UNIX``
-  families, carry no usable TCP address: the header is accepted and the connection
-  keeps its real endpoints (``ProxyHeader.source`` is None), as the specification
-  says a receiver must (LOCAL) or should (UNKNOWN). A health check of the balancer
-  is therefore served like any connection from the balancer.
-- v2 DGRAM transports are refused: this is a stream server.
+- ``LOCAL`` (v2) and ``UNKNOWN`` (v1) headers, v2 PROXY headers with an ``UNSPEC``
+  family or transport, and v2 ``AF_UNIX`` families carry no usable TCP address:
+  the header is accepted and the connection keeps its real endpoints
+  (``ProxyHeader.source`` is None), as the specification says a receiver must
+  (LOCAL) or should (UNSPEC, UNKNOWN). A LOCAL header's family byte is not even
+  checked (section 2.2: it is "discarded"), and its length need not be 0: a
+  balancer's health check is served like any connection from the balancer,
+  whatever family it names.
+- v2 PROXY headers with a DGRAM transport are refused (this is a stream server), as
+  are unknown families and transports (section 2.2: "must be rejected").
 - A v2 length above ``max_length`` (default 2,048) is refused before reading it.
-- TLVs are checked to fill the block exactly; ``PP2_TYPE_AUTHORITY`` and
+- TLVs are checked to fill the block exactly (in a header whose addresses are
+  ignored, TLVs that cannot be found are skipped instead); ``PP2_TYPE_AUTHORITY`` and
   ``PP2_TYPE_ALPN`` are exposed, the rest skipped. ``PP2_TYPE_CRC32C`` is not
   verified (a receiver may skip it: section 2.2).
 """
@@ -225,23 +230,29 @@ def parse_v2(buf: bytes, max_length: int = DEFAULT_MAX_LENGTH) -> ProxyHeader | 
             check_version_command(buf[12])
         return None
     command = check_version_command(buf[12])
-    family_byte = buf[13]
     length = int.from_bytes(buf[14:16], "big")
     if length > max_length:
         raise ProxyProtocolError("length", f"v2 length {length} is over {max_length}")
-    family, size = v2_family(family_byte)
+    family, size = v2_family(buf[13]) if command == "PROXY" else local_family(buf[13])
     if len(buf) < V2_FIXED + length:
         return None
     block = buf[V2_FIXED : V2_FIXED + length]
-    addresses = 2 * size + (4 if size in (4, 16) else 0)
-    if length < addresses:
-        raise ProxyProtocolError("length", f"v2 length {length} is short of {family}'s {addresses}")
-    tlvs = parse_tlvs(block[addresses:])
     source = destination = None
-    if command == "PROXY" and size in (4, 16):
-        ports = block[2 * size : addresses]
-        source = (format_ip(block[:size]), int.from_bytes(ports[:2], "big"))
-        destination = (format_ip(block[size : 2 * size]), int.from_bytes(ports[2:], "big"))
+    if command == "LOCAL" or family == "UNSPEC":
+        # Section 2.2: LOCAL "must" and an UNSPEC transport or family "should" have
+        # its address information ignored; the connection keeps its real endpoints.
+        tlvs = tlvs_if_any(block, size)
+    else:
+        addresses = address_size(size)
+        if length < addresses:
+            raise ProxyProtocolError(
+                "length", f"v2 length {length} is short of {family}'s {addresses}"
+            )
+        tlvs = parse_tlvs(block[addresses:])
+        if size in (4, 16):
+            ports = block[2 * size : addresses]
+            source = (format_ip(block[:size]), int.from_bytes(ports[:2], "big"))
+            destination = (format_ip(block[size : 2 * size]), int.from_bytes(ports[2:], "big"))
     return ProxyHeader(
         2,
         command=command,
@@ -251,6 +262,35 @@ def parse_v2(buf: bytes, max_length: int = DEFAULT_MAX_LENGTH) -> ProxyHeader | 
         tlvs=tlvs,
         length=V2_FIXED + length,
     )
+
+
+def address_size(size: int) -> int:
+    """The address block's length for addresses of ``size`` bytes: two addresses,
+    and two ports for IPv4 and IPv6 (section 2.2)."""
+    return 2 * size + (4 if size in (4, 16) else 0)
+
+
+def local_family(byte: int) -> tuple[str, int]:
+    """A LOCAL header's family: ignored (section 2.2: the receiver "must accept this
+    connection as valid and must use the real connection endpoints and discard the
+    protocol block including the family"), so never refused; named when it is valid."""
+    try:
+        return v2_family(byte)
+    except ProxyProtocolError:
+        return "UNSPEC", 0
+
+
+def tlvs_if_any(block: bytes, size: int) -> tuple[tuple[int, bytes], ...]:
+    """The TLVs of a header whose addresses are ignored, if they can be found: after
+    an address block of the family's size, filling the rest exactly; else none. The
+    TLVs are informational (the authority is logged), never a reason to refuse."""
+    addresses = address_size(size)
+    if len(block) < addresses:
+        return ()
+    try:
+        return parse_tlvs(block[addresses:])
+    except ProxyProtocolError:
+        return ()
 
 
 def check_version_command(byte: int) -> str:

@@ -6,12 +6,18 @@ do, the connection's child forks the program with one end of a socketpair on its
 never blocking on one direction while the other could move:
 
 - the client's end of data (close_notify, or a bare FIN) becomes shutdown(SHUT_WR)
-  on the pair: the program reads EOF and may still answer;
-- the program's end of output (it closed fd 1, or exited) becomes a TLS close_notify
-  and a FIN to the client, which may still send (a half-close);
+  on the pair, once every byte the client sent before it has reached the program:
+  the program reads EOF and may still answer;
+- the program's end of output (it shut down or closed its socket, or exited) becomes
+  a TLS close_notify and a FIN to the client, once every byte the program wrote
+  before it has gone out; the client may still send (a half-close), and what it
+  sends still reaches the program (``_tls.close_notify`` says how);
 - the relay ends when both directions are done, or the program is gone and its
   output delivered; then it reaps the program and exits with its status, so the
   parent's ``end`` line reports the program's exit code or signal.
+
+``forkserve client --tls`` runs the same relay between its TLS connection and the
+socketpair its plain loop serves: "TLS side" and "plain side" name the roles.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import socket
 import ssl
 
 from forkserve._exec import reset_process
+from forkserve._tls import close_notify
 
 CHUNK = 64 * 1024
 # Stop reading a side while this much is waiting for the other: backpressure.
@@ -71,129 +78,178 @@ def run_relayed(
 
 
 class Relay:
-    """Non-blocking copy between a TLS socket and a plain one, with half-close."""
+    """Non-blocking copy between a TLS socket and a plain one, both ways, with half-close.
+
+    Each direction is a buffer and two flags, and moves in order: read while the
+    buffer has room, write what it holds, and pass the end of data on only once the
+    buffer is empty, so nothing read is ever dropped while its reader still takes
+    it. OpenSSL may hold decrypted bytes that no poll on the socket announces
+    (``pending()``): the loop reads them without waiting. The end towards the plain
+    side is shutdown(SHUT_WR); towards the TLS side, close_notify written raw and
+    then a FIN (``end_tls``), after which the TLS side's data is still read.
+    """
 
     def __init__(self, tls: ssl.SSLSocket, plain: socket.socket) -> None:
         self.tls, self.plain = tls, plain
         self.to_plain = bytearray()
         self.to_tls = bytearray()
-        self.tls_in = True  # the client may still send
-        self.plain_in = True  # the program may still send
-        self.plain_out = True  # the program still takes input
-        self.tls_out = True  # we may still send to the client
+        self.tls_sends = True  # no close_notify, FIN or failure from the TLS side yet
+        self.tls_takes = True  # our close_notify and FIN not yet out, no failure
+        self.plain_sends = True  # no EOF from the plain side yet
+        self.plain_takes = True  # not yet shut down for writing, nor refused
+        self.notify: bytes | None = None  # what is left of our close_notify record
+        self.buffer = memoryview(bytearray(CHUNK))  # one SSL_read's decrypted bytes
+        # What a TLS read or write waits for: OpenSSL may need the other one first.
+        self.tls_read_waits = selectors.EVENT_READ
+        self.tls_write_waits = selectors.EVENT_WRITE
         tls.setblocking(False)
         plain.setblocking(False)
 
     def run(self, pidfd: int = -1) -> None:
-        """Relay until both directions are done (or the program has exited and its
-        output is delivered). ``pidfd`` (pidfd_open(2)) tells when the program exits."""
+        """Relay until both directions are done, or the program has exited and its
+        output is delivered. ``pidfd`` (pidfd_open(2)) tells when the program exits."""
         with selectors.DefaultSelector() as sel:
             if pidfd >= 0:
                 sel.register(pidfd, selectors.EVENT_READ)
-            while self.tls_out or (self.tls_in and self.plain_out):
-                tls_read = self.tls_in and len(self.to_plain) < BUFFER_LIMIT
-                plain_read = self.plain_in and len(self.to_tls) < BUFFER_LIMIT
-                watch(sel, self.tls, tls_read, bool(self.to_tls))
-                watch(sel, self.plain, plain_read, bool(self.to_plain))
-                if self.tls_in and self.tls.pending():
-                    self.from_tls()  # decrypted bytes OpenSSL holds: no event will come
-                else:
-                    for key, _ in sel.select():
-                        if key.fileobj is self.tls:
-                            self.from_tls()
-                        elif key.fileobj is self.plain:
-                            self.from_plain()
-                        else:  # the program exited: what it wrote is still readable
-                            sel.unregister(pidfd)
-                            self.plain_out = False
-                            self.to_plain.clear()
-                self.flush()
+            while self.tls_takes or self.plain_takes:
+                watch(sel, self.tls, self.tls_events())
+                watch(sel, self.plain, self.plain_events())
+                tls_ready = plain_ready = 0
+                for key, mask in sel.select(0 if self.tls_buffered() else None):
+                    if key.fileobj is self.tls:
+                        tls_ready = mask
+                    elif key.fileobj is self.plain:
+                        plain_ready = mask
+                    else:  # the program exited: what it wrote is still readable
+                        sel.unregister(pidfd)
+                        self.plain_takes = False
+                        self.to_plain.clear()
+                if tls_ready & self.tls_read_waits or self.tls_buffered():
+                    self.from_tls()
+                if plain_ready & selectors.EVENT_READ:
+                    self.from_plain()
+                # Writes are tried at once, without waiting for a poll to say so:
+                # what was just read usually fits, and the ends are decided here.
+                self.to_plain_side()
+                self.to_tls_side()
+
+    def tls_events(self) -> int:
+        events = 0
+        if self.tls_sends and len(self.to_plain) < BUFFER_LIMIT:
+            events |= self.tls_read_waits
+        if self.tls_takes and (self.to_tls or self.notify):
+            events |= self.tls_write_waits
+        return events
+
+    def plain_events(self) -> int:
+        events = 0
+        if self.plain_sends and len(self.to_tls) < BUFFER_LIMIT:
+            events |= selectors.EVENT_READ
+        if self.plain_takes and self.to_plain:
+            events |= selectors.EVENT_WRITE
+        return events
+
+    def tls_buffered(self) -> bool:
+        """Decrypted bytes wait in OpenSSL, and there is room for them: no poll
+        would announce them."""
+        room = self.tls_sends and len(self.to_plain) < BUFFER_LIMIT
+        return room and self.tls.pending() > 0
 
     def from_tls(self) -> None:
-        """Read what the client sent, draining OpenSSL's own buffer too."""
-        while self.tls_in and len(self.to_plain) < BUFFER_LIMIT:
+        """Read what the TLS side sent, OpenSSL's own buffer included."""
+        while self.tls_sends and len(self.to_plain) < BUFFER_LIMIT:
             try:
-                data = self.tls.recv(CHUNK)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                n = self.tls.recv_into(self.buffer, CHUNK)
+            except ssl.SSLWantReadError:
+                self.tls_read_waits = selectors.EVENT_READ
                 return
-            except ssl.SSLEOFError:  # a FIN without close_notify: still an end of data
-                data = b""
-            except (ConnectionResetError, ssl.SSLError):
-                data = b""
-                self.tls_out = False
-                self.to_tls.clear()
-            if not data:
-                self.tls_in = False
+            except ssl.SSLWantWriteError:
+                self.tls_read_waits = selectors.EVENT_WRITE
                 return
-            if self.plain_out:
-                self.to_plain += data
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                # A FIN without close_notify is still an end of data; and CPython
+                # raises on close_notify, not returns b"", once ours went first.
+                n = 0
+            except (ConnectionError, TimeoutError, ssl.SSLError):
+                self.tls_failed()
+                return
+            if not n:
+                self.tls_sends = False
+                return
+            if self.plain_takes:
+                self.to_plain += self.buffer[:n]
 
     def from_plain(self) -> None:
-        while self.plain_in and len(self.to_tls) < BUFFER_LIMIT:
+        while self.plain_sends and len(self.to_tls) < BUFFER_LIMIT:
             try:
                 data = self.plain.recv(CHUNK)
             except BlockingIOError:
                 return
-            except ConnectionResetError:
+            except ConnectionError:
                 data = b""
             if not data:
-                self.plain_in = False
+                self.plain_sends = False
                 return
-            if self.tls_out:
+            if self.tls_takes:
                 self.to_tls += data
 
-    def flush(self) -> None:
-        """Write what can be written; pass on each end of data once its buffer is empty."""
-        while self.to_plain and self.plain_out:
+    def to_plain_side(self) -> None:
+        """Write what the TLS side sent; then, at its end, shut the plain side down."""
+        while self.to_plain and self.plain_takes:
             try:
                 del self.to_plain[: self.plain.send(self.to_plain)]
             except BlockingIOError:
-                break
-            except (BrokenPipeError, ConnectionResetError):
-                self.plain_out = False  # the program stopped reading: drop its input
+                return
+            except ConnectionError:  # the program stopped reading: drop its input
+                self.plain_takes = False
                 self.to_plain.clear()
-        if not self.tls_in and not self.to_plain and self.plain_out:
-            self.plain_out = False
+        if self.plain_takes and not self.tls_sends and not self.to_plain:
+            self.plain_takes = False
             shutdown(self.plain)
-        while self.to_tls and self.tls_out:
+
+    def to_tls_side(self) -> None:
+        """Write what the plain side sent; then, at its end, close_notify and a FIN."""
+        while self.to_tls and self.tls_takes:
             try:
+                # A write OpenSSL could not finish is retried with the same bytes first.
                 del self.to_tls[: self.tls.send(self.to_tls[:CHUNK])]
-            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                break
-            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-                self.tls_out = False
-                self.to_tls.clear()
-        if not self.plain_in and not self.to_tls and self.tls_out:
-            self.tls_out = False
-            self.close_notify()
+            except ssl.SSLWantWriteError:
+                self.tls_write_waits = selectors.EVENT_WRITE
+                return
+            except ssl.SSLWantReadError:
+                self.tls_write_waits = selectors.EVENT_READ
+                return
+            except (ConnectionError, TimeoutError, ssl.SSLError):
+                self.tls_failed()
+                return
+        if self.tls_takes and not self.plain_sends and not self.to_tls:
+            self.end_tls()
 
-    def close_notify(self) -> None:
-        """End our direction: TLS close_notify (once the peer is done) and a FIN.
-
-        While the peer may still send, only the FIN goes: CPython's shutdown() calls
-        SSL_shutdown a second time, which reads on and throws away the peer's
-        application data. The peer sees a bare FIN, which forkserve's server context
-        (OP_IGNORE_UNEXPECTED_EOF) and Python's clients (suppress_ragged_eofs) read
-        as the end of data.
-        """
-        if not self.tls_in:
+    def end_tls(self) -> None:
+        """close_notify (made once, written raw as the socket takes it), then a FIN."""
+        if self.notify is None:
+            self.notify = close_notify(self.tls)
+        while self.notify:
             try:
-                self.tls._sslobj.shutdown()  # type: ignore[attr-defined]
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLError, OSError):
-                pass  # close_notify is out; nothing more is read
-        dup = socket.socket(fileno=os.dup(self.tls.fileno()))
-        try:
-            dup.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:
-                raise
-        finally:
-            dup.close()
+                self.notify = self.notify[os.write(self.tls.fileno(), self.notify) :]
+            except BlockingIOError:
+                self.tls_write_waits = selectors.EVENT_WRITE
+                return
+            except ConnectionError:
+                self.tls_failed()
+                return
+        self.tls_takes = False
+        shutdown(self.tls)
+
+    def tls_failed(self) -> None:
+        """The TLS connection broke: nothing more comes or goes on it. What came
+        before still reaches the plain side."""
+        self.tls_sends = self.tls_takes = False
+        self.to_tls.clear()
 
 
-def watch(sel: selectors.BaseSelector, sock: socket.socket, read: bool, write: bool) -> None:
-    """Make ``sel`` watch ``sock`` for exactly these events (none: not at all)."""
-    events = (selectors.EVENT_READ if read else 0) | (selectors.EVENT_WRITE if write else 0)
+def watch(sel: selectors.BaseSelector, sock: socket.socket, events: int) -> None:
+    """Make ``sel`` watch ``sock`` for exactly ``events`` (none: not at all)."""
     registered = sock in sel.get_map()
     if events and registered:
         sel.modify(sock, events)
@@ -204,8 +260,10 @@ def watch(sel: selectors.BaseSelector, sock: socket.socket, read: bool, write: b
 
 
 def shutdown(sock: socket.socket) -> None:
+    """shutdown(SHUT_WR), the plain socket's own: on an SSLSocket, ``shutdown()``
+    would drop the SSL object, and the TLS side's data is still to be read."""
     try:
-        sock.shutdown(socket.SHUT_WR)
+        socket.socket.shutdown(sock, socket.SHUT_WR)
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
             raise

@@ -39,11 +39,13 @@ def reload(server: Server) -> None:
         server.log.warning("reload-failed", error=str(exc), kept="the running configuration")
         loop.metrics.operation("reload-failed")
         return
-    if server.edge is not None and server.edge.tls is not None:
-        # The same files, read again (a renewed certificate), before apply() forks
-        # the replacement workers; a bad one is logged and the old one stays.
-        server.reload_tls()
-    apply(server, new, policy, service)
+    reloaded = set(changed)
+    # The TLS files, read again (a renewed certificate), before apply() forks the
+    # replacement workers; a bad one is logged and the old one stays.
+    tls = server.edge is not None and server.edge.tls is not None
+    if tls and server.reload_tls():
+        reloaded.add("tls")  # what a prefork worker holds: it is replaced
+    apply(server, new, policy, service, frozenset(reloaded))
     fields: dict[str, object] = {"changed": ",".join(changed) or "none"}
     if upgrade:
         fields["needs_upgrade"] = ",".join(upgrade)
@@ -71,7 +73,12 @@ def rebuild(server: Server, new: Mapping[str, object]) -> tuple[Policy, Service]
         new["rate"],  # type: ignore[arg-type]
         server.policy.gate.ipv6_prefix,
     )
-    policy = Policy(gate, new["reject_message"], server.policy.max_lifetime)  # type: ignore[arg-type]
+    policy = Policy(
+        gate,
+        new["reject_message"],  # type: ignore[arg-type]
+        server.policy.max_lifetime,
+        proxy=server.policy.proxy,
+    )
     prelude = make_prelude(
         new["banner"],  # type: ignore[arg-type]
         server.log,
@@ -85,8 +92,19 @@ def rebuild(server: Server, new: Mapping[str, object]) -> tuple[Policy, Service]
     return policy, service
 
 
-def apply(server: Server, new: Mapping[str, object], policy: Policy, service: Service) -> None:
-    """Apply checked settings to the log, the policy, the service and the loop."""
+def apply(
+    server: Server,
+    new: Mapping[str, object],
+    policy: Policy,
+    service: Service,
+    changed: frozenset[str],
+) -> None:
+    """Apply checked settings to the log, the policy, the service and the loop.
+
+    ``changed`` names what differs from the running configuration (setting keys,
+    and ``tls`` when the certificate was read again): the loop replaces prefork
+    workers only when something they hold is in it.
+    """
     loop = server.loop
     assert loop is not None
     level, log_format, grace = (new[k] for k in ("log_level", "log_format", "grace"))
@@ -95,7 +113,8 @@ def apply(server: Server, new: Mapping[str, object], policy: Policy, service: Se
     server.log.set_format(str(log_format))
     server.grace = loop.grace = grace
     loop.upgrade_timeout = float(new["upgrade_timeout"])  # type: ignore[arg-type]
+    policy.gate.take_over(server.policy.gate)
     server.policy = loop.policy = policy
     loop.gate = policy.gate
     loop.service = service
-    loop.reconfigure(new)
+    loop.reconfigure(new, changed)

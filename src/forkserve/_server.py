@@ -192,7 +192,8 @@ class Server:
         )
         gate = make_gate(rules, default_policy, per_ip, rate, ipv6_prefix)
         check_seconds("max_lifetime", max_lifetime)
-        self.policy = Policy(gate, reject_message, max_lifetime)
+        proxied = self.edge is not None and bool(self.edge.proxy)
+        self.policy = Policy(gate, reject_message, max_lifetime, proxy=proxied)
         prelude = make_prelude(
             banner,
             self.log,
@@ -283,8 +284,8 @@ class Server:
 
         loop = self.make_loop(announce)
         self.attach_operations(loop)
-        self.log_listen()
         self.drop_privileges()
+        self.log_listen()
         try:
             loop.run()
         finally:
@@ -354,11 +355,29 @@ class Server:
 
             if not is_current(self.identity):  # an upgraded master already is
                 switch_identity(self.identity)
+            self.check_as_user()
         elif os.geteuid() == 0:
             self.log.warning(
                 "running-as-root",
                 hint="--user NAME drops privileges after bind (--user root: as root)",
             )
+
+    def check_as_user(self) -> None:
+        """What start-up checked as root must hold as --user/--group too: the program
+        runs (else ProgramError, exit 100, before the first connection fails with
+        111), and the TLS files SIGHUP reads again are readable (else a warning: the
+        running context serves on, but a reload would fail)."""
+        from forkserve._privileges import describe_identity, unreadable
+
+        assert self.identity is not None
+        who = describe_identity(self.identity)
+        if isinstance(self.handler, Program):
+            self.handler.check_runnable(who)
+        if self.edge is not None and self.edge.tls is not None:
+            tls = self.edge.tls
+            files = unreadable([tls.cert, tls.key, *filter(None, [tls.client_ca])])
+            if files:
+                self.log.warning("reload-unreadable", files=",".join(files), user=who)
 
     def reload(self) -> None:
         """SIGHUP: take the new configuration, or refuse it (see _reload)."""

@@ -1,7 +1,10 @@
 """Built-in services, the ones inetd has always offered: ``--handler NAME``.
 
 Each is an ordinary handler (``handler(conn, peer)``), so each runs in a process of
-its own like any other, and a client that goes away ends it quietly (exit 0).
+its own like any other, and a client that goes away ends it quietly (exit 0). Each
+runs over TLS too, where ``conn`` is an ``ssl.SSLSocket``: no recv flags, a
+non-blocking read or write raises SSLWantReadError or SSLWantWriteError, and
+OpenSSL may hold decrypted bytes that poll(2) on the socket does not announce.
 
 - ``echo``: RFC 862, every byte back until the client closes (in ``_handler``).
 - ``discard``: RFC 863, read and drop until the client closes.
@@ -14,13 +17,15 @@ from __future__ import annotations
 import errno
 import select
 import socket
+import sys
 import time
 
 from forkserve._handler import ECHO_FIRST_BUFFER, Handler, echo
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
-    from typing import Any
+    import ssl
+    from typing import Any, TypeGuard
 
 # RFC 864: the 95 printing ASCII characters (space to tilde), 72 per line, each
 # line starting one character further on; CRLF ends a line.
@@ -63,6 +68,11 @@ def discard(conn: socket.socket, peer: Any) -> None:
 def daytime(conn: socket.socket, peer: Any) -> None:
     """RFC 867 daytime: send one date line and close; input is ignored."""
     conn.sendall(daytime_line(time.time()))
+    if is_tls(conn):
+        from forkserve._tls import end_tls
+
+        end_tls(conn)  # close_notify, then the FIN: SSLSocket.shutdown() sends no alert
+        return
     try:
         conn.shutdown(socket.SHUT_WR)
     except OSError as exc:
@@ -81,33 +91,65 @@ def chargen(conn: socket.socket, peer: Any) -> None:
     """
     block = memoryview(chargen_block())
     sink = bytearray(ECHO_FIRST_BUFFER)
+    # With --idle-timeout the socket has a timeout: poll(2) must honour it too.
+    timeout = conn.gettimeout()
+    wait_ms = None if timeout is None else max(1, round(timeout * 1000))
+    would_block = would_block_errors(conn)
+    conn.setblocking(False)
     poller = select.poll()
     poller.register(conn, select.POLLOUT | select.POLLIN)
     reading = True
     sent = 0
-    # With --idle-timeout the socket has a timeout: poll(2) must honour it too.
-    timeout = conn.gettimeout()
-    wait_ms = None if timeout is None else max(1, round(timeout * 1000))
     while True:
         ready = poller.poll(wait_ms)
         if not ready:
             raise TimeoutError("chargen: the client neither read nor wrote")
         for _, events in ready:
             if reading and events & (select.POLLIN | select.POLLHUP | select.POLLERR):
-                reading = drop_input(conn, sink)
+                reading = drop_input(conn, sink, would_block)
                 if not reading:  # the client is done writing, maybe not reading
                     poller.modify(conn, select.POLLOUT)
             # POLLHUP or POLLERR: the send below raises and ends the child.
             if events & (select.POLLOUT | select.POLLHUP | select.POLLERR):
-                sent = (sent + conn.send(block[sent:])) % len(block)
+                try:
+                    # Over TLS a send the socket could not take is retried with
+                    # the same bytes, as OpenSSL requires: ``sent`` is unchanged.
+                    sent = (sent + conn.send(block[sent:])) % len(block)
+                except would_block:
+                    pass
 
 
-def drop_input(conn: socket.socket, sink: bytearray) -> bool:
-    """Read what is waiting and drop it; False once the client has shut down writing."""
+def is_tls(conn: socket.socket) -> TypeGuard[ssl.SSLSocket]:
+    """Whether ``conn`` is an ``ssl.SSLSocket``, without importing ``ssl`` (a plain
+    connection's process never needs it: an SSLSocket exists only once it is loaded)."""
+    module = sys.modules.get("ssl")
+    return module is not None and isinstance(conn, module.SSLSocket)
+
+
+def would_block_errors(conn: socket.socket) -> tuple[type[OSError], ...]:
+    """What a non-blocking read or write on ``conn`` raises when it would wait."""
+    if is_tls(conn):
+        module = sys.modules["ssl"]
+        return (module.SSLWantReadError, module.SSLWantWriteError)
+    return (BlockingIOError,)
+
+
+def drop_input(
+    conn: socket.socket, sink: bytearray, would_block: tuple[type[OSError], ...]
+) -> bool:
+    """Read what is waiting and drop it; False once the client has shut down writing.
+
+    Over TLS it reads on while OpenSSL holds decrypted bytes (``pending()``), which
+    no poll on the socket would announce.
+    """
+    pending = getattr(conn, "pending", None)
     try:
-        return conn.recv_into(sink, 0, socket.MSG_DONTWAIT) > 0
-    except BlockingIOError:
+        while conn.recv_into(sink):
+            if pending is None or not pending():
+                return True
+    except would_block:
         return True
+    return False
 
 
 BUILTINS: dict[str, Handler] = {

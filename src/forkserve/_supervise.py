@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from forkserve._address import format_address
 from forkserve._admission import LIFETIME_KILL_AFTER, Admission, Policy, host_of
+from forkserve._ask import ASK_TIMEOUT, Asker
 from forkserve._children import ChildTable, Exited
 from forkserve._forking import fork_child
 from forkserve._handler import Connection, Service
@@ -76,6 +77,8 @@ class Supervisor(Admission, Operations):
         self.sigs: SignalPipe | None = None
         # Connections accepted at a stop while at the limit: served as slots free up.
         self.pending: collections.deque[tuple[socket.socket, Any]] = collections.deque()
+        # Behind the PROXY protocol: each child's question channel until answered.
+        self.questions: dict[int, socket.socket] = {}
         self.paused_until = 0.0
         self.burst: tuple[str, int] | None = None  # (errno name, failures) while paused
         self.init_operations()
@@ -223,38 +226,95 @@ class Supervisor(Admission, Operations):
 
     def fork_connection(self, conn: socket.socket, peer: Any) -> None:
         """Admit ``conn`` and fork a child that serves it; the parent's copy is closed
-        either way. A connection the gate refuses is closed at once, costing no fork."""
+        either way. A connection the gate refuses is closed at once, costing no fork.
+        Behind the PROXY protocol the child decides instead (see fork_proxied)."""
         taken = time.monotonic()
         peer_text = format_address(peer)
+        if self.policy.proxy:
+            self.fork_proxied(conn, peer, peer_text, taken)
+            return
         verdict = self.admit(conn, peer_text, host_of(peer))
         if verdict is None:
             return
         info = Connection(peer, self.open_from(verdict.source) + 1, verdict.env)
+        self.start_child(
+            conn, info, peer_text, verdict.source, taken=taken, close_in_child=self.close_in_child
+        )
+
+    def fork_proxied(self, conn: socket.socket, peer: Any, peer_text: str, taken: float) -> None:
+        """Fork a child for a connection that starts with a PROXY header: the child
+        reads it, applies the rules to the client it names, and asks about the
+        per-source limits on a channel made here (see _ask); until then the
+        connection counts against no source. A refused client costs no handler."""
+        try:
+            # Non-blocking from the start: the parent's end never waits, and the
+            # child's gets its timeout in the child.
+            kind = socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK
+            ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
+        except OSError as exc:  # EMFILE, ENFILE: as a failed fork
+            conn.close()
+            self.fork_failed(peer_text, exc)
+            return
+        info = Connection(peer)
+        info.admit = Asker(self.policy, self.log, theirs, single=True)
+
+        def close_in_child() -> None:
+            self.close_in_child()
+            ours.close()
+            theirs.settimeout(ASK_TIMEOUT)
+
+        pid = self.start_child(
+            conn, info, peer_text, None, taken=taken, close_in_child=close_in_child
+        )
+        theirs.close()
+        if pid is None:
+            ours.close()
+        else:
+            self.watch_question(pid, ours)
+
+    def start_child(
+        self,
+        conn: socket.socket,
+        info: Connection,
+        peer_text: str,
+        source: int | None,
+        *,
+        taken: float,
+        close_in_child: Callable[[], None],
+    ) -> int | None:
+        """Fork the child that serves ``conn`` (closed here, in the parent), counted
+        against ``source``; return its pid, or None when fork failed."""
         service = self.service
         try:
-            pid = fork_child(lambda: service(conn, info), self.close_in_child)
+            pid = fork_child(lambda: service(conn, info), close_in_child)
         except OSError as exc:
-            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            self.log.warning("fork-failed", peer=peer_text, error=name)
-            self.metrics.rejected("fork-failed")
-            self.pause_accepting(f"fork:{name}")
-            return
+            self.fork_failed(peer_text, exc)
+            return None
         finally:
             conn.close()
-        child = self.children.add(pid, peer_text, verdict.source)
+        child = self.children.add(pid, peer_text, source)
         self.start_lifetime(child)
         self.metrics.accepted()
         self.metrics.forked(child.started - taken)
         self.log.info("accept", peer=peer_text, pid=pid, conns=self.active())
+        return pid
+
+    def fork_failed(self, peer_text: str, exc: OSError) -> None:
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        self.log.warning("fork-failed", peer=peer_text, error=name)
+        self.metrics.rejected("fork-failed")
+        self.pause_accepting(f"fork:{name}")
 
     def log_child_end(self, ended: Exited, now: float) -> None:
-        """The ``end`` line of a reaped connection child (or a debug line if unknown)."""
+        """The ``end`` line of a reaped connection child (or a debug line if unknown);
+        its question channel, if still open, closes now."""
+        named = self.close_question(ended.pid) if self.questions else ""
         if ended.child is None:
             self.log.debug("end-unknown", pid=ended.pid, **ended.status_fields())
             return
         self.metrics.exited(ended.exit_code, ended.signal_number)
         self.metrics.ended(now - ended.child.started)
-        fields: dict[str, object] = {"pid": ended.pid, "peer": ended.child.peer}
+        fields: dict[str, object] = {"pid": ended.pid, "peer": named or ended.child.peer}
         fields.update(ended.status_fields())
         fields["duration"] = f"{now - ended.child.started:.3f}s"
         fields["conns"] = self.active()
@@ -267,18 +327,25 @@ class Supervisor(Admission, Operations):
     # -- stopping ------------------------------------------------------------------------
 
     def begin_graceful_stop(self, signame: str, fast: bool = False) -> None:
-        """Serve what already completed its handshake, then stop listening.
+        """Take what already completed its handshake, stop listening, then serve it.
 
         Connections waiting in the backlog are accepted until EAGAIN before the
         listener closes: closing it with them queued would reset clients that had
-        connected successfully (gunicorn issue 3397). Past the limit they wait in
-        ``pending`` for a slot, within the same grace period. A fast stop skips this.
+        connected successfully (gunicorn issue 3397). The listener closes at once
+        after that, before any fork: a client whose handshake completed while the
+        stop forked would be queued, then reset by the close (62 of a 64-client
+        flood were). From the close on, clients are refused (ECONNREFUSED). Only a
+        handshake completing in the instant between the last accept and the close
+        can still be reset: the kernel offers no way to close a listener and keep
+        its queue. Accepted connections are served as slots allow; past the limit
+        they wait in ``pending``, within the same grace period. A fast stop skips
+        the drain.
         """
         if self.listener is not None and not fast:
             while (accepted := self.accept_one()) is not None:
                 self.pending.append(accepted)
-            self.serve_pending()
         self.stop_listening()
+        self.serve_pending()
         if not fast:
             self.log.notice(
                 "stop",

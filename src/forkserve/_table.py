@@ -285,8 +285,8 @@ SERVE = (
         "rate",
         RATE,
         None,
-        "new connections per address per period, e.g. 10/1 (a token bucket; a reload "
-        "starts the buckets afresh)",
+        "new connections per address per period, e.g. 10/1 (a token bucket; the "
+        "buckets carry on across a reload)",
         group=ACCESS,
         metavar="N/SECONDS",
         reload=RELOAD,

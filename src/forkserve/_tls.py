@@ -17,10 +17,17 @@ Apache's mod_ssl (so CGI-style programs already know them):
 
 The UCSPI-TCP names (``PROTO=TCP``, ``TCPREMOTEIP`` ...) stay as they are, so a
 program written for tcpserver runs unchanged behind TLS.
+
+The end of our data is a close_notify, then a FIN (``close_notify``, ``end_tls``),
+as stunnel and socat send it: a client that reads the FIN alone cannot tell an end
+from a cut (``openssl s_client``: "unexpected eof", exit 1).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 import ssl
 
 from forkserve._errors import TLSConfigError
@@ -140,3 +147,103 @@ def escape_dn(value: str) -> str:
     if out.startswith(("#", " ")):
         out = "\\" + out
     return out
+
+
+def close_notify(tls: ssl.SSLSocket) -> bytes:
+    """Make ``tls``'s close_notify record with one SSL_shutdown, and return it.
+
+    The caller writes the record to the socket as it is, then a FIN; the peer may
+    still send, and ``tls.recv`` still reads it (OpenSSL reads application data after
+    its own close_notify) up to the peer's close_notify or FIN. Call it once our last
+    ``send`` has returned, so OpenSSL holds no half-written record.
+
+    ``unwrap()`` cannot do this: CPython's shutdown calls SSL_shutdown a second time
+    when the first returns 0, and that call reads the socket and throws away the
+    application data it finds (OpenSSL 3: APPLICATION_DATA_AFTER_CLOSE_NOTIFY), so a
+    half-closing client's last bytes in flight were lost. For the length of the call,
+    then, the descriptor number OpenSSL uses points at one end of a fresh socketpair
+    (dup2): the alert is written there, the second SSL_shutdown finds nothing to read
+    there (SSLWantReadError), and the socket is put back under its number untouched.
+
+    Returns:
+        The record, or b"" when there is none: the connection had failed, or no
+        descriptor was left for the stand-in (the FIN alone goes then).
+    """
+    try:
+        stand_in, outlet = socket.socketpair()
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        return b""
+    with stand_in, outlet:
+        stand_in.setblocking(False)
+        outlet.setblocking(False)
+        if not shutdown_into(tls, stand_in):
+            return b""
+        return drain(outlet)
+
+
+def shutdown_into(tls: ssl.SSLSocket, stand_in: socket.socket) -> bool:
+    """One SSL_shutdown for ``tls`` with ``stand_in`` under its descriptor number;
+    False when OpenSSL made no record or no descriptor was left."""
+    fd, timeout = tls.fileno(), tls.gettimeout()
+    try:
+        real = os.dup(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        return False
+    tls.settimeout(0)  # on the real socket: a timeout would wait on the stand-in
+    os.dup2(stand_in.fileno(), fd, inheritable=False)
+    try:
+        tls._sslobj.shutdown()  # type: ignore[attr-defined]
+    except ssl.SSLWantReadError:
+        pass  # the alert is out; the peer's was not there to read: nothing lost
+    except ssl.SSLError:
+        return False  # a failed connection: OpenSSL sends nothing more
+    finally:
+        os.dup2(real, fd, inheritable=False)
+        os.close(real)
+        tls.settimeout(timeout)
+    return True
+
+
+def drain(sock: socket.socket) -> bytes:
+    """Everything waiting on a non-blocking ``sock``."""
+    data = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(4096)
+        except BlockingIOError:
+            return bytes(data)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+
+
+def end_tls(tls: ssl.SSLSocket) -> None:
+    """End our side of ``tls``: close_notify, then a FIN; the peer may go on sending.
+
+    Writes wait as long as the socket's own timeout lets them (``--idle-timeout``),
+    as the handler's writes did. Does nothing the second time, or once the SSL
+    object is gone (``unwrap``, ``close``).
+
+    Error handling: a client that has gone (reset, broken pipe, timed out, not
+    connected) gets nothing more, and that is not an error here.
+    """
+    if getattr(tls, "forkserve_ended", False) or tls.fileno() < 0:
+        return
+    if getattr(tls, "_sslobj", None) is None:
+        return
+    tls.forkserve_ended = True  # type: ignore[attr-defined]
+    record = close_notify(tls)
+    try:
+        # The plain socket's own methods, on the raw bytes: SSLSocket.shutdown()
+        # would drop the SSL object, and the record is already encrypted.
+        socket.socket.sendall(tls, record)
+        socket.socket.shutdown(tls, socket.SHUT_WR)
+    except (ConnectionError, TimeoutError, BlockingIOError):
+        pass  # the client is gone, or not reading (a non-blocking socket): give up
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise

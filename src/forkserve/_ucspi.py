@@ -18,7 +18,9 @@ side by side by the integration tests:
 - ``TCPREMOTEINFO`` (tcpserver's ident lookup) is never set.
 
 Inherited variables of these names that do not apply are removed, so a program never
-sees a stale ``TCPREMOTEHOST`` from a tcpserver that started forkserve.
+sees a stale ``TCPREMOTEHOST`` from a tcpserver that started forkserve; so are the
+TLS ones (``SSL_CLIENT_S_DN`` ...), which forkserve sets only with TLS and a client
+certificate.
 """
 
 from __future__ import annotations
@@ -50,7 +52,38 @@ UCSPI_NAMES = frozenset(
     }
 )
 
+# The per-connection names of TLS (ucspi-ssl's sslserver, which took them from
+# Apache's mod_ssl): forkserve sets some of them with --tls-cert (see _tls), and only
+# when they apply (SSL_TLS_SNI when the client sent one, SSL_CLIENT_* with a client
+# certificate). Inherited ones are dropped like the UCSPI names, so a program never
+# takes a stale SSL_CLIENT_S_DN for its client's. OpenSSL's own variables
+# (SSL_CERT_FILE, SSL_CERT_DIR) configure the program, not describe the
+# connection: they pass.
+TLS_NAMES = frozenset(
+    {
+        "SSL_PROTOCOL",
+        "SSL_CIPHER",
+        "SSL_CIPHER_USEKEYSIZE",
+        "SSL_CIPHER_ALGKEYSIZE",
+        "SSL_CIPHER_EXPORT",
+        "SSL_COMPRESS_METHOD",
+        "SSL_SECURE_RENEG",
+        "SSL_SESSION_ID",
+        "SSL_SESSION_RESUMED",
+        "SSL_TLS_SNI",
+        "SSL_VERSION_INTERFACE",
+        "SSL_VERSION_LIBRARY",
+    }
+)
+TLS_PREFIXES = ("SSL_CLIENT_", "SSL_SERVER_")
+
 MAPPED_PREFIX = "::ffff:"
+
+
+def describes_a_connection(name: str) -> bool:
+    """Whether an inherited variable describes some connection (a UCSPI or a TLS
+    name), and so must not reach a program serving another."""
+    return name in UCSPI_NAMES or name in TLS_NAMES or name.startswith(TLS_PREFIXES)
 
 
 class Endpoint:
@@ -115,7 +148,8 @@ def ucspi_environment(
     """Build the complete environment of a program serving one connection.
 
     Args:
-        base: the inherited environment; UCSPI names in it are dropped first.
+        base: the inherited environment; UCSPI and TLS names in it are dropped
+            first (see ``describes_a_connection``).
         local: the server's end (``getsockname()``).
         remote: the client's end (``getpeername()``).
         connnum: connections open from the client's address, this one included
@@ -127,7 +161,7 @@ def ucspi_environment(
     Returns:
         A new dict; ``base`` is not modified.
     """
-    env = {name: value for name, value in base.items() if name not in UCSPI_NAMES}
+    env = {name: value for name, value in base.items() if not describes_a_connection(name)}
     env["PROTO"] = "TCP6" if remote.is_ipv6 else "TCP"
     for prefix, use_ip6 in (("TCP", False), ("TCP6", True)):
         env[prefix + "LOCALIP"] = local.ip6 if use_ip6 else local.ip

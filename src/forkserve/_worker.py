@@ -13,12 +13,14 @@ SOCK_DGRAM socketpair shared by all workers (datagrams keep their boundaries, an
 each send is atomic): ``R pid`` ready, ``A pid peer`` accepted, ``E pid code`` ended,
 ``P pid errno`` accept paused for lack of a resource, ``U pid errno`` resumed.
 
-Access control: the rules need no shared state, so the worker applies them itself
-right after accept (a denied client costs no message at all). The per-source limits
-(``--per-ip``, ``--rate``) need every worker's connections, which only the supervisor
-sees: with them on, the worker asks on a channel of its own (a SOCK_SEQPACKET pair)
-and waits for the answer, which replaces the ``A`` report: ``SOURCE PEER`` out,
-``ok CONNNUM`` or ``no`` back.
+Access control (see _ask): the rules need no shared state, so the worker applies
+them itself (a denied client costs no message but a ``D`` for the metrics). The
+per-source limits (``--per-ip``, ``--rate``) need every worker's connections, which
+only the supervisor sees: with them on, or with the PROXY protocol, the worker asks
+on a channel of its own (a SOCK_SEQPACKET pair) and waits for the answer, which
+replaces the ``A`` report. Without PROXY it decides right after accept; with PROXY
+it reports ``A`` at once (it is busy reading the header) and decides once the header
+names the client, inside the service's edge.
 
 Signals, as the supervisor uses them:
     SIGTERM: retire: exit now if idle, else after the current connection.
@@ -38,7 +40,8 @@ import signal
 import socket
 
 from forkserve._address import format_address
-from forkserve._admission import Policy, host_of, refuse
+from forkserve._admission import Policy
+from forkserve._ask import ASK_TIMEOUT, Asker
 from forkserve._handler import Connection, Service
 from forkserve._listen import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS
 from forkserve._log import Log
@@ -46,11 +49,6 @@ from forkserve._log import Log
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
     from types import FrameType
-
-# How long a worker waits for the supervisor's answer on its channel. The supervisor
-# answers at once, from its loop; no answer in this long means it is gone or stuck,
-# and the worker leaves.
-ASK_TIMEOUT = 10.0
 
 
 def encode(kind: str, pid: int, detail: str = "") -> bytes:
@@ -101,7 +99,8 @@ class Worker:
         self.max_requests = max_requests
         self.policy = policy
         self.log = log
-        self.channel = channel  # the per-worker question channel, with per-source limits
+        self.channel = channel  # the per-worker question channel (see _ask)
+        self.asker = Asker(policy, log, channel, report=self.report)
         self.pid = 0  # known once forked: set in install_signals
         self.wake_r, self.wake_w = socket.socketpair()
         self.retiring = False
@@ -190,47 +189,24 @@ class Worker:
         return self.serve(conn, peer)
 
     def serve(self, conn: socket.socket, peer: object) -> str:
-        """Admit (rules here, per-source limits by asking) and serve one connection.
+        """Admit (rules here, per-source limits by asking: see _ask) and serve one
+        connection; behind the PROXY protocol, admission waits for the header.
 
         Returns:
             "served", or "none" when it was refused (closed and logged).
         """
         peer_text = format_address(peer)
-        verdict = self.policy.gate.check_rules(host_of(peer))
-        if not verdict.allowed:
-            conn.close()
-            self.log.info("deny", peer=peer_text, rule=verdict.rule)
-            self.report("D", peer_text)  # counted in the supervisor's metrics
-            return "none"
-        connnum = 1
-        if self.channel is not None:
-            connnum = self.ask(verdict.source, peer_text)
-            if not connnum:
-                refuse(conn, self.policy.reject_message)
-                return "none"
-        else:
+        info = Connection(peer)
+        if self.policy.proxy:  # busy now, with its header to read: decided then
             self.report("A", peer_text)
-        code = self.service(conn, Connection(peer, connnum, verdict.env))
+            info.admit = self.asker
+        elif self.asker.admit(conn, info, peer_text) is not None:
+            return "none"
+        elif self.channel is None:  # an answer to a question counted it already
+            self.report("A", peer_text)
+        code = self.service(conn, info)
         self.report("E", str(code))
         return "served"
-
-    def ask(self, source: int, peer_text: str) -> int:
-        """Ask the supervisor whether the per-source limits admit this connection.
-
-        Returns:
-            The connection's TCPCONNNUM count if admitted (the supervisor has counted
-            it and logged ``accept``), 0 if refused (it logged ``reject``).
-        """
-        assert self.channel is not None
-        try:
-            self.channel.send(f"{source} {peer_text}".encode())
-            answer = self.channel.recv(64)
-        except (TimeoutError, ConnectionError):
-            answer = b""
-        if not answer:  # the supervisor is gone (EOF) or stuck: no one to serve for
-            os._exit(0)
-        kind, _, count = answer.decode().partition(" ")
-        return int(count) if kind == "ok" else 0
 
     def _drain_wakeups(self) -> list[int]:
         received: list[int] = []

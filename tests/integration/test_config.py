@@ -189,3 +189,25 @@ def test_reload_applies_a_new_per_ip_limit(start_server: ServerFactory, tmp_path
         with connect(server.port) as third:
             assert echoes(third)
     assert len(server.events("reject", reason="per-ip")) == 1
+
+
+def test_reload_keeps_the_rate_buckets(serve: ServerFactory, tmp_path: Path) -> None:
+    """A SIGHUP hands no source a fresh --rate budget: with the rate unchanged, or
+    changed, the buckets carry on (the new rate bounds them from then on)."""
+    path = tmp_path / "f.toml"
+    server = serve("--config", write(path, 'rate = "2/60"\n'))
+    for _ in range(2):
+        with connect(server.port) as sock:
+            assert echoes(sock)
+    with connect(server.port) as sock:
+        assert sock.recv(10) == b""  # the budget is spent
+    server.send_signal(signal.SIGHUP)
+    server.wait_event("reload", changed="none")
+    with connect(server.port) as sock:
+        assert sock.recv(10) == b""  # still spent: nothing changed
+    write(path, 'rate = "3/60"\n')
+    server.send_signal(signal.SIGHUP)
+    server.wait_event("reload", changed="rate")
+    with connect(server.port) as sock:
+        assert sock.recv(10) == b""  # a larger budget refills at its rate, not at once
+    assert len(server.wait_event("reject", count=3, reason="rate")) == 3

@@ -7,12 +7,13 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import ServerFactory
-from tests.support import WAIT, connect, recv_all, run_cli
+from tests.support import WAIT, connect, recv_all, recv_exactly, run_cli
 
 DATA = Path(__file__).parents[1] / "data"
 UCSPI_ENV = str(DATA / "ucspi_env.sh")
@@ -115,6 +116,73 @@ def test_only_fds_0_1_2_reach_the_program(start_server: ServerFactory) -> None:
     server = start_server("--", "ls", "/proc/self/fd")
     with connect(server.port) as sock:
         assert recv_all(sock).split() == [b"0", b"1", b"2", b"3"]
+
+
+@pytest.mark.parametrize("limit", [[], ["--limit-nofile", "64"]])
+def test_an_inherited_descriptor_reaches_no_program(
+    start_server: ServerFactory, tmp_path: Path, limit: list[str]
+) -> None:
+    """A wrapper's lock (``exec 200>lock; flock 200; exec forkserve ...``) stays with
+    forkserve: fd 200 is above a --limit-nofile of 64, and must be closed anyway."""
+    lock = os.open(tmp_path / "lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.dup2(lock, 200)
+        server = start_server(*limit, "--", "ls", "/proc/self/fd", pass_fds=[200])
+    finally:
+        os.close(200)
+        os.close(lock)
+    assert os.path.exists(f"/proc/{server.pid}/fd/200")  # the server holds it
+    with connect(server.port) as sock:
+        assert recv_all(sock).split() == [b"0", b"1", b"2", b"3"]
+
+
+def no_eof_yet(sock: socket.socket, within: float = 0.5) -> bool:
+    """Whether nothing (no byte, no EOF) arrives within ``within`` seconds."""
+    sock.settimeout(within)
+    try:
+        sock.recv(1)
+    except TimeoutError:
+        return True
+    finally:
+        sock.settimeout(WAIT)
+    return False
+
+
+def test_closing_stdout_alone_is_no_fin_since_stdin_is_the_same_socket(
+    start_server: ServerFactory,
+) -> None:
+    """fd 0 and 1 are one socket: closing fd 1 drops one reference, and the client
+    sees its end of data only when the program closes fd 0 too (or exits)."""
+    server = start_server("--", "sh", "-c", "printf hi; exec 1>&-; cat >/dev/null")
+    with connect(server.port) as sock:
+        assert recv_exactly(sock, 2) == b"hi"
+        assert no_eof_yet(sock)  # stdout is closed, stdin still open: no FIN
+        sock.shutdown(socket.SHUT_WR)  # cat reads EOF, the program exits
+        assert recv_all(sock) == b""
+    server.wait_event("end", exit=0)
+
+
+@pytest.mark.parametrize(
+    "end_output",
+    [
+        "exec 0<&- 1>&-",  # close both descriptors
+        # or shut the socket's sending side down, whatever else holds it
+        f"{sys.executable} -c 'import socket; socket.socket(fileno=1).shutdown(socket.SHUT_WR)'",
+    ],
+)
+def test_closing_stdin_and_stdout_or_shutdown_is_a_fin(
+    start_server: ServerFactory, tmp_path: Path, end_output: str
+) -> None:
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    program = f"printf hi; {end_output}; read x < {fifo}; echo done >&2"
+    server = start_server("--", "sh", "-c", program)
+    with connect(server.port) as sock:
+        assert recv_all(sock) == b"hi"  # EOF while the program still runs
+        assert server.events("end") == []
+        with fifo.open("w") as go:  # now let it finish
+            go.write("\n")
+    server.wait_event("end", exit=0)
 
 
 def test_signals_are_default_and_unblocked(start_server: ServerFactory) -> None:
@@ -247,6 +315,13 @@ def test_cat_with_real_clients(start_server: ServerFactory) -> None:
         check=True,
     )
     assert ncat.stdout == payload
+    ends = server.wait_event("end", count=2)
+    assert [e.get("exit") for e in ends] == ["0", "0"]
+
+
+@pytest.mark.skipif(shutil.which("tcpclient") is None, reason="tcpclient (ucspi-tcp) not installed")
+def test_cat_with_tcpclient(start_server: ServerFactory) -> None:
+    server = start_server("--", "cat")
     # tcpclient runs its program with the connection on fd 6 (read) and 7 (write).
     tcpclient = subprocess.run(
         [
@@ -263,5 +338,5 @@ def test_cat_with_real_clients(start_server: ServerFactory) -> None:
         check=True,
     )
     assert tcpclient.stdout == b"via tcpclient\n"
-    ends = server.wait_event("end", count=3)
-    assert [e.get("exit") for e in ends] == ["0", "0", "0"]
+    (end,) = server.wait_event("end")
+    assert end["exit"] == "0"

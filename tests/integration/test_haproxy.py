@@ -142,3 +142,18 @@ def test_draining_one_host_fails_no_client(start_server: ServerFactory, tmp_path
                 thread.join(WAIT)
     assert failures == []
     assert backends[1].events("proxy")
+
+
+def test_rules_judge_the_client_not_the_balancer(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """HAProxy connects from 127.0.0.1 for every client: --deny must judge the client
+    its PROXY header names (its own LOCAL health checks are judged on 127.0.0.1)."""
+    program = ["sh", "-c", 'echo "$TCPREMOTEIP"']
+    backend = start_server("--proxy-protocol", "v2", "--deny", "127.0.0.2", "--", *program)
+    with haproxy(tmp_path, [backend]) as port:
+        assert request(port, "127.0.0.3") == b"127.0.0.3\n"
+        assert request(port, "127.0.0.2") == b""
+    (deny,) = backend.wait_event("deny")
+    assert deny["peer"].startswith("127.0.0.2:")
+    assert deny["rule"] == "--deny=127.0.0.2"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import ServerFactory
 from tests.support import connect, echo_roundtrip, parse_line
 
@@ -42,6 +44,33 @@ def test_json_lines_carry_the_text_lines_fields(serve: ServerFactory) -> None:
     accept = next(r for r in records if r["event"] == "accept")
     assert isinstance(accept["pid"], int)
     assert str(accept["peer"]).startswith("127.0.0.1:")
+
+
+RAISES_PEER_BYTES = (
+    "def handle(conn, peer):\n    raise ValueError(conn.recv(100).decode('latin-1'))\n"
+)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_traceback_shows_peer_bytes_escaped(
+    serve: ServerFactory, tmp_path: Path, log_format: str
+) -> None:
+    """A handler's exception may carry the client's bytes: a terminal escape sequence
+    must not reach the log raw, in the text traceback either."""
+    (tmp_path / "raises.py").write_text(RAISES_PEER_BYTES)
+    server = serve("--log-format", log_format, "--handler", f"{tmp_path}/raises.py:handle")
+    with connect(server.port) as sock:
+        sock.sendall(b"\x1b]0;owned\x07\x1b[2J\r\x85")
+        assert sock.recv(10) == b""
+    server.wait_event("end", exit=1)
+    assert server.stop() == 0
+    log = "\n".join(server.lines)
+    assert not any(c in log for c in "\x1b\x07\r\x85")
+    if log_format == "text":  # Python's traceback, its control characters escaped
+        assert "ValueError: \\x1b]0;owned\\x07\\x1b[2J\\r\\x85" in server.lines
+    else:
+        (error,) = [r for r in json_records(server.lines) if r["event"] == "handler-error"]
+        assert error["error"] == "ValueError: \x1b]0;owned\x07\x1b[2J\r\x85"
 
 
 def test_handler_traceback_is_one_json_event(serve: ServerFactory, tmp_path: Path) -> None:

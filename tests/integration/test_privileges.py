@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import signal
 import socket
+import ssl
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import ServerFactory
-from tests.support import connect, recv_all
+from tests.support import WAIT, connect, recv_all, run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 
@@ -40,6 +46,73 @@ def test_user_nobody_runs_parent_and_children_as_nobody(serve: ServerFactory) ->
     assert set(child["Groups"]) <= {gid}
     assert status_ids(server.pid)["Uid"] == [uid] * 4
     assert not server.events("running-as-root")
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory anyone may enter (pytest's tmp_path is under a 0700 directory)."""
+    with tempfile.TemporaryDirectory(prefix="forkserve-") as name:
+        os.chmod(name, 0o755)  # noqa: S103 - nobody must enter it, as the test needs
+        yield Path(name)
+
+
+@pytest.mark.parametrize(
+    ("file_mode", "hidden"),
+    [(0o700, False), (0o755, True)],  # root's alone; or in a directory only root enters
+)
+def test_a_program_only_root_can_run_is_refused_at_start(
+    open_dir: Path, tmp_path: Path, file_mode: int, hidden: bool
+) -> None:
+    program = (tmp_path if hidden else open_dir) / "prog"
+    program.write_text("#!/bin/sh\necho hi\n")
+    program.chmod(file_mode)
+    result = run_cli(
+        ["serve", "127.0.0.1:0", "--print-port", "--user", "nobody", "--", str(program)]
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 100, stderr
+    assert result.stdout == b""  # never announced a port
+    assert stderr.count("\n") == 1, stderr
+    assert f"program '{program}' cannot be run as user nobody: permission denied" in stderr
+
+
+def test_a_program_nobody_can_run_still_runs(start_server: ServerFactory, open_dir: Path) -> None:
+    program = open_dir / "prog"
+    program.write_text("#!/bin/sh\nid -u\n")
+    program.chmod(0o755)
+    server = start_server("--user", "nobody", "--", str(program))
+    with connect(server.port) as sock:
+        assert recv_all(sock) == f"{NOBODY.pw_uid}\n".encode()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_a_tls_key_only_root_can_read_is_reported_and_reload_keeps_the_old(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
+    """The key is read as root at start; SIGHUP reads it again as --user, which
+    cannot: said at start (reload-unreadable), and a reload keeps serving."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=WAIT,
+    )
+    server = serve("--user", "nobody", "--tls-cert", str(cert), "--tls-key", str(key))
+    (warning,) = server.wait_event("reload-unreadable")
+    assert warning["files"] == f"{cert},{key}"  # tmp_path: root's alone
+    assert warning["user"] == "user nobody"
+    server.send_signal(signal.SIGHUP)
+    (failed,) = server.wait_event("reload-failed", what="tls")
+    assert "Permission denied" in failed["error"]
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    with context.wrap_socket(connect(server.port)) as sock:
+        sock.sendall(b"still")
+        assert sock.recv(10) == b"still"
 
 
 def test_root_without_user_is_warned_about(start_server: ServerFactory) -> None:

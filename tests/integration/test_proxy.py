@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from forkserve._proxy import encode_v1, encode_v2
+from forkserve._proxy import SIGNATURE, encode_v1, encode_v2
 from tests.integration.conftest import ServerFactory
 from tests.support import WAIT, connect, recv_all, recv_exactly, run_cli
 
@@ -73,6 +73,56 @@ def test_local_command_is_served_with_the_real_peer(serve: ServerFactory) -> Non
     (line,) = server.wait_event("proxy")
     assert line["command"] == "LOCAL"
     assert line["peer"] == line["via"]
+
+
+V4_ADDRESSES = bytes([203, 0, 113, 9, 10, 0, 0, 1]) + (4242).to_bytes(2, "big") + b"\x00\x50"
+
+
+@pytest.mark.parametrize(
+    ("command", "family", "block"),
+    [
+        (0x20, 0x11, b""),  # LOCAL naming TCP over IPv4, with no address: a health check
+        (0x20, 0x12, V4_ADDRESSES),  # LOCAL naming UDP: the family is ignored
+        (0x21, 0x10, V4_ADDRESSES),  # PROXY with an UNSPEC transport: addresses ignored
+    ],
+)
+def test_headers_without_usable_addresses_keep_the_real_peer(
+    serve: ServerFactory, command: int, family: int, block: bytes
+) -> None:
+    server = serve("--proxy-protocol", "v2", "--handler", "tests.data.api_server:peer_echo")
+    header = SIGNATURE + bytes([command, family]) + len(block).to_bytes(2, "big") + block
+    with connect(server.port) as sock:
+        sock.sendall(header + b"ping")
+        sock.shutdown(socket.SHUT_WR)
+        peer = f"127.0.0.1:{sock.getsockname()[1]}"
+        assert recv_all(sock) == f"{peer} ping".encode()
+    (line,) = server.wait_event("proxy")
+    assert line["peer"] == line["via"] == peer
+    assert line["command"] == ("LOCAL" if command == 0x20 else "PROXY")
+    assert server.events("reject") == []
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_huge_authority_is_logged_capped_and_escaped(
+    serve: ServerFactory, log_format: str
+) -> None:
+    """PP2_TYPE_AUTHORITY is the client's SNI, i.e. the client's bytes: 2 KB of escape
+    sequences must not make a line past PIPE_BUF (interleaved with other processes'
+    lines) nor reach the terminal raw."""
+    server = serve("--proxy-protocol", "v2", "--log-format", log_format)
+    authority = b"\x1b]0;owned\x07\x1b[2J" * 100 + b"\n" * 100
+    header = encode_v2(("203.0.113.7", 4242), ("10.0.0.1", 80), ((0x02, authority),))
+    with connect(server.port) as sock:
+        sock.sendall(header + b"ping")
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == b"ping"
+    server.wait_event("end")
+    (line,) = [text for text in server.lines if "proxy" in text and "203.0.113.7" in text]
+    assert len(line.encode()) < 1024
+    assert line.isprintable()
+    (event,) = server.events("proxy")
+    assert event["authority"].startswith("\x1b]0;owned\x07")
+    assert event["authority"].endswith(" chars)")
 
 
 @pytest.mark.parametrize(

@@ -13,43 +13,10 @@ from pathlib import Path
 import pytest
 
 from forkserve._proxy import encode_v2
-from tests.integration.conftest import ServerFactory
+from tests.integration.conftest import ServerFactory, make_cert
 from tests.support import WAIT, connect, recv_all, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
-
-
-def make_cert(
-    directory: Path, name: str, signer: tuple[Path, Path] | None = None
-) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    args = ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key)]
-    args += ["-subj", f"/CN={name}/O=forkserve", "-days", "2", "-out", str(cert)]
-    if signer is None:
-        args += ["-x509", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
-        subprocess.run(args, check=True, capture_output=True, timeout=WAIT)
-        return cert, key
-    csr = directory / f"{name}.csr"
-    args[args.index("-out") + 1] = str(csr)
-    subprocess.run(args, check=True, capture_output=True, timeout=WAIT)
-    subprocess.run(
-        [
-            *("openssl", "x509", "-req", "-in", str(csr), "-CA", str(signer[0])),
-            *("-CAkey", str(signer[1]), "-CAcreateserial", "-days", "2", "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=WAIT,
-    )
-    return cert, key
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    directory = tmp_path_factory.mktemp("certs")
-    server = make_cert(directory, "localhost")
-    ca = make_cert(directory, "clientca")
-    return {"server": server, "ca": ca, "client": make_cert(directory, "alice", ca)}
 
 
 def tls_args(certs: dict[str, tuple[Path, Path]]) -> list[str]:
@@ -123,6 +90,72 @@ def test_plaintext_and_stalled_clients_are_cut_without_stalling_others(
                 pass
     server.wait_event("reject", reason="tls")
     server.wait_event("timeout", kind="handshake")
+
+
+SSL_ENV = ["sh", "-c", "env | grep ^SSL_ | LC_ALL=C sort"]
+STALE_TLS = {
+    "SSL_CLIENT_S_DN": "CN=mallory",
+    "SSL_CLIENT_S_DN_CN": "mallory",
+    "SSL_PROTOCOL": "stale",
+    "SSL_TLS_SNI": "stale.example",
+}
+OPENSSL_OWN = {"SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt", "SSL_CERT_DIR": "/etc/ssl"}
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_inherited_tls_variables_never_reach_a_program(
+    start_server: ServerFactory, certs: dict[str, tuple[Path, Path]], tls: bool
+) -> None:
+    """Without TLS, or with TLS and no client certificate, a program sees no SSL_CLIENT_*
+    (nor any other connection's TLS name) from forkserve's own environment; OpenSSL's
+    SSL_CERT_FILE and SSL_CERT_DIR pass as they are."""
+    env = {**os.environ, **STALE_TLS, **OPENSSL_OWN}
+    server = start_server(*(tls_args(certs) if tls else []), "--", *SSL_ENV, env=env)
+    with tls_connect(server.port, client_context(certs)) if tls else connect(server.port) as sock:
+        text = recv_all(sock).decode()
+    seen = dict(line.split("=", 1) for line in text.splitlines())
+    assert OPENSSL_OWN.items() <= seen.items()
+    assert "mallory" not in text
+    assert "stale" not in text
+    if tls:
+        assert seen["SSL_PROTOCOL"].startswith("TLSv1.")
+
+
+def end_of_data(sock: ssl.SSLSocket) -> bytes:
+    """What arrives until the server's end of data: close_notify, or a bare FIN (which
+    the default client context reports as SSLEOFError)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ssl.SSLEOFError:
+        pass
+    return data
+
+
+def test_a_program_ends_its_output_over_tls_by_closing_fd_0_and_1(
+    start_server: ServerFactory, certs: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """The relay's socketpair is on fd 0 and 1 both: closing fd 1 alone ends nothing;
+    closing both (or exiting) is the end of the program's output."""
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    program = f"printf hi; exec 1>&-; read x < {fifo}; exec 0<&-; read x < {fifo}"
+    server = start_server(*tls_args(certs), "--", "sh", "-c", program)
+    with tls_connect(server.port, client_context(certs)) as sock:
+        sock.settimeout(WAIT)
+        assert sock.recv(2) == b"hi"
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # fd 1 closed, fd 0 open: nothing
+        sock.settimeout(WAIT)
+        with fifo.open("w") as go:
+            go.write("\n")  # now fd 0 too
+        assert end_of_data(sock) == b""
+        assert server.events("end") == []  # the program still runs
+        with fifo.open("w") as go:
+            go.write("\n")
+    server.wait_event("end", exit=0)
 
 
 def test_exec_over_tls_relays_both_ways_with_half_close(

@@ -32,6 +32,7 @@ from tests.support import (
     connect,
     echo_roundtrip,
     mode_args,
+    proc_stat,
     wait_until,
 )
 
@@ -47,6 +48,7 @@ class Size:
     chaos_seconds: float
     in_flight: int
     slow: int
+    flood: int
     full_log: int
 
 
@@ -58,6 +60,7 @@ FAST = Size(
     chaos_seconds=3,
     in_flight=40,
     slow=200,
+    flood=64,
     full_log=300,
 )
 FULL = Size(
@@ -68,6 +71,7 @@ FULL = Size(
     chaos_seconds=60,
     in_flight=500,
     slow=2000,
+    flood=500,
     full_log=20_000,
 )
 
@@ -538,6 +542,97 @@ async def _stop_in_flight(proc: ServerProcess, n: int) -> tuple[Tally, int, floa
     return total, code, time.monotonic() - began
 
 
+# -- stop under a connection flood ------------------------------------------------------
+
+
+def scenario_stop_flood(mode: str, size: Size) -> Result:
+    """SIGTERM while clients flood in: every client whose handshake completed before
+    the stop is served, none is reset, and the later ones are refused.
+
+    The first ``n`` clients connect while the server and its workers are frozen
+    (SIGSTOP), so all are in the backlog when SIGTERM is handled; ``n`` more connect
+    at once as soon as the stop has forked its first child. A stop that forked
+    before closing the listener had the second wave queued, then reset.
+    """
+    n = size.flood
+    result = Result("stop under a flood", mode, f"{n} clients queued, {n} more during the stop")
+    with server(result, "--grace", "60") as proc:
+        if mode == "prefork":
+            wait_until(lambda: len(proc.children()) >= 2, what="the spare workers")
+        first, second = asyncio.run(_flood_at_stop(proc, n))
+        code = proc.wait_exit(60)
+        result.sent = result.verified = first["served"] + second["served"]
+        result.check(code == 0, f"SIGTERM: exit {code}")
+        result.check(first["served"] == n, f"queued before the stop: {dict(first)}")
+        result.check(second["reset"] == 0, f"reset during the stop: {dict(second)}")
+        result.check(second["served"] + second["refused"] == n, f"during the stop: {dict(second)}")
+        result.faults = (
+            f"SIGTERM with {n} queued; during the stop {second['served']} served, "
+            f"{second['refused']} refused, {second['reset']} reset"
+        )
+    return result
+
+
+async def _flood_at_stop(
+    proc: ServerProcess, n: int
+) -> tuple[collections.Counter[str], collections.Counter[str]]:
+    """The two waves' outcomes: ``served``, ``refused``, ``reset`` or ``closed``.
+
+    Prefork's workers stay frozen until the second wave has connected, so that
+    none of them takes a client the stop would otherwise have left queued."""
+    workers = proc.children()
+    for pid in (*workers, proc.pid):
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: all(map(_stopped, (*workers, proc.pid))), what="SIGSTOP")
+        queued = [await _flood_connect(proc.port) for _ in range(n)]
+        os.kill(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGCONT)
+        await asyncio.to_thread(proc.wait_event, "accept")
+        later = await asyncio.gather(*(_flood_connect(proc.port) for _ in range(n)))
+    finally:
+        for pid in (*workers, proc.pid):
+            os.kill(pid, signal.SIGCONT)
+    first = await asyncio.gather(*map(_flood_echo, queued))
+    second = await asyncio.gather(*map(_flood_echo, later))
+    return collections.Counter(first), collections.Counter(second)
+
+
+def _stopped(pid: int) -> bool:
+    stat = proc_stat(pid)
+    return stat is None or stat[0] == "T"
+
+
+Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _flood_connect(port: int) -> Pair | str:
+    """A connection, or how connecting failed: ``refused`` or ``reset``."""
+    try:
+        return await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return "refused"
+    except ConnectionResetError:
+        return "reset"  # reset as connect() completed
+
+
+async def _flood_echo(pair: Pair | str) -> str:
+    """Echo one byte: ``served``, ``reset`` or ``closed`` (an end of file)."""
+    if isinstance(pair, str):
+        return pair
+    reader, writer = pair
+    try:
+        writer.write(b"f")
+        got = await asyncio.wait_for(reader.readexactly(1), 60)
+    except ConnectionResetError:
+        return "reset"
+    except asyncio.IncompleteReadError:
+        return "closed"
+    finally:
+        writer.close()
+    return "served" if got == b"f" else "closed"
+
+
 # -- slow clients -----------------------------------------------------------------------
 
 SLOW_SOURCE = "127.0.0.2"
@@ -652,6 +747,7 @@ SCENARIOS: dict[str, Callable[[str, Size], Result]] = {
     "nproc": scenario_nproc,
     "memory": scenario_memory,
     "stop": scenario_stop,
+    "stop-flood": scenario_stop_flood,
     "slow": scenario_slow,
     "full-log": scenario_full_log,
 }

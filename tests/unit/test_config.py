@@ -32,6 +32,23 @@ def test_bad_escapes_are_usage_errors(text: str) -> None:
         parse_banner(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a\\qb", "invalid escape '\\q': use"),
+        ("\\xZZ!", "invalid escape '\\xZZ': use"),
+        ("ok\\x4", "invalid escape '\\x4': use"),
+        ("\\\x07", "invalid escape '\\\\x07': use"),  # a control character, shown escaped
+        ("end\\", "invalid escape: a \\ ends the text"),
+    ],
+)
+def test_a_bad_escape_is_shown_alone_and_once(text: str, message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_banner(text)
+    assert str(info.value).startswith(message)
+    assert "--banner" not in str(info.value)  # the caller names the option or the key
+
+
 @given(st.binary())
 def test_escape_then_parse_round_trips(data: bytes) -> None:
     assert parse_banner(escape_banner(data)) == data

@@ -8,7 +8,10 @@ from hypothesis import strategies as st
 
 from forkserve._children import Child, decode_status, describe_signal
 from forkserve._events import (
+    VALUE_LIMIT,
+    clip,
     escape_bytes,
+    escape_controls,
     format_timestamp,
     format_value,
     json_value,
@@ -31,6 +34,55 @@ def test_render_text() -> None:
 def test_peer_bytes_are_escaped_and_capped() -> None:
     assert escape_bytes(b"ok\x00\xff\n") == "ok\\x00\\xff\\x0a"
     assert escape_bytes(b"a" * 70, limit=64) == "a" * 64 + "...(+6 bytes)"
+
+
+PIPE_BUF = 4096
+
+
+@given(st.text(min_size=1), st.integers(1, 3000))
+def test_a_clipped_value_fits_its_limit_once_escaped(char: str, count: int) -> None:
+    text = (char * count)[:count]
+    shown = clip(text)
+    assert len(json.dumps(shown)) - 2 <= VALUE_LIMIT
+    kept, note, _ = shown.partition("...(+")
+    assert shown == text or (note and text.startswith(kept) and shown.endswith(" chars)"))
+
+
+def test_a_huge_value_from_a_peer_keeps_the_line_under_pipe_buf() -> None:
+    """A 2 KB PROXY authority of control characters, or of emoji: the line stays one
+    atomic write in both formats, and no control character reaches it raw."""
+    for authority in ("\x01\x1b[2J" * 700, "\U0001f600" * 2000, "a" * 5000, "\u2028" * 900):
+        fields = {"pid": 7, "peer": "[2001:db8::7]:65535", "authority": authority, "via": "x"}
+        for line in (render_text(0.0, "proxy", fields), render_json(0.0, "proxy", fields)):
+            assert len(line.encode()) < 1024 < PIPE_BUF
+            assert line.isascii() or line.isprintable()
+            assert "\x1b" not in line and "\x01" not in line and "\u2028" not in line
+        parsed = parse_line(render_text(0.0, "proxy", fields))
+        assert parsed is not None and parsed[1]["via"] == "x"
+        assert parsed[1]["authority"].startswith(authority[:8])
+        assert parsed[1]["authority"].endswith(" chars)")
+
+
+def test_short_values_are_shown_whole() -> None:
+    name = "a" * 253  # the longest DNS name
+    assert clip(name) == name
+    assert render_text(0.0, "proxy", {"authority": name}).endswith(f"authority={name}")
+    assert json.loads(render_json(0.0, "x", {"e": "caf\u00e9 \x00"}))["e"] == "caf\u00e9 \x00"
+
+
+def test_multi_line_text_keeps_its_newlines_and_nothing_else_raw() -> None:
+    text = "Traceback\n  x\nValueError: \x1b[2J\r\t\u2028caf\u00e9\n"
+    assert escape_controls(text) == "Traceback\n  x\nValueError: \\x1b[2J\\r\\t\\u2028caf\u00e9\n"
+    assert escape_controls("plain") == "plain"
+
+
+def test_a_traceback_keeps_its_end() -> None:
+    text = "Traceback (most recent call last):\n" + '  File "x.py", line 1\n' * 500
+    text += "KeyError: 'boom'\n"
+    record = json.loads(render_json(0.0, "handler-error", {"traceback": text, "error": "E"}))
+    assert record["traceback"].endswith("KeyError: 'boom'\n")
+    assert record["traceback"].startswith("(+")
+    assert len(render_json(0.0, "handler-error", {"traceback": text})) < PIPE_BUF
 
 
 @given(st.one_of(st.text(), st.binary(), st.integers()))

@@ -6,7 +6,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forkserve._limits import Gate, Timers, TokenBuckets, parse_rate, source_key
+from forkserve._limits import (
+    QUESTION_SIZE,
+    Gate,
+    Timers,
+    TokenBuckets,
+    decode_answer,
+    decode_question,
+    encode_answer,
+    encode_denied,
+    encode_question,
+    parse_rate,
+    source_key,
+)
 from forkserve._rules import RuleSet, command_line_rule, parse_ip
 
 
@@ -138,3 +150,38 @@ def test_timers_skip_what_ended_and_expire_in_order() -> None:
     assert timers.due(100.0) == []
     assert timers.next_deadline() is None
     assert len(timers) == 0
+
+
+def test_a_new_gate_takes_over_the_rate_buckets() -> None:
+    old = Gate(rate=(2, 10.0))
+    source = old.source("192.0.2.1")
+    assert [old.buckets.take(source, 0.0) for _ in range(3)] == [True, True, False]  # type: ignore[union-attr]
+    same = Gate(rate=(2, 10.0))
+    same.take_over(old)
+    assert not same.buckets.take(source, 1.0)  # type: ignore[union-attr]
+    larger = Gate(rate=(4, 10.0))  # refills at 0.4/s from the spent bucket
+    larger.take_over(same)
+    assert not larger.buckets.take(source, 2.0)  # type: ignore[union-attr]
+    assert larger.buckets.take(source, 4.0)  # type: ignore[union-attr]
+    assert larger.buckets.take(old.source("192.0.2.2"), 4.0)  # type: ignore[union-attr]
+    unlimited = Gate()
+    unlimited.take_over(larger)  # no rate now: nothing to keep
+    assert unlimited.buckets is None
+    Gate(rate=(1, 1.0)).take_over(unlimited)  # a rate turned on starts afresh
+
+
+@given(st.integers(min_value=-1, max_value=2**129), st.text(max_size=60))
+def test_questions_and_answers_round_trip(source: int, peer: str) -> None:
+    clean = peer.encode("utf-8", "backslashreplace").decode()
+    assert decode_question(encode_question(source, peer)) == (source, clean)
+    assert decode_question(encode_denied(peer)) == (None, clean)
+    assert len(encode_question(2**129, "[ffff:" + "ffff:" * 6 + "ffff%eth0]:65535")) < QUESTION_SIZE
+
+
+def test_answers() -> None:
+    assert [decode_answer(encode_answer(n)) for n in (0, 1, 7)] == [0, 1, 7]
+    assert encode_answer(0) == b"no"
+    for junk in (b"", b"ok", b"ok x", b"yes 3", b"\xff"):
+        assert decode_answer(junk) == 0
+    with pytest.raises(ValueError):
+        decode_question(b"x 127.0.0.1:1")

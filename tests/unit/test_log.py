@@ -14,6 +14,9 @@ from forkserve._log import CHILD_WAIT, Log
 from tests.support import parse_line
 
 F_SETPIPE_SZ = 1031
+# Longer than the one-page pipe: a handler's traceback, raw (values in event lines are
+# capped well below PIPE_BUF, see _events.VALUE_LIMIT).
+LONG = "2026-11-25T00:00:00.000Z long text=" + "y" * 6000 + "\n"
 
 
 @pytest.fixture
@@ -69,7 +72,7 @@ def test_a_line_partly_written_is_finished_before_any_other(pipe: tuple[int, int
     r, w = pipe
     log = Log(fd=w)
     log.info("first", text="x" * 1000)
-    log.info("long", text="y" * 6000)  # longer than the pipe: written in part
+    log.raw(LONG)  # longer than the pipe: written in part
     assert log.rest
     log.info("dropped")
     assert log.dropped == 1
@@ -136,7 +139,7 @@ def test_a_child_never_writes_the_parents_backlog(pipe: tuple[int, int]) -> None
     forked meanwhile writing it too would garble the log."""
     r, w = pipe
     log = Log(fd=w)
-    log.info("long", text="y" * 6000)
+    log.raw(LONG)  # longer than the pipe: written in part
     log.info("dropped")
     assert log.rest and log.dropped
     pid = os.fork()

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from forkserve._metrics import MAX_REQUEST, Metrics, answer, outcome, request_complete
+from forkserve._metrics import (
+    MAX_REQUEST,
+    Metrics,
+    answer,
+    outcome,
+    rejection_reasons,
+    request_complete,
+)
+from tests.support import find_promtool
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -39,6 +50,93 @@ def test_counters_and_gauges_render() -> None:
     assert got["forkserve_workers", (("state", "idle"),)] == 2
     assert got["forkserve_operations_total", (("operation", "reload-ok"),)] == 1
     assert not [name for name, _ in got if name.endswith("_created")]
+
+
+def busy_prefork() -> bytes:
+    """Every family, with a sample of each kind counted."""
+    metrics = Metrics("prefork")
+    metrics.accepted()
+    metrics.rejected("per-ip")
+    metrics.exited(1, None)
+    metrics.ended(0.5)
+    metrics.forked(0.0002)
+    metrics.operation("reload-failed")
+    return metrics.render({"active": 2, "limit": 8, "workers": {"busy": 2, "idle": 1}})
+
+
+def test_each_family_is_declared_by_its_samples_names() -> None:
+    """What promtool and the 0.0.4 parsers need (prometheus_client's generate_latest
+    writes the same): ``# TYPE x_total counter`` for ``x_total`` samples, so a counter
+    family is never parsed empty beside an untyped family of its samples."""
+    text = busy_prefork()
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    assert {name: f.type for name, f in families.items()} == {
+        "forkserve_connections_accepted": "counter",
+        "forkserve_connections_rejected": "counter",
+        "forkserve_children_exited": "counter",
+        "forkserve_connection_duration_seconds": "histogram",
+        "forkserve_accept_to_fork_seconds": "histogram",
+        "forkserve_connections_active": "gauge",
+        "forkserve_connections_limit": "gauge",
+        "forkserve_operations": "counter",
+        "forkserve_workers": "gauge",
+    }
+    for family in families.values():
+        assert family.samples, f"{family.name} has no samples"
+    declared = {}
+    for line in text.decode().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            declared[name] = kind
+            assert (kind == "counter") == name.endswith("_total"), line
+    suffixes = ("_bucket", "_sum", "_count")
+    for line in text.decode().splitlines():
+        if not line.startswith("#"):
+            name = line.split("{")[0].split(" ")[0]
+            base = next((name[: -len(s)] for s in suffixes if name.endswith(s)), name)
+            assert name in declared or declared.get(base) == "histogram", line
+
+
+def test_promtool_finds_nothing_to_lint() -> None:
+    tool = find_promtool()
+    if tool is None:
+        pytest.skip("promtool is not installed (make test fetches it: see the Makefile)")
+    lint = [tool, "check", "metrics"]
+    result = subprocess.run(
+        lint, input=busy_prefork(), capture_output=True, timeout=30, check=False
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+def test_rejection_reasons_follow_the_settings() -> None:
+    assert rejection_reasons(False, False, False) == ("fork-failed", "dropped")
+    assert rejection_reasons(True, True, True) == (
+        "deny",
+        "per-ip",
+        "rate",
+        "fork-failed",
+        "dropped",
+    )
+    assert rejection_reasons(False, True, False) == ("per-ip", "fork-failed", "dropped")
+
+
+def test_expected_reasons_start_at_zero_and_keep_their_counts() -> None:
+    metrics = Metrics("fork")
+    metrics.rejected("per-ip", 3)
+    metrics.expect_rejections(rejection_reasons(True, True, False))
+    got = samples(metrics.render({"active": 0, "limit": 1}))
+    rejected = {
+        labels[0][1]: value
+        for (name, labels), value in got.items()
+        if name == "forkserve_connections_rejected_total"
+    }
+    assert rejected == {"per-ip": 3, "deny": 0, "fork-failed": 0, "dropped": 0}
+    operations = {
+        labels[0][1]: value
+        for (name, labels), value in got.items()
+        if name == "forkserve_operations_total"
+    }
+    assert operations == {"reload-ok": 0, "reload-failed": 0, "upgrade-failed": 0}
 
 
 def test_label_values_are_escaped() -> None:

@@ -90,6 +90,19 @@ VALID: list[tuple[bytes, int, str, str, tuple[str, int] | None, tuple[str, int] 
     # LOCAL with an address block: the receiver must skip it and use the real peer.
     (v2(0x20, 0x11, V4_BLOCK), 2, "LOCAL", "TCP4", None, None),
     (v2(0x21, 0x00, b""), 2, "PROXY", "UNSPEC", None, None),
+    # LOCAL: the family is ignored and the length need not match it (section 2.2):
+    # balancers' health checks send a TCP family with no address, or a DGRAM one.
+    (v2(0x20, 0x11, b""), 2, "LOCAL", "TCP4", None, None),
+    (v2(0x20, 0x21, V4_BLOCK), 2, "LOCAL", "TCP6", None, None),
+    (v2(0x20, 0x12, b""), 2, "LOCAL", "UNSPEC", None, None),
+    (v2(0x20, 0x41, b""), 2, "LOCAL", "UNSPEC", None, None),
+    (v2(0x20, 0xFF, b"\x02\x00"), 2, "LOCAL", "UNSPEC", None, None),
+    # PROXY with an UNSPEC transport or family: the addresses are ignored, whatever
+    # they are, and the real peer kept.
+    (v2(0x21, 0x10, V4_BLOCK), 2, "PROXY", "UNSPEC", None, None),
+    (v2(0x21, 0x10, b""), 2, "PROXY", "UNSPEC", None, None),
+    (v2(0x21, 0x20, V4_BLOCK), 2, "PROXY", "UNSPEC", None, None),
+    (v2(0x21, 0x00, bytes(5)), 2, "PROXY", "UNSPEC", None, None),
     (v2(0x21, 0x31, bytes(216)), 2, "PROXY", "UNIX", None, None),
     # TLVs: AUTHORITY, NOOP padding, a custom type, an SSL TLV with sub-TLVs.
     (
@@ -177,6 +190,16 @@ def test_trailing_data_is_left_untouched(  # noqa: PLR0917
     assert reader.trailing == b"more"
 
 
+def test_tlvs_of_headers_without_addresses_are_read_when_they_can_be_found() -> None:
+    authority = ((0x02, b"lb.example"),)
+    header, _ = feed_whole(encode_v2(None, None, authority))
+    assert header is not None and header.command == "LOCAL" and header.authority == "lb.example"
+    header, _ = feed_whole(v2(0x20, 0x11, V4_BLOCK + b"\x02\x00\x02lb"))
+    assert header is not None and header.authority == "lb" and header.source is None
+    header, _ = feed_whole(v2(0x20, 0x11, b"\x02\x00\x02lb"))  # short of the family's
+    assert header is not None and header.tlvs == ()
+
+
 def test_tlvs_are_exposed() -> None:
     header, _ = feed_whole(VALID[-1][0])
     assert header is not None
@@ -213,6 +236,9 @@ INVALID: list[tuple[bytes, str]] = [
     (v2(0x21, 0x41, V4_BLOCK), "family"),
     (v2(0x21, 0x13, V4_BLOCK), "family"),
     (v2(0x21, 0x12, V4_BLOCK), "family"),
+    (v2(0x21, 0x40, V4_BLOCK), "family"),
+    (v2(0x21, 0x03, b""), "family"),
+    (v2(0x20, 0x11, b"", length=60000), "length"),
     (v2(0x21, 0x11, V4_BLOCK[:8]), "length"),
     (v2(0x21, 0x21, V4_BLOCK), "length"),
     (v2(0x21, 0x11, b"", length=60000), "length"),

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forkserve._ucspi import UCSPI_NAMES, endpoint, ucspi_environment
+from forkserve._ucspi import TLS_NAMES, UCSPI_NAMES, endpoint, ucspi_environment
 
 ports = st.integers(min_value=0, max_value=65535)
 ipv4 = st.ip_addresses(v=4).map(str)
@@ -79,6 +79,20 @@ def test_stale_inherited_names_go_and_others_stay() -> None:
     assert env["PATH"] == "/bin"
     assert env["TCPTIMEOUT"] == "9"  # not a UCSPI name: a rules file's, say
     assert base["TCPREMOTEHOST"] == "stale"  # the input is not modified
+
+
+def test_stale_tls_names_go_and_openssl_configuration_stays() -> None:
+    stale = {name: "stale" for name in TLS_NAMES} | {
+        "SSL_CLIENT_S_DN": "CN=mallory",
+        "SSL_CLIENT_CERT": "-----BEGIN",
+        "SSL_SERVER_S_DN": "CN=old",
+    }
+    kept = {"SSL_CERT_FILE": "/etc/ssl/ca.pem", "SSL_CERT_DIR": "/etc/ssl/certs", "SSLX": "1"}
+    env = ucspi_environment(
+        stale | kept, endpoint(("127.0.0.1", 1)), endpoint(("127.0.0.1", 2)), connnum=1
+    )
+    assert not stale.keys() & env.keys()
+    assert kept.items() <= env.items()
 
 
 def test_extra_variables_come_last_and_win() -> None:

@@ -6,7 +6,9 @@ wait for log lines with deadlines, and give every socket a timeout.
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -16,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +28,8 @@ from typing import Any
 WAIT = 15.0  # the longest any single wait in a test may take
 
 FORKSERVE = [sys.executable, "-m", "forkserve"]
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux)
+UNREAD_PIPE_SIZE = 4096  # ServerProcess(unread_log=True): the log pipe holds one page
 
 
 def parse_line(line: str) -> tuple[str, dict[str, str]] | None:
@@ -70,31 +75,41 @@ class ServerProcess:
         cwd: str | os.PathLike[str] | None = None,
         pass_fds: Sequence[int] = (),
         print_port: bool = True,
+        unread_log: bool = False,
     ) -> None:
         argv = command if command is not None else [*FORKSERVE, "serve", address, "--print-port"]
         self.argv = [*argv, *args]
+        # unread_log: stderr is a one-page pipe (4 KiB) nobody reads until drain_log(),
+        # a log reader that stopped reading (issue 12, finding 3).
+        log_r, log_w = os.pipe() if unread_log else (-1, subprocess.PIPE)
+        if unread_log:
+            fcntl.fcntl(log_w, F_SETPIPE_SZ, UNREAD_PIPE_SIZE)
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=log_w,
             env=env,
             cwd=cwd,
             process_group=0,
             preexec_fn=preexec_fn,  # noqa: PLW1509 - only resource limits, no threads then
             pass_fds=pass_fds,
         )
+        if unread_log:
+            os.close(log_w)
+        self.stderr = os.fdopen(log_r, "rb") if unread_log else self.proc.stderr
         self.pid = self.proc.pid
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._reader.start()
+        if not unread_log:
+            self._reader.start()
         self.port = self._read_port() if print_port else 0
         self.descendants_seen: set[int] = set()
 
     def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
+        assert self.stderr is not None
+        for raw in self.stderr:
             with self._cond:
                 self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
                 self._cond.notify_all()
@@ -124,6 +139,18 @@ class ServerProcess:
         return int(data)
 
     # -- the log ------------------------------------------------------------------
+
+    def drain_log(self) -> None:
+        """With ``unread_log``: start reading the log, as a reader that comes back."""
+        if not self._reader.is_alive() and not self._reader.ident:
+            self._reader.start()
+
+    def log_queued(self) -> int:
+        """With ``unread_log``: bytes in the log pipe, unread."""
+        assert self.stderr is not None
+        count = array.array("i", [0])
+        fcntl.ioctl(self.stderr.fileno(), termios.FIONREAD, count)
+        return count[0]
 
     def log_text(self) -> str:
         with self._cond:
@@ -204,8 +231,9 @@ class ServerProcess:
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        self.drain_log()
         self._reader.join(WAIT)
-        for stream in (self.proc.stdout, self.proc.stderr):
+        for stream in (self.proc.stdout, self.stderr):
             if stream is not None:
                 stream.close()
         return left

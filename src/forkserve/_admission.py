@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 
-from forkserve._children import ChildTable
+from forkserve._children import Child, ChildTable, Exited
 from forkserve._limits import (
     QUESTION_SIZE,
     Gate,
@@ -213,6 +213,22 @@ class Admission:
             channel.close()
 
     # -- --max-lifetime -----------------------------------------------------------------
+    # Timers are keyed by connection (fork mode: its Child record; prefork: see
+    # PreforkLoop), never by pid: pid_max is 32768 here, so at 1,000 forks a second a
+    # pid comes round in about 30 s, and a reused pid took the old deadline along.
+
+    def start_lifetime(self, child: Child) -> None:
+        """A connection's process was forked: time it from its start."""
+        if self.lifetimes is not None:
+            self.lifetimes.add(child, child.started)
+
+    def forget_lifetimes(self, exits: list[Exited]) -> None:
+        """Reaped: drop the timers of what ended, so none waits for its deadline."""
+        for ended in exits:
+            if ended.child is not None:
+                if self.lifetimes is not None:
+                    self.lifetimes.discard(ended.child)
+                self.lifetime_kills.discard(ended.child)
 
     def lifetime_deadlines(self) -> tuple[float | None, ...]:
         lifetimes = self.lifetimes.next_deadline() if self.lifetimes is not None else None
@@ -223,26 +239,24 @@ class Admission:
             for key in self.lifetimes.due(now):
                 self.end_lifetime(key, now)
         for key in self.lifetime_kills.due(now):
-            assert isinstance(key, int)
-            self.log.warning("kill", pid=key, signal="SIGKILL", reason="max-lifetime")
-            self.children.signal(key, signal.SIGKILL)
+            assert isinstance(key, Child)
+            self.log.warning("kill", pid=key.pid, signal="SIGKILL", reason="max-lifetime")
+            self.children.signal(key.pid, signal.SIGKILL)
 
     def lifetime_current(self, key: object) -> bool:
-        """Whether a lifetime timer's key (a connection child's pid) still runs."""
-        return key in self.children
+        """Whether a lifetime timer's connection (its Child) still runs."""
+        return isinstance(key, Child) and self.children.get(key.pid) is key
 
     def kill_current(self, key: object) -> bool:
-        return key in self.children
+        return isinstance(key, Child) and self.children.get(key.pid) is key
 
     def end_lifetime(self, key: object, now: float) -> None:
         """A connection reached --max-lifetime: SIGTERM to its process group now,
         SIGKILL LIFETIME_KILL_AFTER seconds later if it is still there."""
-        assert isinstance(key, int)
-        child = self.children.get(key)
-        peer = child.peer if child is not None else ""
+        assert isinstance(key, Child)
         after = f"{self.policy.max_lifetime:g}s"
-        self.log.info("max-lifetime", pid=key, peer=peer, after=after, signal="SIGTERM")
-        self.children.signal(key, signal.SIGTERM)
+        self.log.info("max-lifetime", pid=key.pid, peer=key.peer, after=after, signal="SIGTERM")
+        self.children.signal(key.pid, signal.SIGTERM)
         self.lifetime_kills.add(key, now)
 
     def active(self) -> str:

@@ -13,7 +13,7 @@ from forkserve._address import parse_listen_address
 from forkserve._errors import UsageError
 from forkserve._exec import ExecService, Program
 from forkserve._handler import Handler, PythonService, Service
-from forkserve._limits import Gate
+from forkserve._limits import MAX_SECONDS, MAX_SECONDS_TEXT, Gate
 from forkserve._listen import Listener
 from forkserve._log import Log
 from forkserve._prelude import RLIMIT_NAMES, Prelude
@@ -131,9 +131,12 @@ def make_service(
 
 
 def check_seconds(name: str, value: float) -> None:
-    """Raises UsageError unless ``value`` is 0 (off) or a finite positive number."""
+    """Raises UsageError unless ``value`` is 0 (off) or a positive number of seconds,
+    MAX_SECONDS at most (poll(2) waits no longer: see _limits)."""
     if not 0 <= value < float("inf"):
         raise UsageError(f"{name} must be 0 (off) or more seconds, not {value}")
+    if value > MAX_SECONDS:
+        raise UsageError(f"{name} must be at most {MAX_SECONDS_TEXT}, not {value}")
 
 
 def make_prelude(

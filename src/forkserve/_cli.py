@@ -45,6 +45,10 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected 0 or more seconds, not {text!r}")
+    from forkserve._limits import MAX_SECONDS, MAX_SECONDS_TEXT
+
+    if value > MAX_SECONDS:  # poll(2) and socket timeouts wait no longer: see _limits
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_SECONDS_TEXT}, not {text!r}")
     return value
 
 
@@ -108,16 +112,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def announce_port(server: object) -> None:
     """``--print-port``: the port alone on one line, flushed, once listening."""
+    from forkserve._log import write_once
     from forkserve._server import Server
 
     assert isinstance(server, Server)
     if server.handover is not None:
         return  # an upgrade: same port, and stdout is the old master's reader's
-    try:
-        sys.stdout.write(f"{server.port}\n")
-        sys.stdout.flush()
-    except BrokenPipeError:
-        server.log.warning("print-port-failed", error="EPIPE")
+    # Without waiting, as the log is written: stdout may be a pipe nobody reads.
+    error = write_once(1, f"{server.port}\n".encode())
+    if error:
+        server.log.warning("print-port-failed", error=error)
 
 
 def build_parser() -> Parser:

@@ -22,6 +22,7 @@ import socket
 
 from forkserve._address import format_address
 from forkserve._errors import ProxyProtocolError
+from forkserve._limits import MAX_SECONDS, MAX_SECONDS_TEXT
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -256,8 +257,10 @@ def make_edge(
         raise UsageError("--tls-cert and --tls-key go together")
     if tls_client_ca is not None and tls_cert is None:
         raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
-    if not handshake_timeout >= 0:
-        raise UsageError(f"handshake timeout must be 0 or more seconds, not {handshake_timeout}")
+    if not 0 <= handshake_timeout <= MAX_SECONDS:  # poll(2)'s limit: see _limits
+        raise UsageError(
+            f"handshake timeout must be 0 to {MAX_SECONDS_TEXT}, not {handshake_timeout}"
+        )
     trusted = tuple(trusted_network(text) for text in proxy_from)
     tls = TLSHolder(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
     edge = Edge(

@@ -236,7 +236,11 @@ def _report_exception(log: Log | None) -> None:
             return
         from forkserve._events import escape_controls
 
-        sys.stderr.write(escape_controls(text))  # the message may hold the client's bytes
+        text = escape_controls(text)  # the message may hold the client's bytes
+        if log is not None:
+            log.raw(text)  # never hangs the child on a log nobody reads (see _log)
+            return
+        sys.stderr.write(text)
         sys.stderr.flush()
     except Exception:  # noqa: BLE001, S110 - stderr gone: nothing else to tell
         pass

@@ -17,6 +17,13 @@ from forkserve._rules import IPV6_BIT, Rule, RuleError, RuleSet, is_ipv4, parse_
 # holds a whole /64 (RFC 6177), so counting single addresses would let one client
 # open a connection from each of 2**64 addresses.
 DEFAULT_IPV6_PREFIX = 64
+# The longest duration a setting may have (--grace, --max-lifetime, every timeout):
+# poll(2) and epoll_wait(2) take their timeout in milliseconds as a C int, so Python's
+# poll raises OverflowError past 2**31 - 1 ms (24.8 days), and a socket timeout past
+# time_t's range; the parent's loop died with a traceback (issue 12, finding 4). A
+# round bound below that, checked where settings are parsed.
+MAX_SECONDS = 2_000_000
+MAX_SECONDS_TEXT = f"{MAX_SECONDS} seconds (about 23 days)"
 # The rate limiter forgets a source once its bucket is full again; beyond this many
 # sources at once the least recently seen is forgotten early (it gets a full bucket
 # back: the limiter fails open for that source rather than grow without bound).
@@ -248,37 +255,53 @@ def decode_answer(data: bytes) -> int:
 
 
 class Timers:
-    """Deadlines that are all ``delay`` after their start, in start order: a FIFO, so
-    the next deadline is the oldest entry and adding or expiring one is O(1).
+    """Deadlines that are all ``delay`` after their start, in start order: the next
+    deadline is the oldest entry, and adding, expiring or discarding one is O(1).
 
-    Entries are not removed when what they time ends early; ``current(key)`` tells
-    which still count, and the stale ones are skipped as they reach the front.
+    Keyed by what they time (a connection, never a pid the kernel may give to the
+    next one: issue 12, finding 5); ``discard`` drops a timer whose connection ended,
+    so finished connections never wait in the queue until their deadline. An
+    ordered dict, not a deque, for that: its first entry and a removal by key are
+    both O(1). ``current(key)``, if given, may still rule out a timer at its turn.
     """
 
-    def __init__(self, delay: float, current: Callable[[object], bool]) -> None:
+    def __init__(self, delay: float, current: Callable[[object], bool] | None = None) -> None:
         self.delay = delay
         self.current = current
-        self.queue: collections.deque[tuple[float, object]] = collections.deque()
+        self.deadlines: collections.OrderedDict[object, float] = collections.OrderedDict()
 
     def __len__(self) -> int:
-        return len(self.queue)
+        return len(self.deadlines)
 
     def add(self, key: object, now: float) -> None:
-        self.queue.append((now + self.delay, key))
+        self.deadlines[key] = now + self.delay
+
+    def discard(self, key: object) -> None:
+        """Forget ``key``'s timer, if it has one (its connection ended)."""
+        self.deadlines.pop(key, None)
+
+    def _counts(self, key: object) -> bool:
+        return self.current is None or self.current(key)
 
     def next_deadline(self) -> float | None:
         """The earliest deadline that still counts, or None."""
-        queue = self.queue
-        while queue and not self.current(queue[0][1]):
-            queue.popleft()
-        return queue[0][0] if queue else None
+        deadlines = self.deadlines
+        while deadlines:
+            key, deadline = next(iter(deadlines.items()))
+            if self._counts(key):
+                return deadline
+            deadlines.popitem(last=False)
+        return None
 
     def due(self, now: float) -> list[object]:
         """Remove and return the keys whose deadline has come and that still count."""
         expired = []
-        queue = self.queue
-        while queue and queue[0][0] <= now:
-            _, key = queue.popleft()
-            if self.current(key):
+        deadlines = self.deadlines
+        while deadlines:
+            key, deadline = next(iter(deadlines.items()))
+            if deadline > now:
+                break
+            deadlines.popitem(last=False)
+            if self._counts(key):
                 expired.append(key)
         return expired

@@ -104,7 +104,9 @@ class Operations:
             self.endpoint = None
 
     def close_extras_in_child(self) -> None:
-        """The metrics, notification and upgrade descriptors are the parent's."""
+        """The metrics, notification and upgrade descriptors are the parent's, and
+        so is the log's backlog (see Log.in_child)."""
+        self.log.in_child()
         if self.endpoint is not None:
             self.endpoint.close_in_child()
         if self.status is not None:

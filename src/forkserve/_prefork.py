@@ -400,6 +400,7 @@ class PreforkLoop(Supervisor):
                     worker.served += 1
                     self.crashes = 0
                     self.release_source(worker)
+                    self.forget_lifetime(worker)
                     self.log_end(worker, now, exit=int(detail))
                 worker.state, worker.since, worker.peer = "idle", now, ""
 
@@ -431,6 +432,7 @@ class PreforkLoop(Supervisor):
                 self.sel.unregister(channel)
                 channel.close()
             if worker.state == "busy":
+                self.forget_lifetime(worker)
                 self.log_end(worker, now, **ended.status_fields())
             if worker.stopping or self.stopping is not None:
                 reason = "stopped"
@@ -528,6 +530,11 @@ class PreforkLoop(Supervisor):
 
     # -- --max-lifetime: workers are timed from when they report a connection ----------
 
+    def forget_lifetime(self, worker: WorkerState) -> None:
+        """The worker's connection ended: drop its timer (keyed ``(pid, since)``)."""
+        if self.lifetimes is not None:
+            self.lifetimes.discard((worker.pid, worker.since))
+
     def lifetime_current(self, key: object) -> bool:
         if not isinstance(key, tuple):
             return super().lifetime_current(key)  # a child forked at a stop
@@ -552,7 +559,9 @@ class PreforkLoop(Supervisor):
             "max-lifetime", pid=worker.pid, peer=worker.peer, after=after, signal="SIGQUIT"
         )
         self.end_worker(worker.pid)
-        self.lifetime_kills.add(worker.pid, now)
+        child = self.children.get(worker.pid)  # the kill is keyed by it, not the pid
+        if child is not None:
+            self.lifetime_kills.add(child, now)
 
     def end_worker(self, pid: int) -> None:
         """End a worker now, as fork mode ends a connection's child.

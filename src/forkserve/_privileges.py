@@ -170,6 +170,10 @@ def parse_size(text: str) -> int:
     return int(number) * scale
 
 
+# The largest limit Python's setrlimit takes (a C long long; RLIM_INFINITY is -1 there).
+RLIMIT_MAX = 2**63 - 1
+
+
 def rlimit_triples(limits: Mapping[str, int], reusable: bool) -> tuple[tuple[int, int, int], ...]:
     """The ``(resource, soft, hard)`` triples a child sets (see _prelude.apply_rlimits).
 
@@ -194,6 +198,8 @@ def rlimit_triples(limits: Mapping[str, int], reusable: bool) -> tuple[tuple[int
     for name, value in limits.items():
         which = resources[name]
         _, hard = resource.getrlimit(which)
+        if value > RLIMIT_MAX:  # setrlimit would raise OverflowError in every child
+            raise UsageError(f"--limit-{name} {value} is too large: at most {RLIMIT_MAX}")
         if hard != resource.RLIM_INFINITY and value > hard:
             raise UsageError(f"--limit-{name} {value} is above the hard limit ({hard})")
         if which == resource.RLIMIT_CPU:

@@ -170,8 +170,8 @@ class Server:
         check_arguments(mode, max_conns, (min_spare, max_spare, max_workers, max_requests))
         if backlog < 1:
             raise UsageError(f"backlog must be at least 1, not {backlog}")
-        if not grace >= 0:
-            raise UsageError(f"grace must be 0 or more seconds, not {grace}")
+        check_seconds("grace", grace)
+        check_seconds("upgrade_timeout", upgrade_timeout)
         if not isinstance(banner, bytes):
             raise UsageError(f"banner must be bytes, not {type(banner).__name__}")
         self.mode = mode
@@ -290,6 +290,7 @@ class Server:
             loop.run()
         finally:
             loop.close()
+            self.log.stopping()
         self.log.notice("stopped", pid=os.getpid())
 
     def make_loop(self, announce: Callable[[], None]) -> Supervisor:

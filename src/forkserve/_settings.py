@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from forkserve._address import parse_listen_address
 from forkserve._config import parse_banner
 from forkserve._errors import ForkserveError, UsageError
-from forkserve._limits import parse_rate
+from forkserve._limits import MAX_SECONDS, MAX_SECONDS_TEXT, parse_rate
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -94,6 +94,13 @@ def _nonnegative(value: object) -> float:
     assert isinstance(value, int | float)
     if not 0 <= value < float("inf"):
         raise ValueError(f"expected 0 or more seconds, not {value!r}")
+    return _bounded(value)
+
+
+def _bounded(value: int | float) -> float:
+    """A duration no longer than MAX_SECONDS (see _limits). Raises ValueError."""
+    if value > MAX_SECONDS:
+        raise ValueError(f"expected at most {MAX_SECONDS_TEXT}, not {value!r}")
     return float(value)
 
 
@@ -120,7 +127,7 @@ def _text(text: str) -> str:
 
 
 COUNT = Kind("a whole number, 1 or more", _count, (int,), _at_least_one)
-SECONDS = Kind("seconds, 0 or more", _seconds, (int, float), _nonnegative)
+SECONDS = Kind(f"seconds, 0 to {MAX_SECONDS}", _seconds, (int, float), _nonnegative)
 FLAG = Kind("true or false", _text, (bool,))
 TEXT = Kind("a string", _text, (str,))
 ADDRESS = Kind(
@@ -162,7 +169,7 @@ def _positive(value: object) -> float:
     assert isinstance(value, int | float)
     if not 0 < value < float("inf"):
         raise ValueError(f"expected more than 0 seconds, not {value!r}")
-    return float(value)
+    return _bounded(value)
 
 
 def _size(text: str) -> int:
@@ -175,7 +182,7 @@ PREFIX_LENGTH = Kind(
     "a prefix length, 0 to 128", _prefix_length, (int,), lambda v: _prefix_length(str(v))
 )
 RATE = Kind("N/SECONDS", parse_rate, (str,))
-TIMEOUT = Kind("seconds, more than 0", _timeout, (int, float), _positive)
+TIMEOUT = Kind(f"seconds, more than 0, at most {MAX_SECONDS}", _timeout, (int, float), _positive)
 SIZE = Kind("a size: 4096, 512M, 2G", _size, (str, int), lambda v: _size(str(v)))
 
 

@@ -1,11 +1,16 @@
 """Signals as a readable descriptor.
 
-The parent installs no-op Python handlers and points ``signal.set_wakeup_fd`` at a
-non-blocking socketpair; the C-level handler writes each signal's number there, and
-the main loop selects on the other end beside its listeners. Nothing runs inside a
-signal handler (asyncio's ``add_signal_handler`` and trio's wakeup socketpair work the
-same way), so nothing can deadlock on a lock a handler interrupted: the seed's
-``printf`` in its SIGCHLD handler did exactly that under load.
+The parent points ``signal.set_wakeup_fd`` at a non-blocking socketpair and selects
+on the other end beside its listeners (asyncio's ``add_signal_handler`` and trio's
+wakeup socketpair work the same way). The wakeup socket only wakes the loop: once it
+is full (278 one-byte writes here, reached while the parent is busy or held up and
+children keep exiting) CPython drops further bytes silently, SIGTERM's included
+(issue 12, finding 2). So the Python-level handler records each signal itself, in
+arrival order, and the loop reads the records (skalibs' selfpipe never loses one).
+
+The handler does nothing else: no logging, no lock, nothing that allocates beyond
+one list slot, so nothing can deadlock on a lock it interrupted (the seed's
+``printf`` in its SIGCHLD handler did exactly that under load).
 """
 
 from __future__ import annotations
@@ -55,8 +60,10 @@ def reset_in_child(signums: tuple[int, ...] = SERVER_SIGNUMS) -> None:
         _signal.signal(signum, _signal.SIG_DFL)
 
 
-def _noop(signum: int, frame: FrameType | None) -> None:
-    """The Python-level handler: the wakeup fd already carries the news."""
+# Records kept at most, besides one more of each signal not yet among them: a flood
+# of one signal (SIGCHLD from thousands of exits) adds nothing a record of it does
+# not already say, and must not grow the parent without bound.
+MAX_RECORDS = 4096
 
 
 class SignalPipe:
@@ -71,26 +78,50 @@ class SignalPipe:
         self._read, self._write = socket.socketpair()
         self._read.setblocking(False)
         self._write.setblocking(False)
-        self._saved = {sig: signal.signal(sig, _noop) for sig in self.signals}
-        # warn_on_full_buffer=False: a burst of SIGCHLD may fill the pipe; one byte
-        # is enough to make the loop reap every child, so dropped bytes are harmless.
+        self.arrived: list[int] = []  # the records: signal numbers, in arrival order
+        self._saved = {sig: signal.signal(sig, self._record) for sig in self.signals}
+        # warn_on_full_buffer=False: a burst of signals may fill the socket; one byte
+        # is enough to wake the loop, and the records say which signals came.
         self._saved_wakeup = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
         self._closed = False
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        """The Python-level handler: one record per signal (see MAX_RECORDS).
+
+        Runs in the main thread between two bytecodes of the loop; ``append`` is
+        one step, so a record is never half made. ``take`` swaps the list out.
+        """
+        arrived = self.arrived
+        if len(arrived) < MAX_RECORDS or signum not in arrived:
+            arrived.append(signum)
 
     def fileno(self) -> int:
         return self._read.fileno()
 
-    def drain(self) -> list[int]:
-        """Read every pending signal number, in arrival order, without blocking."""
-        received: list[int] = []
+    def clear(self) -> None:
+        """Empty the wakeup socket (its bytes only woke the loop) without blocking."""
         while True:
             try:
-                data = self._read.recv(4096)
+                if not self._read.recv(4096):  # pragma: no cover - we hold the write end
+                    return
             except BlockingIOError:
-                return received
-            if not data:  # pragma: no cover - the write end lives as long as we do
-                return received
-            received.extend(data)
+                return
+
+    def take(self) -> list[int]:
+        """The signals recorded since the last call, in arrival order.
+
+        One swap: a handler that runs before it appends to the list returned, one
+        that runs after to the next; its wakeup byte wakes the loop for it.
+        """
+        if not self.arrived:
+            return []
+        received, self.arrived = self.arrived, []
+        return received
+
+    def drain(self) -> list[int]:
+        """Empty the wakeup socket, then take the records (``clear``, ``take``)."""
+        self.clear()
+        return self.take()
 
     def close(self) -> None:
         """Restore the previous dispositions and wakeup fd; close the socketpair."""

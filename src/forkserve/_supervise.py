@@ -91,6 +91,7 @@ class Supervisor(Admission, Operations):
         with SignalPipe() as sigs, self.sel:
             self.sigs = sigs
             self.sel.register(sigs, selectors.EVENT_READ)
+            self.log.attach(self.sel)  # a full log is watched until it has room
             if self.endpoint is not None:
                 self.endpoint.attach(self.sel)
             self.start()
@@ -105,9 +106,13 @@ class Supervisor(Admission, Operations):
                 while not self.finished():
                     self.before_wait()
                     self.notify_status()
-                    events = self.sel.select(self.timeout())
+                    # Records taken already: a handler that ran after its wakeup
+                    # byte was read must not wait for the next event.
+                    events = self.sel.select(0.0 if sigs.arrived else self.timeout())
                     if any(key.fileobj is sigs for key, _ in events):
-                        self.on_signals(sigs.drain())
+                        sigs.clear()
+                    if sigs.arrived:
+                        self.on_signals(sigs.take())
                     for key, mask in events:
                         if callable(key.data):  # the metrics endpoint, an upgrade
                             key.data(mask)
@@ -115,6 +120,7 @@ class Supervisor(Admission, Operations):
                             self.on_ready(key, mask)
                     self.on_timers(time.monotonic())
             finally:
+                self.log.detach()
                 self.close_endpoint()
         self.sigs = None
 
@@ -151,7 +157,9 @@ class Supervisor(Admission, Operations):
             elif number != signal.SIGCHLD:
                 self.log.debug("signal-ignored", signal=signal.Signals(number).name)
         if signal.SIGCHLD in signals:
-            self.on_exits(self.upgrade_exits(self.children.reap()))
+            exits = self.children.reap()
+            self.forget_lifetimes(exits)
+            self.on_exits(self.upgrade_exits(exits))
         self.notify_status()  # STOPPING=1 at once: the loop may end this turn
 
     def fast_stop(self, signame: str) -> None:
@@ -285,8 +293,7 @@ class Supervisor(Admission, Operations):
         finally:
             conn.close()
         child = self.children.add(pid, peer_text, source)
-        if self.lifetimes is not None:
-            self.lifetimes.add(pid, child.started)
+        self.start_lifetime(child)
         self.metrics.accepted()
         self.metrics.forked(child.started - taken)
         self.log.info("accept", peer=peer_text, pid=pid, conns=self.active())

@@ -79,7 +79,9 @@ class Notifier:
         value = environ.pop("NOTIFY_SOCKET", None)
         return cls(value, log) if value else None
 
-    def send(self, **fields: object) -> None:
+    def send(self, **fields: object) -> bool:
+        """Send a notification without waiting; False when it is worth sending again
+        (EAGAIN, ENOBUFS: the manager's socket is full for now)."""
         try:
             self.sock.sendto(notify_message(fields), self.address)
         except OSError as exc:
@@ -96,6 +98,8 @@ class Notifier:
                 self.failed = True
                 name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
                 self.log.warning("notify-failed", socket=self.value, error=name)
+            return exc.errno not in (errno.EAGAIN, errno.ENOBUFS)
+        return True
 
     def reloading(self) -> None:
         """``RELOADING=1`` with the CLOCK_MONOTONIC time, as Type=notify-reload wants."""
@@ -112,6 +116,9 @@ class Notifier:
 # STATUS= is refreshed at most this often: a notification per accept would be a
 # system call per connection for a line a human reads.
 STATUS_INTERVAL = 1.0
+# READY=1 or STOPPING=1 that found the manager's socket full is sent again this often
+# until it goes: without READY=1 systemd kills the service at TimeoutStartSec.
+RETRY_INTERVAL = 0.2
 
 
 class Status:
@@ -128,23 +135,42 @@ class Status:
         self.upgraded = upgraded
         self.sent = ""
         self.next_at = 0.0
-        self.due: float | None = None  # a change waits for next_at
+        self.due: float | None = None  # a change waits for next_at, or a retry
         self.stopping_sent = False
+        self.unsent: dict[str, object] = {}  # READY/STOPPING to send again
 
     def ready(self, conns: str, again: bool = False) -> None:
         """READY=1 with the status: at start-up, and after a reload (``again``)."""
         self.sent = status_text("serving", conns)
+        now = time.monotonic()
         if self.upgraded and not again:
             self.notifier.send(STATUS=self.sent)
         else:
-            self.notifier.send(READY=1, STATUS=self.sent)
-        self.next_at = time.monotonic() + STATUS_INTERVAL
+            self.deliver({"READY": 1, "STATUS": self.sent}, now)
+        self.next_at = now + STATUS_INTERVAL
+
+    def deliver(self, fields: dict[str, object], now: float) -> None:
+        """Send a notification that must arrive; keep it to send again if it did not."""
+        if self.notifier.send(**fields):
+            for key in fields:
+                self.unsent.pop(key, None)  # an older copy, now superseded
+        else:
+            self.unsent.update(fields)
+            self.due = now + RETRY_INTERVAL
 
     def update(self, stopping: bool, conns: str, now: float) -> None:
         """Called each turn of the loop: send what changed, rate-limited."""
         if stopping and not self.stopping_sent:
             self.stopping_sent = True
-            self.notifier.send(STOPPING=1)
+            self.unsent.pop("READY", None)  # too late for it
+            self.deliver({"STOPPING": 1}, now)
+        if self.unsent:
+            if now < (self.due or 0.0):
+                return
+            fields, self.unsent = self.unsent, {}
+            self.deliver(fields, now)
+            if self.unsent:
+                return
         text = status_text("stopping" if stopping else "serving", conns)
         if text == self.sent:
             self.due = None

@@ -65,6 +65,8 @@ class Upgrade:
         loop.sel.register(ready_r, selectors.EVENT_READ, self.on_pipe)
 
     def on_pipe(self, mask: int) -> None:
+        if self.ready_r < 0:
+            return  # closed earlier in this turn of the loop (its exit was reaped)
         try:
             data = os.read(self.ready_r, 256)
         except BlockingIOError:
@@ -75,9 +77,12 @@ class Upgrade:
             self.handed_over = True
             self.loop.hand_over(self.pid)
         elif not data:
-            self.finish()
-            self.loop.log.warning("upgrade-failed", pid=self.pid, reason="exited-before-ready")
-            self.loop.metrics.operation("upgrade-failed")
+            self.failed("exited-before-ready")
+
+    def failed(self, reason: str) -> None:
+        self.finish()
+        self.loop.log.warning("upgrade-failed", pid=self.pid, reason=reason)
+        self.loop.metrics.operation("upgrade-failed")
 
     def on_deadline(self, now: float) -> None:
         if self.deadline is not None and now >= self.deadline:
@@ -97,6 +102,10 @@ class Upgrade:
         """Handle the new master's exit, if it is among ``exits``; return the others."""
         for ended in exits:
             if ended.pid == self.pid:
+                if self.ready_r >= 0:  # reaped before its pipe was read: read it now
+                    self.on_pipe(0)
+                if self.ready_r >= 0:  # no READY, no end of file (a child holds it)
+                    self.failed("exited-before-ready")
                 self.finish()
                 self.loop.log.notice("upgrade-exit", pid=self.pid, **ended.status_fields())
                 if not self.handed_over:
@@ -197,6 +206,7 @@ def _exec_new_master(  # noqa: PLR0917 - one call site, in the forked child
     ``--user`` cannot run the Python interpreter (one under /root, say)."""
     # Above every target first, so that moving one never overwrites another.
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd, _ in (*sockets, (ready_w, ""))]
+    log.move_out_of_the_way(64)  # its own descriptor (see _log) must survive the moves
     close_in_child()  # closes the originals, the selector, the signal pipe...
     reset_in_child()
     for target, fd in enumerate(high, start=3):
@@ -247,10 +257,15 @@ class Handover:
         return cls(int(from_pid), int(ready_fd), owned == "1")
 
     def report_ready(self) -> None:
-        """Tell the old master this one serves; it may be gone already (EPIPE)."""
+        """Tell the old master this one serves; it may be gone already (EPIPE).
+
+        Never waits: the pipe is fresh and empty, and its write end is this
+        process's alone, so O_NONBLOCK on it changes nothing for anyone else.
+        """
         try:
+            os.set_blocking(self.ready_fd, False)
             os.write(self.ready_fd, f"READY {os.getpid()}\n".encode())
-        except BrokenPipeError:
+        except (BrokenPipeError, BlockingIOError):
             pass  # the old master stopped meanwhile: this one serves on regardless
         finally:
             os.close(self.ready_fd)

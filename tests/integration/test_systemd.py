@@ -128,3 +128,27 @@ def test_readiness_status_and_stopping(serve: ServerFactory, tmp_path: Path, whe
             server.send_signal(signal.SIGTERM)
             assert wait_notification(notify, "STOPPING") == {"STOPPING": "1"}
         assert server.wait_exit() == 0
+
+
+def test_a_ready_notification_dropped_on_eagain_is_sent_again(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """systemd's notify socket full (EAGAIN) when READY=1 goes out: it is sent again
+    once there is room; else systemd waits for it until TimeoutStartSec and kills
+    the service. (Issue 12's suspected "a READY=1 dropped on EAGAIN is retried".)"""
+    path = str(tmp_path / "notify")
+    with notify_socket(path) as notify, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(10000):  # net.unix.max_dgram_qlen datagrams fill it
+                filler.sendto(b"X=1", path)
+        server = start_server(env={**os.environ, "NOTIFY_SOCKET": path})
+        assert server.wait_event("notify-failed")[0]["error"] == "EAGAIN"
+        notify.setblocking(False)
+        early = []
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the reader catches up
+                early.append(notify.recv(4096))
+        notify.settimeout(WAIT)
+        if not any(b"READY=1" in data for data in early):
+            assert wait_notification(notify, "READY")["READY"] == "1"

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tests.soak.traffic import Tally, churn, reset_connection, run_integrity
 from tests.support import (
+    UNREAD_PIPE_SIZE,
     ServerProcess,
     connect,
     echo_roundtrip,
@@ -48,6 +49,7 @@ class Size:
     in_flight: int
     slow: int
     flood: int
+    full_log: int
 
 
 FAST = Size(
@@ -59,6 +61,7 @@ FAST = Size(
     in_flight=40,
     slow=200,
     flood=64,
+    full_log=300,
 )
 FULL = Size(
     churn=100_000,
@@ -69,6 +72,7 @@ FULL = Size(
     in_flight=500,
     slow=2000,
     flood=500,
+    full_log=20_000,
 )
 
 
@@ -696,6 +700,45 @@ async def _normal_clients(port: int, size: Size) -> Tally:
     )
 
 
+# -- a full log -------------------------------------------------------------------
+
+
+def scenario_full_log(mode: str, size: Size) -> Result:
+    """stderr is a one-page pipe nobody reads during the load (issue 12, finding 3):
+    the parent must keep accepting, reaping and answering, leak nothing, and once
+    the log is read again, every line is there whole or counted by log-dropped."""
+    result = Result(
+        "full log", mode, f"{size.full_log:,} short connections, 8 clients, log never read"
+    )
+    with server(result, "--backlog", "4096", unread_log=True) as proc:
+        result.count(churn(proc.port, 8))  # warm up: what start-up opens, it has closed
+        wait_until(lambda: settled_quiet(proc, mode), what="warm-up connections to end")
+        fds = fd_count(proc.pid)
+        result.count(churn(proc.port, size.full_log))
+        result.check(proc.log_queued() > UNREAD_PIPE_SIZE - 200, "the log never filled")
+        wait_until(lambda: settled_quiet(proc, mode), timeout=60, what="connections to end")
+        result.fds_leaked = fd_count(proc.pid) - fds
+        result.check(result.fds_leaked == 0, f"{result.fds_leaked} descriptors leaked")
+        result.check(echo_roundtrip(proc.port, b"full") == b"full", "not serving, log full")
+        proc.drain_log()
+
+        def accounted() -> tuple[int, int]:
+            """Connection lines (accept and end) written and dropped: each written
+            whole or counted, none lost (the warm-up's, churn's and the check's)."""
+            written = len(proc.events("accept")) + len(proc.events("end"))
+            dropped = sum(int(fields["n"]) for fields in proc.events("log-dropped"))
+            return written, dropped
+
+        expected = 2 * (8 + size.full_log + 1)
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: sum(accounted()) >= expected, timeout=15, what="log lines")
+        written, dropped = accounted()
+        result.check(written + dropped == expected, f"{written}+{dropped} lines of {expected}")
+        result.check(dropped > 0, "no line was dropped: the log never stalled")
+        result.faults = f"stderr a 4 KiB pipe unread: {dropped:,} lines dropped, reported"
+    return result
+
+
 SCENARIOS: dict[str, Callable[[str, Size], Result]] = {
     "churn": scenario_churn,
     "integrity": scenario_integrity,
@@ -706,4 +749,5 @@ SCENARIOS: dict[str, Callable[[str, Size], Result]] = {
     "stop": scenario_stop,
     "stop-flood": scenario_stop_flood,
     "slow": scenario_slow,
+    "full-log": scenario_full_log,
 }

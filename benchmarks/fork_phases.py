@@ -22,9 +22,11 @@ N = 1500
 
 def main(kind: str) -> None:
     if kind == "forkserve":
-        from forkserve import _cli, _loop, _prefork  # noqa: F401
+        from forkserve.cli import main
+        from forkserve.parent import forkmodel  # noqa: F401
+        from forkserve.prefork import pool  # noqa: F401
 
-        _cli.build_parser().parse_args(["serve", "0"])
+        main.build_parser().parse_args(["serve", "0"])
     gc.freeze()
     forks, touches, exits = [], [], []
     read_end, write_end = os.pipe()

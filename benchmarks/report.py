@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from forkserve._benchstats import Report, percentile
+from forkserve.cli.bench.stats import Report, percentile
 
 if TYPE_CHECKING:
     from run import Outcome

@@ -3,7 +3,7 @@
 Starts each server in turn on 127.0.0.1 (port 0 where it can, so no port races),
 waits until it is ready by reading its port or by connecting (never by sleeping),
 runs ``forkserve bench``'s rate, pingpong, bulk and hold workloads against it through
-the same code the CLI uses (``forkserve._bench.execute``), measures the server's memory
+the same code the CLI uses (``forkserve.cli.bench.run.execute``), measures the server's memory
 while hold holds its connections, stops it, and goes on. At the end it writes
 docs/benchmarks.md and PNG plots beside it.
 
@@ -43,10 +43,10 @@ import client_models  # noqa: E402
 import report  # noqa: E402
 
 from forkserve import __version__  # noqa: E402
-from forkserve._bench import byte_count, execute  # noqa: E402
-from forkserve._benchstats import Report, Tally  # noqa: E402
-from forkserve._benchwork import Config  # noqa: E402
 from forkserve._server import MODES  # noqa: E402
+from forkserve.cli.bench.run import byte_count, execute  # noqa: E402
+from forkserve.cli.bench.stats import Report, Tally  # noqa: E402
+from forkserve.cli.bench.work import Config  # noqa: E402
 
 HOST = "127.0.0.1"
 START_WAIT = 15.0

@@ -22,10 +22,10 @@ from forkserve._errors import (
     TemporaryError,
     UsageError,
 )
-from forkserve._exec import Program
-from forkserve._handler import Handler, echo
 from forkserve._log import Log
 from forkserve._server import Server
+from forkserve.child.exec import Program
+from forkserve.child.handler import Handler, echo
 
 __version__ = "0.1.0"
 

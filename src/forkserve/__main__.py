@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from forkserve._cli import main
+from forkserve.cli.main import main
 
 sys.exit(main())

@@ -35,7 +35,7 @@ import socket
 import stat
 import time
 
-from forkserve._events import Stamper, render_json, render_text
+from forkserve.core.logline import Stamper, render_json, render_text
 
 QUIET, INFO, DEBUG = 0, 1, 2
 # --log-format: how each event is written.
@@ -196,7 +196,7 @@ class Log:
         """In a child about to place descriptors of its own on low numbers (an
         upgrade's new master): move the log's descriptor to ``lowest`` or above."""
         if self.fd < lowest and self.fd > 2:
-            import fcntl  # _upgrade imported it in the parent: no disk read after --user
+            import fcntl  # parent.upgrade imported it in the parent: no disk read after --user
 
             moved = fcntl.fcntl(self.fd, fcntl.F_DUPFD_CLOEXEC, lowest)
             if self.sock is not None:

@@ -6,10 +6,17 @@ import os
 from collections.abc import Callable
 from types import TracebackType
 
-from forkserve._address import parse_listen_address
-from forkserve._admission import Policy
-from forkserve._build import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
-from forkserve._build import (
+from forkserve._errors import UsageError
+from forkserve._log import Log
+from forkserve.child.exec import Program
+from forkserve.child.exec import describe as describe_program
+from forkserve.child.handler import Handler, echo
+from forkserve.core.address import parse_listen_address
+from forkserve.core.gate import DEFAULT_IPV6_PREFIX
+from forkserve.core.rules import RuleSet
+from forkserve.parent.admission import Policy
+from forkserve.parent.assemble import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
+from forkserve.parent.assemble import (
     bind_metrics,
     check_arguments,
     check_seconds,
@@ -19,25 +26,18 @@ from forkserve._build import (
     serve_metrics,
     take_handover,
 )
-from forkserve._errors import UsageError
-from forkserve._exec import Program
-from forkserve._exec import describe as describe_program
-from forkserve._handler import Handler, echo
-from forkserve._limits import DEFAULT_IPV6_PREFIX
-from forkserve._listen import DEFAULT_BACKLOG, Listener
-from forkserve._log import Log
-from forkserve._loop import ForkLoop
-from forkserve._operate import DEFAULT_UPGRADE_TIMEOUT
-from forkserve._prefork import PreforkLoop
-from forkserve._rules import RuleSet
-from forkserve._supervise import Supervisor
+from forkserve.parent.forkmodel import ForkLoop
+from forkserve.parent.listeners import DEFAULT_BACKLOG, Listener
+from forkserve.parent.loop import Supervisor
+from forkserve.parent.operations import DEFAULT_UPGRADE_TIMEOUT
+from forkserve.prefork.pool import PreforkLoop
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from forkserve._endpoint import MetricsEndpoint
-    from forkserve._systemd import Notifier
+    from forkserve.parent.endpoint import MetricsEndpoint
+    from forkserve.parent.systemd import Notifier
 
 DEFAULT_MAX_CONNS = 1000
 DEFAULT_GRACE = 10.0
@@ -105,7 +105,7 @@ class Server:
         metrics: ``(host, port)`` or ``"[HOST:]PORT"`` where to serve Prometheus
             metrics (``/metrics``) and a health check (``/healthz``); None for none.
         fd: serve on this inherited listening socket instead of binding
-            ``address`` (socket activation: see ``forkserve._systemd``).
+            ``address`` (socket activation: see ``forkserve.parent.systemd``).
         metrics_fd: serve metrics on this inherited listening socket.
         upgrade_timeout: after SIGUSR2, how long the new server may take to be ready.
         reload: on SIGHUP, returns ``(settings, changed, needs_upgrade)``: the
@@ -179,7 +179,7 @@ class Server:
         self.max_conns = max_conns
         self.grace = grace
         self.log = log if log is not None else Log()
-        from forkserve._edge import make_edge
+        from forkserve.child.edge import make_edge
 
         self.edge = make_edge(
             self.log,
@@ -205,7 +205,7 @@ class Server:
             rlimits=rlimits or {},
         )
         self.handler, self.service = make_service(handler, prelude, self.log, mode, self.edge)
-        from forkserve._privileges import resolve_identity
+        from forkserve.parent.privileges import resolve_identity
 
         self.identity = resolve_identity(user, group)
         self.reload_source = reload
@@ -228,7 +228,7 @@ class Server:
         Resource handling: on any failure, whatever was opened is closed again.
         """
         if fd is None and "LISTEN_FDS" in os.environ:
-            from forkserve._systemd import adopt_sockets
+            from forkserve.parent.systemd import adopt_sockets
 
             fd, passed_metrics = adopt_sockets(os.environ)
             metrics_fd = passed_metrics if metrics_fd is None else metrics_fd
@@ -240,7 +240,7 @@ class Server:
             if metrics is not None or metrics_fd is not None:
                 self.endpoint = bind_metrics(metrics, metrics_fd)
             if os.environ.get("NOTIFY_SOCKET"):
-                from forkserve._systemd import Notifier
+                from forkserve.parent.systemd import Notifier
 
                 self.notifier = Notifier.from_environ(os.environ, self.log)
         except BaseException:
@@ -327,7 +327,7 @@ class Server:
         if self.endpoint is not None:
             serve_metrics(loop, self.endpoint, self.mode, self.log)
         if self.notifier is not None:
-            from forkserve._systemd import Status
+            from forkserve.parent.systemd import Status
 
             loop.status = Status(self.notifier, upgraded=self.handover is not None)
 
@@ -351,7 +351,7 @@ class Server:
     def drop_privileges(self) -> None:
         """--user/--group: after bind, before the first fork; or warn about root."""
         if self.identity is not None:
-            from forkserve._privileges import is_current, switch_identity
+            from forkserve.parent.privileges import is_current, switch_identity
 
             if not is_current(self.identity):  # an upgraded master already is
                 switch_identity(self.identity)
@@ -367,7 +367,7 @@ class Server:
         runs (else ProgramError, exit 100, before the first connection fails with
         111), and the TLS files SIGHUP reads again are readable (else a warning: the
         running context serves on, but a reload would fail)."""
-        from forkserve._privileges import describe_identity, unreadable
+        from forkserve.parent.privileges import describe_identity, unreadable
 
         assert self.identity is not None
         who = describe_identity(self.identity)
@@ -380,8 +380,8 @@ class Server:
                 self.log.warning("reload-unreadable", files=",".join(files), user=who)
 
     def reload(self) -> None:
-        """SIGHUP: take the new configuration, or refuse it (see _reload)."""
-        from forkserve._reload import reload
+        """SIGHUP: take the new configuration, or refuse it (see config.reload)."""
+        from forkserve.config.reload import reload
 
         reload(self)
 

@@ -201,8 +201,8 @@ def test_nothing_listening_exits_111() -> None:
 
 
 def test_self_connection_is_an_error_not_an_echo() -> None:
-    from forkserve._benchwork import check_not_self
-    from forkserve._verify import SELF_CONNECT, VerifyError
+    from forkserve.cli.bench.verify import SELF_CONNECT, VerifyError
+    from forkserve.cli.bench.work import check_not_self
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

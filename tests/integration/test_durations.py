@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from forkserve._limits import MAX_SECONDS
-from forkserve._settings import SECONDS, TIMEOUT
-from forkserve._table import SERVE
+from forkserve.config.settings import SECONDS, TIMEOUT
+from forkserve.config.table import SERVE
+from forkserve.core.gate import MAX_SECONDS
 from tests.integration.conftest import ServerFactory
 from tests.support import connect, recv_exactly, run_cli
 

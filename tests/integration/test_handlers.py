@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from forkserve._services import chargen_line
+from forkserve.child.builtins import chargen_line
 from tests.integration.conftest import ServerFactory
 from tests.support import WAIT, connect, recv_all, recv_exactly, run_cli
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from forkserve._endpoint import MAX_CLIENTS
-from forkserve._metrics import MAX_REQUEST
+from forkserve.core.metrics import MAX_REQUEST
+from forkserve.parent.endpoint import MAX_CLIENTS
 from tests.integration.conftest import ServerFactory
 from tests.support import (
     ServerProcess,

@@ -76,7 +76,7 @@ def test_slow_loris_is_cut_at_max_lifetime(serve: ServerFactory, mode: str) -> N
     (end,) = server.wait_event("end")
     assert end["signal"] == "SIGTERM(15)"
     (limit,) = server.wait_event("max-lifetime")
-    # A prefork worker is sent SIGQUIT, on which it dies by SIGTERM (see _worker).
+    # A prefork worker is sent SIGQUIT, on which it dies by SIGTERM (see prefork.worker).
     signal_sent = "SIGQUIT" if mode == "prefork" else "SIGTERM"
     assert (limit["peer"], limit["after"], limit["signal"]) == (end["peer"], "1s", signal_sent)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from forkserve._services import chargen_block
+from forkserve.child.builtins import chargen_block
 from tests.integration.conftest import ServerFactory
 from tests.integration.test_tls import client_context, tls_args
 from tests.support import FORKSERVE, WAIT, recv_all

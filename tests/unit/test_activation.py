@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from forkserve._activation import (
+from forkserve._errors import UsageError
+from forkserve.core.activation import (
     choose_sockets,
     notify_address,
     notify_message,
     parse_listen_fds,
 )
-from forkserve._errors import UsageError
 
 
 def test_listen_fds_for_this_process() -> None:

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forkserve._address import format_address, parse_listen_address, parse_port
 from forkserve._errors import AddressError
+from forkserve.core.address import format_address, parse_listen_address, parse_port
 
 
 @pytest.mark.parametrize(

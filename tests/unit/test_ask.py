@@ -1,4 +1,4 @@
-"""The connection's process's side of admission (_ask.Asker), against a socketpair
+"""The connection's process's side of admission (child.ask.Asker), against a socketpair
 standing in for the supervisor: the answer is queued before the question is asked."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from forkserve._admission import Policy
-from forkserve._ask import Asker
-from forkserve._edge import EXIT_EDGE_FAILED
-from forkserve._handler import Connection
-from forkserve._limits import Gate, encode_denied, encode_question
 from forkserve._log import Log
-from forkserve._rules import RuleSet, parse_rules
+from forkserve.child.ask import Asker
+from forkserve.child.edge import EXIT_EDGE_FAILED
+from forkserve.child.handler import Connection
+from forkserve.core.gate import Gate, encode_denied, encode_question
+from forkserve.core.rules import RuleSet, parse_rules
+from forkserve.parent.admission import Policy
 
 RULES = b'127.0.0.1:allow,RELAYCLIENT=""\n198.51.100.0/24:allow,ROLE=b\n:deny\n'
 

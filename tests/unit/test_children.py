@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import signal
 
-from forkserve._children import ChildTable
+from forkserve.parent.children import ChildTable
 
 
 def _spawn(exit_code: int | None) -> int:

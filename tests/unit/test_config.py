@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forkserve._config import escape_banner, parse_banner
 from forkserve._errors import UsageError
+from forkserve.core.escapes import escape_banner, parse_banner
 
 
 @pytest.mark.parametrize(

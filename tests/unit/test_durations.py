@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forkserve._build import check_seconds
-from forkserve._cli import seconds
 from forkserve._errors import UsageError
-from forkserve._limits import MAX_SECONDS
-from forkserve._settings import SECONDS, TIMEOUT
-from forkserve._table import SERVE
+from forkserve.cli.main import seconds
+from forkserve.config.settings import SECONDS, TIMEOUT
+from forkserve.config.table import SERVE
+from forkserve.core.gate import MAX_SECONDS
+from forkserve.parent.assemble import check_seconds
 
 DURATIONS = [setting for setting in SERVE if setting.kind in (SECONDS, TIMEOUT)]
 POLL_LIMIT_MS = 2**31 - 1

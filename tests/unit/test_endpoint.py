@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from forkserve._endpoint import CLIENT_TIMEOUT, MAX_CLIENTS, REQUEST_TIMEOUT, MetricsEndpoint
-from forkserve._listen import ACCEPT_PAUSE, Listener
 from forkserve._log import Log
+from forkserve.parent.endpoint import CLIENT_TIMEOUT, MAX_CLIENTS, REQUEST_TIMEOUT, MetricsEndpoint
+from forkserve.parent.listeners import ACCEPT_PAUSE, Listener
 from tests.support import connect, recv_all
 
 REQUEST = b"GET /healthz HTTP/1.0\r\n\r\n"

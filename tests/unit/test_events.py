@@ -6,8 +6,7 @@ import signal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forkserve._children import Child, decode_status, describe_signal
-from forkserve._events import (
+from forkserve.core.logline import (
     VALUE_LIMIT,
     clip,
     escape_bytes,
@@ -18,6 +17,7 @@ from forkserve._events import (
     render_json,
     render_text,
 )
+from forkserve.parent.children import Child, decode_status, describe_signal
 from tests.support import parse_line
 
 
@@ -133,7 +133,7 @@ def test_json_values() -> None:
 
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
 def test_stamper_agrees_with_format_timestamp(ts: float) -> None:
-    from forkserve._events import Stamper
+    from forkserve.core.logline import Stamper
 
     stamp = Stamper()
     assert stamp(ts) == format_timestamp(ts)

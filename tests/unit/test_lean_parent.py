@@ -18,14 +18,28 @@ HEAVY = [
 
 SCRIPT = f"""
 import sys
-import forkserve, forkserve._cli, forkserve._exec, forkserve._load, forkserve._services
-import forkserve._privileges, forkserve._rules, forkserve._limits, forkserve._prelude
-import forkserve._configure, forkserve._table, forkserve._settings, forkserve._build
+import forkserve
+import forkserve.cli.main
+import forkserve.child.exec
+import forkserve.config.handler
+import forkserve.child.builtins
+import forkserve.parent.privileges
+import forkserve.core.rules
+import forkserve.core.gate
+import forkserve.child.prelude
+import forkserve.config.options
+import forkserve.config.table
+import forkserve.config.settings
+import forkserve.parent.assemble
 # Operations: imported with --metrics, under systemd, at the first SIGHUP or SIGUSR2.
-import forkserve._metrics, forkserve._endpoint, forkserve._systemd, forkserve._activation
-import forkserve._reload, forkserve._upgrade
+import forkserve.core.metrics
+import forkserve.parent.endpoint
+import forkserve.parent.systemd
+import forkserve.core.activation
+import forkserve.config.reload
+import forkserve.parent.upgrade
 # What `forkserve serve` itself runs before it forks: the whole parser is built.
-forkserve._cli.build_parser().parse_args(["serve", "0"])
+forkserve.cli.main.build_parser().parse_args(["serve", "0"])
 heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
 print(" ".join(heavy))
 """

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from forkserve._admission import Admission, Policy
-from forkserve._children import ChildTable, Exited
-from forkserve._limits import Gate, Timers
 from forkserve._log import Log
-from forkserve._operate import NoMetrics
+from forkserve.core.gate import Gate, Timers
+from forkserve.parent.admission import Admission, Policy
+from forkserve.parent.children import ChildTable, Exited
+from forkserve.parent.operations import NoMetrics
 
 
 class Children(ChildTable):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forkserve._limits import (
+from forkserve.core.gate import (
     QUESTION_SIZE,
     Gate,
     Timers,
@@ -19,7 +19,7 @@ from forkserve._limits import (
     parse_rate,
     source_key,
 )
-from forkserve._rules import RuleSet, command_line_rule, parse_ip
+from forkserve.core.rules import RuleSet, command_line_rule, parse_ip
 
 
 def test_rate_spec() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from forkserve._errors import EXIT_USAGE, HandlerError
-from forkserve._handler import echo
-from forkserve._load import load_handler
-from forkserve._services import chargen
+from forkserve.child.builtins import chargen
+from forkserve.child.handler import echo
+from forkserve.config.handler import load_handler
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from tests.support import parse_line
 
 F_SETPIPE_SZ = 1031
 # Longer than the one-page pipe: a handler's traceback, raw (values in event lines are
-# capped well below PIPE_BUF, see _events.VALUE_LIMIT).
+# capped well below PIPE_BUF, see core.logline.VALUE_LIMIT).
 LONG = "2026-11-25T00:00:00.000Z long text=" + "y" * 6000 + "\n"
 
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from forkserve._metrics import (
+from forkserve.core.metrics import (
     MAX_REQUEST,
     Metrics,
     answer,

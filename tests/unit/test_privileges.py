@@ -8,7 +8,7 @@ import pwd
 import pytest
 
 from forkserve._errors import TemporaryError, UsageError
-from forkserve._privileges import parse_size, resolve_identity, switch_identity
+from forkserve.parent.privileges import parse_size, resolve_identity, switch_identity
 
 
 def test_sizes() -> None:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from forkserve._errors import ProxyProtocolError
-from forkserve._proxy import (
+from forkserve.core.proxy import (
     SIGNATURE,
     ProxyHeader,
     ProxyReader,

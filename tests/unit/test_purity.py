@@ -10,17 +10,17 @@ import pytest
 import forkserve
 
 PURE = [
-    "_address.py",
-    "_events.py",
+    "core/address.py",
+    "core/logline.py",
     "_errors.py",
-    "_ucspi.py",
-    "_config.py",
-    "_metrics.py",
-    "_activation.py",
-    "_settings.py",
-    "_rules.py",
-    "_limits.py",
-    "_proxy.py",
+    "core/ucspi.py",
+    "core/escapes.py",
+    "core/metrics.py",
+    "core/activation.py",
+    "config/settings.py",
+    "core/rules.py",
+    "core/gate.py",
+    "core/proxy.py",
 ]
 FORBIDDEN = {"socket", "os", "signal", "selectors", "time", "subprocess", "threading"}
 SRC = Path(forkserve.__file__).parent

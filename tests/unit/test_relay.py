@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from forkserve import _relay
-from forkserve._relay import Relay
-from forkserve._tls import close_notify, end_tls, load_context
+from forkserve.child import relay
+from forkserve.child.relay import Relay
+from forkserve.child.tls import close_notify, end_tls, load_context
 from tests.integration.conftest import make_cert
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
@@ -157,8 +157,8 @@ def small_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Reads far smaller than a TLS record, and a small buffer: OpenSSL keeps most of
     each record decrypted (pending()), which no poll announces; the relay must read
     it without waiting, or the transfer stalls."""
-    monkeypatch.setattr(_relay, "CHUNK", 1000)
-    monkeypatch.setattr(_relay, "BUFFER_LIMIT", 3000)
+    monkeypatch.setattr(relay, "CHUNK", 1000)
+    monkeypatch.setattr(relay, "BUFFER_LIMIT", 3000)
 
 
 def test_tls_sides_end_waits_for_its_bytes_to_reach_the_plain_side(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from forkserve._rules import (
+from forkserve.core.rules import (
     IPV6_BIT,
     MAPPED,
     RuleError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from forkserve._services import (
+from forkserve.child.builtins import (
     BUILTINS,
     chargen_block,
     chargen_line,

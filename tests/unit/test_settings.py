@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from forkserve._errors import UsageError
-from forkserve._settings import changes, validate_table
-from forkserve._table import SERVE, SERVE_BY_KEY, render_docs
+from forkserve.config.settings import changes, validate_table
+from forkserve.config.table import SERVE, SERVE_BY_KEY, render_docs
 
 DOCS = Path(__file__).parent.parent.parent / "docs" / "options.md"
 
@@ -62,13 +62,15 @@ def test_changes_split_reloadable_from_upgrade() -> None:
 
 
 def test_every_setting_is_documented_and_the_docs_are_current() -> None:
-    assert DOCS.read_text() == render_docs(), "run: python -m forkserve._table > docs/options.md"
+    assert DOCS.read_text() == render_docs(), (
+        "run: python -m forkserve.config.table > docs/options.md"
+    )
     for setting in SERVE:
         assert f"`{setting.key}`" in DOCS.read_text()
 
 
 def test_the_example_config_file_is_valid() -> None:
-    from forkserve._configure import read_config
+    from forkserve.config.options import read_config
 
     example = DOCS.parent / "systemd" / "forkserve.toml"
     assert read_config(str(example))["listen"] == ("127.0.0.1", 7000)

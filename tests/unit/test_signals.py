@@ -5,7 +5,7 @@ from __future__ import annotations
 import select
 import signal
 
-from forkserve._signals import SignalPipe
+from forkserve.parent.signals import SignalPipe
 
 
 def test_no_signal_is_lost_when_the_wakeup_socket_is_full() -> None:

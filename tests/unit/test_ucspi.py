@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forkserve._ucspi import TLS_NAMES, UCSPI_NAMES, endpoint, ucspi_environment
+from forkserve.core.ucspi import TLS_NAMES, UCSPI_NAMES, endpoint, ucspi_environment
 
 ports = st.integers(min_value=0, max_value=65535)
 ipv4 = st.ip_addresses(v=4).map(str)

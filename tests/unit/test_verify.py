@@ -9,14 +9,14 @@ from array import array
 
 import pytest
 
-from forkserve import _bench, _benchstats, _verify
-from forkserve._benchstats import Report, Tally, exit_code, latency_summary, percentile
-from forkserve._verify import BLOCK, Problem, Stream
+from forkserve.cli.bench import run, stats, verify
+from forkserve.cli.bench.stats import Report, Tally, exit_code, latency_summary, percentile
+from forkserve.cli.bench.verify import BLOCK, Problem, Stream
 
-SRC = pathlib.Path(_verify.__file__).parent
+SRC = pathlib.Path(verify.__file__).parent
 
 
-@pytest.mark.parametrize("module", ["_verify.py", "_benchstats.py"])
+@pytest.mark.parametrize("module", ["verify.py", "stats.py"])
 def test_pure_modules_import_no_os_facilities(module: str) -> None:
     tree = ast.parse((SRC / module).read_text())
     names: set[str] = set()
@@ -80,15 +80,15 @@ def test_a_lost_block_shows() -> None:
 
 
 def test_problem_descriptions_name_the_offset() -> None:
-    assert _verify.mismatch("w0", 5, 0x5A, 0x5B).describe() == (
+    assert verify.mismatch("w0", 5, 0x5A, 0x5B).describe() == (
         "w0: mismatch at offset 5: expected 0x5a, got 0x5b"
     )
     assert (
         "short echo at offset 9: EOF after 9 of 10 bytes"
-        in _verify.short("w1", 9, 10, "EOF").describe()
+        in verify.short("w1", 9, 10, "EOF").describe()
     )
-    assert "missing EOF at offset 64" in _verify.no_eof("c1", 64, 1.0).describe()
-    assert "extra bytes at offset 16" in _verify.extra_bytes("c2", 16, b"x").describe()
+    assert "missing EOF at offset 64" in verify.no_eof("c1", 64, 1.0).describe()
+    assert "extra bytes at offset 16" in verify.extra_bytes("c2", 16, b"x").describe()
     assert Problem("ECONNREFUSED", "w3.c0", None, "Connection refused").describe() == (
         "w3.c0: ECONNREFUSED: Connection refused"
     )
@@ -109,23 +109,23 @@ def test_percentile_nearest_rank() -> None:
 
 def test_exit_code_ranks_data_problems_first() -> None:
     assert exit_code({}) == 0
-    assert exit_code({"ECONNREFUSED": 3}) == _benchstats.EXIT_CONNECTIONS
-    assert exit_code({"ECONNREFUSED": 3, "mismatch": 1}) == _benchstats.EXIT_VERIFY
-    assert exit_code({"no-eof": 1}) == _benchstats.EXIT_VERIFY
+    assert exit_code({"ECONNREFUSED": 3}) == stats.EXIT_CONNECTIONS
+    assert exit_code({"ECONNREFUSED": 3, "mismatch": 1}) == stats.EXIT_VERIFY
+    assert exit_code({"no-eof": 1}) == stats.EXIT_VERIFY
 
 
 def test_tally_merge_counts_all_keeps_few() -> None:
     total = Tally()
     for i in range(3):
         part = Tally(ops=2, verified_bytes=10, latencies=array("q", [i]))
-        for _ in range(_benchstats.MAX_PROBLEMS):
+        for _ in range(stats.MAX_PROBLEMS):
             part.add_problem(Problem("ECONNRESET", f"w{i}"))
         total.merge(part)
     assert total.ops == 6
     assert total.verified_bytes == 30
     assert list(total.latencies) == [0, 1, 2]
-    assert total.counts == {"ECONNRESET": 3 * _benchstats.MAX_PROBLEMS}
-    assert len(total.problems) == _benchstats.MAX_PROBLEMS
+    assert total.counts == {"ECONNRESET": 3 * stats.MAX_PROBLEMS}
+    assert len(total.problems) == stats.MAX_PROBLEMS
 
 
 def test_report_json_fields() -> None:
@@ -143,10 +143,10 @@ def test_report_json_fields() -> None:
     ("text", "value"), [("64", 64), ("64K", 65536), ("1g", 1 << 30), ("2M", 2 << 20)]
 )
 def test_byte_count(text: str, value: int) -> None:
-    assert _bench.byte_count(text) == value
+    assert run.byte_count(text) == value
 
 
 @pytest.mark.parametrize("text", ["", "0", "-1", "1.5K", "K", "1T", "١٢"])
 def test_byte_count_rejects(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
-        _bench.byte_count(text)
+        run.byte_count(text)

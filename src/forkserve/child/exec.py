@@ -1,0 +1,265 @@
+"""Exec mode: run a program for each connection, with the socket on fd 0 and 1.
+
+This is what tcpserver, inetd and systemd's ``Accept=yes`` do. The child forkserve
+forked for the connection becomes the program: there is no process in between, and
+the program's exit code or signal is what the ``end`` line reports.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+
+from forkserve._errors import EXIT_TEMPORARY, ProgramError
+from forkserve._log import Log
+from forkserve.child.handler import Connection, start_connection
+from forkserve.child.prelude import Prelude
+from forkserve.core.address import format_address
+from forkserve.core.ucspi import endpoint, ucspi_environment
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from forkserve.child.edge import Edge
+
+# Signals a process cannot catch or ignore: leave them alone.
+UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+
+
+def find_program(name: str, path: str | None) -> str:
+    """Find ``name`` the way execvp(3) does, once, at start-up.
+
+    A name with a slash is used as it is; any other is searched for in ``path``
+    (``$PATH``, or ``os.defpath`` when unset).
+
+    Returns:
+        The path to execute.
+
+    Raises:
+        ProgramError: not found, a directory, or not executable (exit 100).
+    """
+    if not name:
+        raise ProgramError("empty program name")
+    if "/" in name:
+        return check_executable(name, name)
+    for directory in (path if path is not None else os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise ProgramError(f"program {name!r} not found in PATH")
+
+
+def check_executable(name: str, candidate: str) -> str:
+    """Return ``candidate`` if exec could run it; raise ProgramError saying why not."""
+    if not os.path.exists(candidate):
+        raise ProgramError(f"program {name!r} not found")
+    if os.path.isdir(candidate):
+        raise ProgramError(f"program {name!r} is a directory")
+    if not os.access(candidate, os.X_OK):
+        raise ProgramError(f"program {name!r} is not executable")
+    return candidate
+
+
+class Program:
+    """A program to run for each connection (exec mode), checked when created.
+
+    Args:
+        argv: the program and its arguments; ``argv[0]`` is searched for in
+            ``$PATH`` like execvp(3), once, now.
+        lookup_hosts: set ``TCPREMOTEHOST`` (and ``TCPLOCALHOST``, unless
+            ``local_host`` is given) by reverse lookups in the child, like
+            tcpserver's ``-h``. Off by default, like s6-tcpserver.
+        local_host: ``TCPLOCALHOST`` without a lookup, like tcpserver's ``-l``.
+
+    Raises:
+        ProgramError: the program is not found or not executable (exit 100).
+    """
+
+    __slots__ = ("argv", "local_host", "lookup_hosts", "path")
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        lookup_hosts: bool = False,
+        local_host: str | None = None,
+    ) -> None:
+        if isinstance(argv, str):
+            raise ProgramError("argv must be a list of strings, not one string")
+        if not argv:
+            raise ProgramError("no program given")
+        self.argv = list(argv)
+        self.path = find_program(self.argv[0], os.environ.get("PATH"))
+        self.lookup_hosts = lookup_hosts
+        self.local_host = local_host
+
+    def check_runnable(self, who: str) -> None:
+        """Check, after the switch to ``--user``/``--group``, that the program found
+        at start-up (as root, who may run anything with an x bit) runs as ``who``.
+
+        Raises:
+            ProgramError: it does not (exit 100).
+        """
+        if not os.access(self.path, os.X_OK):  # access(2) checks the real ids: ours now
+            raise ProgramError(
+                f"program {self.path!r} cannot be run as {who}: permission denied "
+                "(on the file or a directory above it)"
+            )
+
+    def __repr__(self) -> str:
+        return f"Program({self.argv!r})"
+
+
+class ExecService:
+    """The Service of exec mode: the child becomes ``program``.
+
+    Before exec the child runs the prelude (limits, banner, handshake timeout), then
+    undoes everything a parent changed that the program would inherit (see
+    ``reset_process``); if exec fails, it logs ``exec-failed`` and returns 111, so
+    the ``end`` line shows ``exit=111``.
+    """
+
+    __slots__ = ("edge", "log", "prelude", "program")
+
+    def __init__(
+        self,
+        program: Program,
+        log: Log,
+        prelude: Prelude | None = None,
+        edge: Edge | None = None,
+    ) -> None:
+        self.program = program
+        self.log = log
+        self.prelude = prelude if prelude is not None else Prelude()
+        self.edge = edge
+
+    def __call__(self, conn: socket.socket, info: Connection) -> int:
+        started = start_connection(conn, info, self.edge, self.prelude)
+        if isinstance(started, int):
+            return started
+        conn = started
+        try:
+            env = self.environment(conn, info)
+        except OSError as exc:  # getsockname on a connection the client reset
+            conn.close()
+            return 0 if exc.errno in (errno.ENOTCONN, errno.ECONNRESET) else EXIT_TEMPORARY
+        if self.edge is not None and self.edge.tls is not None:
+            return self.run_over_tls(conn, env)
+        reset_process(conn, self.log.fd)
+        try:
+            os.execve(self.program.path, self.program.argv, env)  # noqa: S606 - no shell, by design
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            self.log.warning(
+                "exec-failed",
+                pid=os.getpid(),
+                peer=format_address(info.peer),
+                program=self.program.path,
+                error=name,
+            )
+        return EXIT_TEMPORARY
+
+    def run_over_tls(self, conn: socket.socket, env: dict[str, str]) -> int:
+        """TLS: the program gets plain bytes through a relay in this process (child.relay)."""
+        import ssl
+
+        from forkserve.child.relay import run_relayed
+        from forkserve.child.tls import tls_environment
+
+        assert isinstance(conn, ssl.SSLSocket)
+        env.update(tls_environment(conn))
+        return run_relayed(conn, self.program.path, self.program.argv, env, self.log.fd)
+
+    def environment(self, conn: socket.socket, info: Connection) -> dict[str, str]:
+        """The program's environment: ours, minus stale UCSPI names, plus this connection's.
+
+        Behind a PROXY header the addresses are the header's (``info.peer`` and
+        ``info.local``), not the balancer's.
+        """
+        local = info.local if info.local is not None else conn.getsockname()
+        remote = info.peer
+        local_host, remote_host = self.program.local_host, None
+        if self.program.lookup_hosts:
+            remote_host = reverse_lookup(remote)
+            if local_host is None:
+                local_host = reverse_lookup(local)
+        return ucspi_environment(
+            os.environ,
+            endpoint(local),
+            endpoint(remote),
+            connnum=info.connnum,
+            local_host=local_host,
+            remote_host=remote_host,
+            extra=info.env,
+        )
+
+
+def reverse_lookup(address: tuple[str, int]) -> str | None:
+    """The host name of an address (/etc/hosts, then DNS), or None when it has none.
+
+    Runs in the child, so a slow resolver delays only this connection.
+    """
+    try:
+        name, _ = socket.getnameinfo(address[:2], socket.NI_NAMEREQD)
+    except OSError:  # socket.gaierror included: EAI_NONAME, EAI_AGAIN, ...
+        return None
+    return name
+
+
+def reset_process(conn: socket.socket, log_fd: int) -> None:
+    """Give the program a process as a fresh exec from a shell would: the socket on
+    fd 0 and 1, the server's stderr on 2, nothing else open, every signal at its
+    default (SIGPIPE too: Python ignores it, tcpserver's children get it), no signal
+    blocked, no wakeup fd.
+
+    Resource handling: ``log_fd`` stays open but close-on-exec, so a failed exec can
+    still be logged; ``conn``'s own descriptor is closed (fd 0 and 1 are copies).
+    """
+    signal.set_wakeup_fd(-1)
+    # valid_signals() already leaves out the real-time signals glibc reserves (32, 33).
+    for sig in signal.valid_signals():
+        if sig not in UNCATCHABLE:
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    fd = conn.fileno()
+    for target in (0, 1):
+        if fd != target:
+            os.dup2(fd, target)
+        else:
+            os.set_inheritable(target, True)
+    conn.detach()
+    if fd == 2:  # stderr was closed when forkserve started: the socket got fd 2
+        os.close(2)
+    keep = log_fd if log_fd > 2 else 2
+    # One close_range(2) each on Linux 5.9+, up to the highest descriptor open.
+    limit = highest_open_fd() + 1
+    os.closerange(3, keep)
+    os.closerange(keep + 1, limit)
+    if keep > 2:
+        os.set_inheritable(keep, False)
+
+
+def highest_open_fd() -> int:
+    """The highest descriptor this process has open, from /proc/self/fd.
+
+    Not the RLIMIT_NOFILE limit: ``--limit-nofile`` has lowered it by now, and a
+    descriptor inherited above it (a wrapper's ``exec 200>lock; flock 200``) stays
+    open; nor a huge bound, which costs a close(2) per number where close_range(2)
+    is missing or refused (a seccomp filter), as CPython then loops. Without /proc,
+    the limit is all there is.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # /proc not mounted
+        return os.sysconf("SC_OPEN_MAX")
+    return max((int(name) for name in names), default=2)
+
+
+def describe(argv: Sequence[str]) -> str:
+    """The program for the ``listen`` line: its argv, shell-quoted."""
+    import shlex
+
+    return shlex.join(argv)

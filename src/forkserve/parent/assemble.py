@@ -1,0 +1,205 @@
+"""What ``Server`` is built from: checked arguments, the service children run, the
+admission gate, the metrics endpoint, and what an upgrading master handed over.
+
+Each builder checks its inputs and raises UsageError (exit 100) with the reason, so
+the constructor and a SIGHUP reload (see config.reload) refuse the same mistakes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from forkserve._errors import UsageError
+from forkserve._log import Log
+from forkserve.child.exec import ExecService, Program
+from forkserve.child.handler import Handler, PythonService, Service
+from forkserve.child.prelude import RLIMIT_NAMES, Prelude
+from forkserve.core.address import parse_listen_address
+from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT, Gate
+from forkserve.core.rules import RuleSet
+from forkserve.parent.listeners import Listener
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from forkserve.child.edge import Edge
+    from forkserve.parent.endpoint import MetricsEndpoint
+    from forkserve.parent.loop import Supervisor
+    from forkserve.parent.upgrade import Handover
+
+# The process models `forkserve serve --mode` offers.
+MODES = ("fork", "prefork")
+# The metrics endpoint's listen queue: scrapers are few.
+ENDPOINT_BACKLOG = 16
+
+
+def check_arguments(mode: str, max_conns: int, pool: tuple[int, int, int, int]) -> None:
+    """Raises UsageError for a mode, a limit or a pool out of range."""
+    min_spare, max_spare, max_workers, max_requests = pool
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if max_conns < 1:
+        raise UsageError(f"max_conns must be at least 1, not {max_conns}")
+    if not 1 <= min_spare <= max_spare <= max_workers:
+        raise UsageError(
+            "the pool needs 1 <= min_spare <= max_spare <= max_workers, "
+            f"not {min_spare}, {max_spare}, {max_workers}"
+        )
+    if max_requests < 0:
+        raise UsageError(f"max_requests must be 0 (no limit) or more, not {max_requests}")
+
+
+def take_handover() -> Handover | None:
+    """When started by an upgrading master: what it handed over (see parent.upgrade)."""
+    if "FORKSERVE_UPGRADE_FROM" not in os.environ:
+        return None
+    from forkserve.parent.upgrade import Handover
+
+    return Handover.from_environ(os.environ)
+
+
+def bind_metrics(address: tuple[str, int] | str | None, fd: int | None) -> MetricsEndpoint:
+    """Bind the metrics endpoint, or adopt ``fd`` (imported only when asked for).
+
+    Raises:
+        AddressError: the address does not parse or resolve.
+        BindError: the address cannot be bound.
+    """
+    from forkserve.parent.endpoint import MetricsEndpoint
+
+    if fd is not None:
+        return MetricsEndpoint(Listener.from_fd(fd))
+    assert address is not None
+    host, port = parse_listen_address(address) if isinstance(address, str) else address
+    return MetricsEndpoint(Listener.bind(host, port, ENDPOINT_BACKLOG))
+
+
+def serve_metrics(loop: Supervisor, endpoint: MetricsEndpoint, mode: str, log: Log) -> None:
+    """Give ``loop`` the counters and the endpoint that serves them."""
+    from forkserve.core.metrics import Metrics, answer, rejection_reasons
+
+    metrics = Metrics(mode)
+    loop.metrics = metrics
+    loop.endpoint = endpoint
+
+    def render() -> bytes:
+        # The gate in force now: a reload may have added a limit, whose reason then
+        # shows at 0 from this scrape on.
+        gate = loop.gate
+        reasons = rejection_reasons(
+            gate.rules is not None, bool(gate.per_ip), gate.buckets is not None
+        )
+        metrics.expect_rejections(reasons)
+        return metrics.render(loop.gauges())
+
+    endpoint.serve(lambda data: answer(data, render, loop.health), log)
+    log.notice("metrics", address=endpoint.describe(), paths="/metrics,/healthz")
+
+
+def make_service(
+    handler: Handler | Program | str,
+    prelude: Prelude,
+    log: Log,
+    mode: str,
+    edge: Edge | None = None,
+) -> tuple[Handler | Program, Service]:
+    """Load a handler name, and wrap the handler or program as what children run.
+
+    Raises:
+        HandlerError: a handler name that does not load.
+        UsageError: a program in prefork mode: exec replaces the process, so a
+            worker could serve only one connection; fork mode is exec's model. Or
+            an idle timeout for a program, which owns its socket.
+    """
+    if isinstance(handler, str):
+        from forkserve.config.handler import load_handler
+
+        handler = load_handler(handler)
+    if isinstance(handler, Program):
+        if mode != "fork":
+            raise UsageError(
+                "a program replaces the process that runs it: exec mode needs --mode fork"
+            )
+        if prelude.idle_timeout:
+            raise UsageError(
+                "--idle-timeout applies to Python handlers: a program owns its socket "
+                "(use --max-lifetime)"
+            )
+        return handler, ExecService(handler, log, prelude, edge)
+    return handler, PythonService(handler, prelude, edge)
+
+
+def check_seconds(name: str, value: float) -> None:
+    """Raises UsageError unless ``value`` is 0 (off) or a positive number of seconds,
+    MAX_SECONDS at most (poll(2) waits no longer: see core.gate)."""
+    if not 0 <= value < float("inf"):
+        raise UsageError(f"{name} must be 0 (off) or more seconds, not {value}")
+    if value > MAX_SECONDS:
+        raise UsageError(f"{name} must be at most {MAX_SECONDS_TEXT}, not {value}")
+
+
+def make_prelude(
+    banner: bytes,
+    log: Log,
+    *,
+    mode: str,
+    idle_timeout: float,
+    handshake_timeout: float,
+    rlimits: Mapping[str, int],
+) -> Prelude:
+    """What each child runs before its handler or program, checked.
+
+    Raises:
+        UsageError: a bad timeout or resource limit.
+    """
+    for name, value in (("idle_timeout", idle_timeout), ("handshake_timeout", handshake_timeout)):
+        check_seconds(name, value)
+    triples: tuple[tuple[int, int, int], ...] = ()
+    if rlimits:
+        for name, value in rlimits.items():
+            if name not in RLIMIT_NAMES or not isinstance(value, int) or value < 1:
+                raise UsageError(f"rlimits: expected {', '.join(RLIMIT_NAMES)} above 0")
+        from forkserve.parent.privileges import rlimit_triples
+
+        triples = rlimit_triples(rlimits, reusable=mode == "prefork")
+    return Prelude(
+        banner,
+        handshake_timeout=handshake_timeout,
+        idle_timeout=idle_timeout,
+        rlimits=triples,
+        log=log,
+    )
+
+
+def make_gate(
+    rules: Sequence[str] | RuleSet | None,
+    default_policy: str | None,
+    per_ip: int,
+    rate: tuple[int, float] | None,
+    ipv6_prefix: int,
+) -> Gate:
+    """The parent's admission policy, checked.
+
+    Raises:
+        UsageError: a bad rule, policy or limit.
+    """
+    from forkserve.core.rules import RuleError, default_allows, parse_rules
+
+    if default_policy not in (None, "allow", "deny"):
+        raise UsageError(f"default_policy must be 'allow' or 'deny', not {default_policy!r}")
+    if rules is not None and not isinstance(rules, RuleSet):
+        if isinstance(rules, str):
+            raise UsageError("rules must be a list of rule lines, not one string")
+        try:
+            parsed = parse_rules("\n".join(rules).encode(), "rules")
+        except RuleError as exc:
+            raise UsageError(f"rules line {exc.line}: {exc.reason}") from None
+        rules = RuleSet(parsed, default_allows(parsed, default_policy))
+    if per_ip < 0:
+        raise UsageError(f"per_ip must be 0 (no limit) or more, not {per_ip}")
+    if rate is not None and not (rate[0] >= 1 and 0 < rate[1] < float("inf")):
+        raise UsageError(f"rate must be (count, seconds) above 0, not {rate!r}")
+    if not 0 <= ipv6_prefix <= 128:
+        raise UsageError(f"ipv6_prefix must be 0 to 128, not {ipv6_prefix}")
+    return Gate(rules, per_ip, rate, ipv6_prefix)

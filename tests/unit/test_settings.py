@@ -74,3 +74,43 @@ def test_the_example_config_file_is_valid() -> None:
 
     example = DOCS.parent / "systemd" / "forkserve.toml"
     assert read_config(str(example))["listen"] == ("127.0.0.1", 7000)
+
+
+def test_the_typed_settings_follow_the_table() -> None:
+    """Each row of the table is an attribute of Settings with its name, or is folded
+    into one (FOLDED); Settings has nothing the table does not give it."""
+    from forkserve.config.values import FOLDED, Settings
+
+    rows = {setting.dest for setting in SERVE}
+    slots = set(Settings.__slots__)
+    assert set(Settings.__annotations__) == slots
+    assert set(FOLDED) <= rows
+    assert rows - set(FOLDED) <= slots, "a table row without its Settings attribute"
+    assert slots - rows <= set(FOLDED.values()), "a Settings attribute no row sets"
+    defaults = Settings()
+    for setting in SERVE:
+        if setting.dest in slots and setting.default is not None:
+            assert getattr(defaults, setting.dest) == setting.default, setting.key
+
+
+def test_the_command_line_defaults_are_the_python_api_defaults() -> None:
+    from forkserve.config.options import Configuration, server_settings
+    from forkserve.config.values import DEFAULTS, Settings
+
+    cli = server_settings(Configuration({}, None).resolve())
+    api = Settings()
+    assert {name: getattr(cli, name) for name in DEFAULTS} == {
+        name: getattr(api, name) for name in DEFAULTS
+    }
+
+
+def test_settings_refuse_an_unknown_name_and_copy_on_replace() -> None:
+    from forkserve.config.values import Settings
+
+    with pytest.raises(TypeError, match="'colour'"):
+        Settings(colour="blue")
+    first = Settings(max_conns=5)
+    second = first.replace(grace=1.0)
+    assert (first.max_conns, first.grace) == (5, 10.0)
+    assert (second.max_conns, second.grace) == (5, 1.0)
+    assert repr(second) == "Settings(max_conns=5, grace=1.0)"

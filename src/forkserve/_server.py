@@ -30,6 +30,7 @@ from forkserve.prefork.pool import PreforkLoop
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
+    from forkserve.parent.admission import Policy
     from forkserve.parent.endpoint import MetricsEndpoint
     from forkserve.parent.systemd import Notifier
 
@@ -338,6 +339,11 @@ class Server:
         from forkserve.config.reload import reload
 
         reload(self)
+
+    def take_settings(self, settings: Settings, policy: Policy) -> None:
+        """A reload's checked settings and the policy built from them, now in force."""
+        self.settings = settings
+        self.policy = policy
 
     def reload_tls(self) -> bool:
         """SIGHUP: load the certificate and key again; keep the old ones if that fails."""

@@ -109,7 +109,7 @@ def reload(server: Server) -> None:
     if tls and server.reload_tls():
         reloaded.add("tls")  # what a prefork worker holds: it is replaced
     policy.gate.take_over(server.policy.gate)  # counts and rate buckets carry on
-    server.settings, server.policy = new, policy
+    server.take_settings(new, policy)  # what the next reload compares with
     loop.apply_reload(ReloadPlan(new, frozenset(reloaded), policy, service))
     fields: dict[str, object] = {"changed": ",".join(changed) or "none"}
     if upgrade:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from forkserve._errors import UsageError
-from forkserve._log import Log
+from forkserve._log import DEBUG, FORMATS, INFO, QUIET, Log
 from forkserve.child.exec import ExecService, Program
 from forkserve.child.handler import Handler, PythonService, Service
 from forkserve.child.prelude import RLIMIT_NAMES, Prelude
@@ -37,8 +37,9 @@ ENDPOINT_BACKLOG = 16
 
 def check_settings(settings: Settings) -> None:
     """Raises UsageError for a mode, a limit, a pool, a backlog or a stop or upgrade
-    time out of range, or a banner that is not bytes (the rest is checked as it is
-    built: see make_policy, make_settings_prelude)."""
+    time out of range, a banner that is not bytes, or an unknown log format or
+    level (the rest is checked as it is built: see make_policy and
+    make_settings_prelude)."""
     check_arguments(settings.mode, settings.max_conns, settings.pool)
     if settings.backlog < 1:
         raise UsageError(f"backlog must be at least 1, not {settings.backlog}")
@@ -46,6 +47,10 @@ def check_settings(settings: Settings) -> None:
     check_seconds("upgrade_timeout", settings.upgrade_timeout)
     if not isinstance(settings.banner, bytes):
         raise UsageError(f"banner must be bytes, not {type(settings.banner).__name__}")
+    if settings.log_format not in FORMATS:
+        raise UsageError(f"log_format must be one of {', '.join(FORMATS)}")
+    if settings.log_level not in (QUIET, INFO, DEBUG):
+        raise UsageError(f"log_level must be {QUIET}, {INFO} or {DEBUG}")
 
 
 def check_arguments(mode: str, max_conns: int, pool: tuple[int, int, int, int]) -> None:

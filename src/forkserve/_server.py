@@ -30,6 +30,9 @@ from forkserve.prefork.pool import PreforkLoop
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
+    from typing import Unpack
+
+    from forkserve.config.values import Options
     from forkserve.parent.admission import Policy
     from forkserve.parent.endpoint import MetricsEndpoint
     from forkserve.parent.systemd import Notifier
@@ -137,7 +140,7 @@ class Server:
         fd: int | None = None,
         metrics_fd: int | None = None,
         reload: ReloadSource | None = None,
-        **options: object,
+        **options: Unpack[Options],
     ) -> None:
         settings = Settings(**options) if settings is None else settings.replace(**options)
         check_settings(settings)

@@ -46,6 +46,6 @@ def test_settings_and_keywords_together() -> None:
         assert server.settings.grace == 2.5
     assert given.grace == 10.0  # the caller's settings are not changed
     with pytest.raises(TypeError, match="'colour'"):
-        Server(("127.0.0.1", 0), colour="blue")
+        Server(("127.0.0.1", 0), colour="blue")  # type: ignore[call-arg]
     with pytest.raises(UsageError, match="max_workers"):
         Server(("127.0.0.1", 0), settings=given, min_spare=5)

@@ -291,17 +291,20 @@ def server_settings(values: Mapping[str, object]) -> Settings:
     """The typed settings of resolved values (see config.values.FOLDED for the
     table's rows that are not an attribute of their own).
 
+    The values' types are their Kinds' (config.settings), which parsed and checked
+    every one of them; tests/unit/test_settings.py checks the result's types
+    against Settings' annotations.
+
     Raises:
         UsageError: a bad rules file, or an option of the other mode.
     """
     same = ("mode", "backlog", "grace", "upgrade_timeout", "banner", "metrics", "log_format")
-    return Settings(
-        **{name: values[name] for name in same},
-        log_level=log_level(values),
-        **mode_options(values),
-        **access_arguments(values),
-        **edge_arguments(values),
-    )
+    settings = Settings(log_level=log_level(values))
+    settings.update({name: values[name] for name in same})
+    settings.update(mode_options(values))
+    settings.update(access_arguments(values))
+    settings.update(edge_arguments(values))
+    return settings
 
 
 def choose_service(values: Mapping[str, object]) -> Handler | Program | str:

@@ -28,8 +28,45 @@ from forkserve.core.gate import DEFAULT_IPV6_PREFIX
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from typing import TypedDict, Unpack
 
     from forkserve.core.rules import RuleSet
+
+    class Options(TypedDict, total=False):
+        """The keyword arguments of ``Settings`` and ``forkserve.Server``, for type
+        checkers only (never defined at run time): each attribute of Settings, with
+        its type (a unit test checks the two lists are the same)."""
+
+        mode: str
+        max_conns: int
+        min_spare: int
+        max_spare: int
+        max_workers: int
+        max_requests: int
+        backlog: int
+        grace: float
+        upgrade_timeout: float
+        banner: bytes
+        rules: Sequence[str] | RuleSet | None
+        default_policy: str | None
+        per_ip: int
+        rate: tuple[int, float] | None
+        ipv6_prefix: int
+        reject_message: bytes
+        idle_timeout: float
+        max_lifetime: float
+        handshake_timeout: float
+        user: str | None
+        group: str | None
+        rlimits: Mapping[str, int] | None
+        proxy_protocol: str
+        proxy_from: tuple[str, ...]
+        tls_cert: str | None
+        tls_key: str | None
+        tls_client_ca: str | None
+        metrics: tuple[str, int] | str | None
+        log_format: str
+        log_level: int
 
 # The default of each attribute (``forkserve.Server``'s keyword arguments).
 DEFAULTS: dict[str, object] = {
@@ -130,12 +167,12 @@ class Settings:
     log_format: str
     log_level: int
 
-    def __init__(self, **options: object) -> None:
+    def __init__(self, **options: Unpack[Options]) -> None:
         for name, value in DEFAULTS.items():
             setattr(self, name, value)
         self.update(options)
 
-    def replace(self, **options: object) -> Settings:
+    def replace(self, **options: Unpack[Options]) -> Settings:
         """A copy with ``options`` changed."""
         copy = Settings()
         copy.update({name: getattr(self, name) for name in DEFAULTS})

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
         log_format: str
         log_level: int
 
+
 # The default of each attribute (``forkserve.Server``'s keyword arguments).
 DEFAULTS: dict[str, object] = {
     "mode": "fork",

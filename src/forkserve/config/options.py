@@ -215,7 +215,7 @@ def listed(values: Mapping[str, object], name: str) -> list[object]:
 
 
 def access_arguments(values: Mapping[str, object]) -> dict[str, object]:
-    """The ``Server`` arguments for access control, time limits and privileges.
+    """The settings (``Settings`` attributes) for access control, time limits and privileges.
 
     Rules: the command line's ``--allow``/``--deny`` in their order (or, without
     them, the file's ``deny`` then ``allow`` lists), then the rules file's.
@@ -273,7 +273,7 @@ def read_rules_file(path: str) -> list[Rule]:
 
 
 def edge_arguments(values: Mapping[str, object]) -> dict[str, object]:
-    """The ``Server`` arguments for the PROXY protocol and TLS."""
+    """The settings (``Settings`` attributes) for the PROXY protocol and TLS."""
     return {
         "proxy_protocol": values["proxy_protocol"] or "",
         "proxy_from": tuple(listed(values, "proxy_from")),

@@ -11,42 +11,35 @@ from forkserve._log import Log
 from forkserve.child.exec import Program
 from forkserve.child.exec import describe as describe_program
 from forkserve.child.handler import Handler, echo
+from forkserve.config.defaults import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
+from forkserve.config.values import Settings
 from forkserve.core.address import parse_listen_address
-from forkserve.core.gate import DEFAULT_IPV6_PREFIX
-from forkserve.core.rules import RuleSet
-from forkserve.parent.admission import Policy
-from forkserve.parent.assemble import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
 from forkserve.parent.assemble import (
     bind_metrics,
-    check_arguments,
-    check_seconds,
-    make_gate,
-    make_prelude,
+    check_settings,
+    make_policy,
     make_service,
+    make_settings_prelude,
     serve_metrics,
     take_handover,
 )
 from forkserve.parent.forkmodel import ForkLoop
-from forkserve.parent.listeners import DEFAULT_BACKLOG, Listener
+from forkserve.parent.listeners import Listener
 from forkserve.parent.loop import Supervisor
-from forkserve.parent.operations import DEFAULT_UPGRADE_TIMEOUT
 from forkserve.prefork.pool import PreforkLoop
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from typing import Unpack
 
+    from forkserve.config.values import Options
+    from forkserve.parent.admission import Policy
     from forkserve.parent.endpoint import MetricsEndpoint
     from forkserve.parent.systemd import Notifier
 
-DEFAULT_MAX_CONNS = 1000
-DEFAULT_GRACE = 10.0
-# Prefork pool defaults: a couple of spare workers keep the first connections of a
-# burst from waiting for a fork; 64 workers of a few MiB each fit a small machine.
-DEFAULT_MIN_SPARE = 2
-DEFAULT_MAX_SPARE = 8
-DEFAULT_MAX_WORKERS = 64
-POOL_NAMES = ("min_spare", "max_spare", "max_workers", "max_requests")
+    # What a SIGHUP reload returns: the new settings, the names of those that
+    # changed (setting keys: ``max-conns``), and of changes that need an upgrade.
+    ReloadSource = Callable[[], tuple[Settings, list[str], list[str]]]
 
 
 class Server:
@@ -59,17 +52,25 @@ class Server:
     Binds when constructed, so ``address`` is known (port 0 picks a free port) and a
     bind failure raises here, before anything else starts.
 
+    The settings are keyword arguments (``max_conns=100``), or a
+    ``forkserve.config.values.Settings`` passed as ``settings`` (keyword arguments
+    given too override its values); an unknown keyword raises TypeError.
+
     Args:
         address: ``(host, port)`` or ``"[HOST:]PORT"`` text (``"[::1]:9000"``).
         handler: called as ``handler(conn, peer)`` in the child (see ``Handler``); a
             name, loaded now; or a ``Program``, executed with the connection on fd
             0 and 1 and the UCSPI environment.
+        settings: all the settings below at once (log, fd, metrics_fd and reload
+            excepted).
         max_conns: children at once; at the limit, new clients wait in the backlog.
         backlog: the listen(2) queue length.
         grace: on SIGTERM or SIGINT, how long children may take to finish before
             they are sent SIGTERM (and SIGKILL 3 seconds later).
         banner: bytes sent to each client before the handler or program starts.
-        log: where events go; by default one line each on standard error.
+        log: where events go; by default one line each on standard error, at
+            ``log_level`` (0 quiet, 1 info, 2 debug) in ``log_format`` ("text",
+            "json").
         mode: "fork" (a fresh process per connection) or "prefork" (a pool of
             reusable workers, each serving one connection at a time).
         min_spare, max_spare: prefork: idle workers kept ready, at least and at most.
@@ -108,11 +109,11 @@ class Server:
             ``address`` (socket activation: see ``forkserve.parent.systemd``).
         metrics_fd: serve metrics on this inherited listening socket.
         upgrade_timeout: after SIGUSR2, how long the new server may take to be ready.
-        reload: on SIGHUP, returns ``(settings, changed, needs_upgrade)``: the
-            reloadable settings to apply (``max_conns`` or the pool's four,
-            ``grace``, ``banner``, ``log_level``, ``log_format``), the names of
-            those that changed, and of changes that need a SIGUSR2 upgrade; or
-            raises ForkserveError to refuse the new configuration.
+        reload: on SIGHUP, returns ``(settings, changed, needs_upgrade)``: the new
+            ``Settings`` (a reload applies the reloadable ones: the limits, grace,
+            banner, rules, time and resource limits, logging; see config.reload),
+            the names of those that changed, and of changes that need a SIGUSR2
+            upgrade; or raises ForkserveError to refuse the new configuration.
 
     Under systemd (``NOTIFY_SOCKET`` set), readiness and status are notified
     (READY, STATUS, STOPPING), and the variable is removed from the environment.
@@ -134,85 +135,40 @@ class Server:
         address: tuple[str, int] | str | None = ("127.0.0.1", 0),
         handler: Handler | Program | str = echo,
         *,
-        max_conns: int = DEFAULT_MAX_CONNS,
-        backlog: int = DEFAULT_BACKLOG,
-        grace: float = DEFAULT_GRACE,
-        banner: bytes = b"",
+        settings: Settings | None = None,
         log: Log | None = None,
-        mode: str = "fork",
-        min_spare: int = DEFAULT_MIN_SPARE,
-        max_spare: int = DEFAULT_MAX_SPARE,
-        max_workers: int = DEFAULT_MAX_WORKERS,
-        max_requests: int = 0,
-        rules: Sequence[str] | RuleSet | None = None,
-        default_policy: str | None = None,
-        per_ip: int = 0,
-        rate: tuple[int, float] | None = None,
-        ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
-        reject_message: bytes = b"",
-        idle_timeout: float = 0.0,
-        max_lifetime: float = 0.0,
-        handshake_timeout: float = 0.0,
-        user: str | None = None,
-        group: str | None = None,
-        rlimits: Mapping[str, int] | None = None,
-        proxy_protocol: str = "",
-        proxy_from: tuple[str, ...] = (),
-        tls_cert: str | None = None,
-        tls_key: str | None = None,
-        tls_client_ca: str | None = None,
-        metrics: tuple[str, int] | str | None = None,
         fd: int | None = None,
         metrics_fd: int | None = None,
-        reload: Callable[[], tuple[dict[str, object], list[str], list[str]]] | None = None,
-        upgrade_timeout: float = DEFAULT_UPGRADE_TIMEOUT,
+        reload: ReloadSource | None = None,
+        **options: Unpack[Options],
     ) -> None:
-        check_arguments(mode, max_conns, (min_spare, max_spare, max_workers, max_requests))
-        if backlog < 1:
-            raise UsageError(f"backlog must be at least 1, not {backlog}")
-        check_seconds("grace", grace)
-        check_seconds("upgrade_timeout", upgrade_timeout)
-        if not isinstance(banner, bytes):
-            raise UsageError(f"banner must be bytes, not {type(banner).__name__}")
-        self.mode = mode
-        self.pool = (min_spare, max_spare, max_workers, max_requests)
-        self.max_conns = max_conns
-        self.grace = grace
-        self.log = log if log is not None else Log()
+        settings = Settings(**options) if settings is None else settings.replace(**options)
+        check_settings(settings)
+        self.settings = settings
+        self.log = log if log is not None else Log(settings.log_level, format=settings.log_format)
         from forkserve.child.edge import make_edge
 
         self.edge = make_edge(
             self.log,
-            proxy_protocol=proxy_protocol,
-            proxy_from=tuple(proxy_from),
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            tls_client_ca=tls_client_ca,
-            handshake_timeout=handshake_timeout,
+            proxy_protocol=settings.proxy_protocol,
+            proxy_from=tuple(settings.proxy_from),
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+            tls_client_ca=settings.tls_client_ca,
+            handshake_timeout=settings.handshake_timeout,
         )
-        gate = make_gate(rules, default_policy, per_ip, rate, ipv6_prefix)
-        check_seconds("max_lifetime", max_lifetime)
-        proxied = self.edge is not None and bool(self.edge.proxy)
-        self.policy = Policy(gate, reject_message, max_lifetime, proxy=proxied)
-        prelude = make_prelude(
-            banner,
-            self.log,
-            mode=mode,
-            idle_timeout=idle_timeout,
-            # With an edge, the deadline is the header's and the handshake's: waiting
-            # for readability on the raw socket would miss bytes TLS already holds.
-            handshake_timeout=0.0 if self.edge is not None else handshake_timeout,
-            rlimits=rlimits or {},
+        self.policy = make_policy(settings, self.edge)
+        prelude = make_settings_prelude(settings, self.log, self.edge)
+        self.handler, self.service = make_service(
+            handler, prelude, self.log, settings.mode, self.edge
         )
-        self.handler, self.service = make_service(handler, prelude, self.log, mode, self.edge)
         from forkserve.parent.privileges import resolve_identity
 
-        self.identity = resolve_identity(user, group)
+        self.identity = resolve_identity(settings.user, settings.group)
         self.reload_source = reload
-        self.upgrade_timeout = upgrade_timeout
         self.loop: Supervisor | None = None
         self.handover = take_handover()
-        self.open_sockets(address, backlog, fd, metrics, metrics_fd)
+        self.open_sockets(address, settings.backlog, fd, settings.metrics, metrics_fd)
 
     def open_sockets(
         self,
@@ -295,8 +251,9 @@ class Server:
 
     def make_loop(self, announce: Callable[[], None]) -> Supervisor:
         """The chosen process model's loop."""
-        min_spare, max_spare, max_workers, max_requests = self.pool
-        if self.mode == "prefork":
+        settings = self.settings
+        min_spare, max_spare, max_workers, max_requests = settings.pool
+        if settings.mode == "prefork":
             return PreforkLoop(
                 self.listener,
                 self.service,
@@ -305,7 +262,7 @@ class Server:
                 max_spare=max_spare,
                 max_workers=max_workers,
                 max_requests=max_requests,
-                grace=self.grace,
+                grace=settings.grace,
                 ready=announce,
                 policy=self.policy,
             )
@@ -313,8 +270,8 @@ class Server:
             self.listener,
             self.service,
             self.log,
-            max_conns=self.max_conns,
-            grace=self.grace,
+            max_conns=settings.max_conns,
+            grace=settings.grace,
             ready=announce,
             policy=self.policy,
         )
@@ -323,24 +280,25 @@ class Server:
         """Reload, upgrade, metrics and systemd, as far as they are asked for."""
         self.loop = loop
         loop.reloader = self.reload
-        loop.upgrade_timeout = self.upgrade_timeout
+        loop.upgrade_timeout = self.settings.upgrade_timeout
         if self.endpoint is not None:
-            serve_metrics(loop, self.endpoint, self.mode, self.log)
+            serve_metrics(loop, self.endpoint, self.settings.mode, self.log)
         if self.notifier is not None:
             from forkserve.parent.systemd import Status
 
             loop.status = Status(self.notifier, upgraded=self.handover is not None)
 
     def log_listen(self) -> None:
-        fields: dict[str, object] = {"address": self.listener.describe(), "mode": self.mode}
+        mode = self.settings.mode
+        fields: dict[str, object] = {"address": self.listener.describe(), "mode": mode}
         if self.inherited:
             fields["fd"] = self.listener.fileno()
         if self.handover is not None:
             fields["upgraded_from"] = self.handover.from_pid
-        if self.mode == "prefork":
-            fields["max_workers"] = self.pool[2]
+        if mode == "prefork":
+            fields["max_workers"] = self.settings.max_workers
         else:
-            fields["max_conns"] = self.max_conns
+            fields["max_conns"] = self.settings.max_conns
         fields["pid"] = os.getpid()
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)
@@ -384,6 +342,11 @@ class Server:
         from forkserve.config.reload import reload
 
         reload(self)
+
+    def take_settings(self, settings: Settings, policy: Policy) -> None:
+        """A reload's checked settings and the policy built from them, now in force."""
+        self.settings = settings
+        self.policy = policy
 
     def reload_tls(self) -> bool:
         """SIGHUP: load the certificate and key again; keep the old ones if that fails."""

@@ -35,3 +35,17 @@ def test_rule_lines_build_a_gate() -> None:
         assert rules is not None
         assert [rule.label for rule in rules.rules] == ["rules:1", "rules:2"]
         assert rules.match(0xFFFF7F000003).env == {"A": "1"}
+
+
+def test_settings_and_keywords_together() -> None:
+    from forkserve.config.values import Settings
+
+    given = Settings(mode="prefork", max_workers=4, min_spare=1, max_spare=2)
+    with Server(("127.0.0.1", 0), settings=given, grace=2.5) as server:
+        assert server.settings.pool == (1, 2, 4, 0)
+        assert server.settings.grace == 2.5
+    assert given.grace == 10.0  # the caller's settings are not changed
+    with pytest.raises(TypeError, match="'colour'"):
+        Server(("127.0.0.1", 0), colour="blue")  # type: ignore[call-arg]
+    with pytest.raises(UsageError, match="max_workers"):
+        Server(("127.0.0.1", 0), settings=given, min_spare=5)

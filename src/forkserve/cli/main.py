@@ -15,7 +15,7 @@ from forkserve._errors import EXIT_USAGE, ForkserveError, UsageError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
-    from typing import Any, NoReturn
+    from typing import NoReturn
 
 
 SERVE_USAGE = "forkserve serve [HOST:]PORT [options] [-- PROGRAM [ARGS...]]"
@@ -65,16 +65,12 @@ def run_serve(args: argparse.Namespace) -> int:
     """``forkserve serve``: resolve the settings (see config.options), then serve."""
     import os
 
-    from forkserve._log import Log
     from forkserve._server import Server
     from forkserve.config.options import (
         Configuration,
         Reloader,
-        access_arguments,
         choose_service,
-        edge_arguments,
-        log_level,
-        mode_options,
+        server_settings,
     )
 
     internal = ("command", "run", "program", "config")
@@ -85,26 +81,13 @@ def run_serve(args: argparse.Namespace) -> int:
         given["program"] = args.program
     configuration = Configuration(given, getattr(args, "config", None))
     values = configuration.resolve()
-    if values["listen"] is None and "LISTEN_FDS" not in os.environ:
+    address = values["listen"]
+    assert address is None or isinstance(address, tuple)
+    if address is None and "LISTEN_FDS" not in os.environ:
         raise UsageError("the [HOST:]PORT to listen on is missing (see --help)")
-    log = Log(log_level(values), format=str(values["log_format"]))
-    options: dict[str, Any] = {
-        **mode_options(values),
-        **access_arguments(values),
-        **edge_arguments(values),
-    }
+    settings = server_settings(values)  # before the service: a bad rules file first
     with Server(
-        values["listen"],  # type: ignore[arg-type]
-        choose_service(values),
-        backlog=values["backlog"],  # type: ignore[arg-type]
-        grace=values["grace"],  # type: ignore[arg-type]
-        banner=values["banner"],  # type: ignore[arg-type]
-        log=log,
-        mode=str(values["mode"]),
-        metrics=values["metrics"],  # type: ignore[arg-type]
-        reload=Reloader(configuration, values),
-        upgrade_timeout=values["upgrade_timeout"],  # type: ignore[arg-type]
-        **options,
+        address, choose_service(values), settings=settings, reload=Reloader(configuration, values)
     ) as server:
         server.serve_forever(ready=announce_port if values["print_port"] else None)
     return 0

@@ -1,4 +1,5 @@
-"""Settings: the one table, its parser and config file, reload plans, handler lookup.
+"""Settings: the one table, its parser and config file, the typed settings (values),
+reload plans, handler lookup.
 
 Internal: the public API is what ``forkserve`` lists in ``__all__``.
 """

@@ -12,18 +12,25 @@ import argparse
 
 from forkserve._errors import UsageError
 from forkserve._log import DEBUG, INFO, QUIET
+from forkserve.config.defaults import (
+    DEFAULT_MAX_CONNS,
+    DEFAULT_MAX_SPARE,
+    DEFAULT_MAX_WORKERS,
+    DEFAULT_MIN_SPARE,
+    POOL_NAMES,
+)
 from forkserve.config.settings import UPGRADE, Setting, changes, validate_table
 from forkserve.config.table import EXCLUSIVE, GROUP_TEXT, RLIMITS, SERVE, SERVE_BY_KEY
+from forkserve.config.values import Settings
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from typing import Any
 
     from forkserve.child.exec import Program
     from forkserve.child.handler import Handler
     from forkserve.core.rules import Rule
-
-POOL_OPTIONS = ("min_spare", "max_spare", "max_workers", "max_requests")
 
 
 def argument_type(setting: Setting) -> Callable[[str], object]:
@@ -106,12 +113,12 @@ def add_argument(group: argparse._ActionsContainer, setting: Setting) -> None:
         )
         return
     if setting.kind.choices:
-        kwargs: dict[str, object] = {"choices": setting.kind.choices}
+        kwargs: dict[str, Any] = {"choices": setting.kind.choices}
     elif setting.metavar:
         kwargs = {"type": argument_type(setting), "metavar": setting.metavar}
     else:
         kwargs = {"action": "store_true"}
-    group.add_argument(*flags, dest=setting.dest, default=argparse.SUPPRESS, help=text, **kwargs)  # type: ignore[arg-type]
+    group.add_argument(*flags, dest=setting.dest, default=argparse.SUPPRESS, help=text, **kwargs)
 
 
 def read_config(path: str) -> dict[str, object]:
@@ -173,22 +180,15 @@ def mode_options(values: Mapping[str, object]) -> dict[str, int]:
     Raises:
         UsageError: an option of the other mode was given.
     """
-    from forkserve._server import (
-        DEFAULT_MAX_CONNS,
-        DEFAULT_MAX_SPARE,
-        DEFAULT_MAX_WORKERS,
-        DEFAULT_MIN_SPARE,
-    )
-
-    given = [name for name in POOL_OPTIONS if values.get(name) is not None]
+    given = [name for name in POOL_NAMES if values.get(name) is not None]
     if values["mode"] == "fork":
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise UsageError(f"{flag} needs --mode prefork")
-        return {"max_conns": int(values["max_conns"] or DEFAULT_MAX_CONNS)}  # type: ignore[call-overload]
+        return {"max_conns": count(values, "max_conns") or DEFAULT_MAX_CONNS}
     if values["max_conns"] is not None:
         raise UsageError("--max-conns is fork mode's limit; in prefork mode use --max-workers")
-    numbers = {name: int(values[name] or 0) for name in POOL_OPTIONS}  # type: ignore[call-overload]
+    numbers = {name: count(values, name) for name in POOL_NAMES}
     max_workers = numbers["max_workers"] or DEFAULT_MAX_WORKERS
     min_spare = numbers["min_spare"] or min(DEFAULT_MIN_SPARE, max_workers)
     max_spare = numbers["max_spare"] or min(max(DEFAULT_MAX_SPARE, min_spare), max_workers)
@@ -200,8 +200,22 @@ def mode_options(values: Mapping[str, object]) -> dict[str, int]:
     }
 
 
+def count(values: Mapping[str, object], name: str) -> int:
+    """A whole-number setting, 0 when not set."""
+    value = values[name]
+    assert value is None or isinstance(value, int)
+    return value or 0
+
+
+def listed(values: Mapping[str, object], name: str) -> list[object]:
+    """A list setting, empty when not set."""
+    value = values[name]
+    assert value is None or isinstance(value, list)
+    return value or []
+
+
 def access_arguments(values: Mapping[str, object]) -> dict[str, object]:
-    """The ``Server`` arguments for access control, time limits and privileges.
+    """The settings (``Settings`` attributes) for access control, time limits and privileges.
 
     Rules: the command line's ``--allow``/``--deny`` in their order (or, without
     them, the file's ``deny`` then ``allow`` lists), then the rules file's.
@@ -213,7 +227,7 @@ def access_arguments(values: Mapping[str, object]) -> dict[str, object]:
 
     given = values.get("cli_rules")
     if given is None:
-        given = [*(values["deny"] or []), *(values["allow"] or [])]  # type: ignore[misc]
+        given = [*listed(values, "deny"), *listed(values, "allow")]
     assert isinstance(given, list)
     rules = list(given)
     if values["rules"] is not None:
@@ -236,7 +250,7 @@ def access_arguments(values: Mapping[str, object]) -> dict[str, object]:
         "group",
     )
     rlimits = {name: value for name, value in rlimits.items() if value is not None}
-    return {"rules": ruleset, "rlimits": rlimits, **{name: values[name] for name in names}}
+    return {"rules": ruleset, "rlimits": rlimits or None, **{name: values[name] for name in names}}
 
 
 def read_rules_file(path: str) -> list[Rule]:
@@ -259,12 +273,10 @@ def read_rules_file(path: str) -> list[Rule]:
 
 
 def edge_arguments(values: Mapping[str, object]) -> dict[str, object]:
-    """The ``Server`` arguments for the PROXY protocol and TLS."""
-    proxy_from = values["proxy_from"] or []
-    assert isinstance(proxy_from, list)
+    """The settings (``Settings`` attributes) for the PROXY protocol and TLS."""
     return {
         "proxy_protocol": values["proxy_protocol"] or "",
-        "proxy_from": tuple(proxy_from),
+        "proxy_from": tuple(listed(values, "proxy_from")),
         "tls_cert": values["tls_cert"],
         "tls_key": values["tls_key"],
         "tls_client_ca": values["tls_client_ca"],
@@ -275,17 +287,24 @@ def log_level(values: Mapping[str, object]) -> int:
     return QUIET if values["quiet"] else DEBUG if values["verbose"] else INFO
 
 
-def reloadable(values: Mapping[str, object]) -> dict[str, object]:
-    """What a reload applies, from resolved values: limits, grace, banner, logging."""
-    return {
-        **mode_options(values),
-        "grace": values["grace"],
-        "upgrade_timeout": values["upgrade_timeout"],
-        "banner": values["banner"],
-        "log_level": log_level(values),
-        "log_format": values["log_format"],
-        **access_arguments(values),
-    }
+def server_settings(values: Mapping[str, object]) -> Settings:
+    """The typed settings of resolved values (see config.values.FOLDED for the
+    table's rows that are not an attribute of their own).
+
+    The values' types are their Kinds' (config.settings), which parsed and checked
+    every one of them; tests/unit/test_settings.py checks the result's types
+    against Settings' annotations.
+
+    Raises:
+        UsageError: a bad rules file, or an option of the other mode.
+    """
+    same = ("mode", "backlog", "grace", "upgrade_timeout", "banner", "metrics", "log_format")
+    settings = Settings(log_level=log_level(values))
+    settings.update({name: values[name] for name in same})
+    settings.update(mode_options(values))
+    settings.update(access_arguments(values))
+    settings.update(edge_arguments(values))
+    return settings
 
 
 def choose_service(values: Mapping[str, object]) -> Handler | Program | str:
@@ -296,18 +315,16 @@ def choose_service(values: Mapping[str, object]) -> Handler | Program | str:
     """
     from forkserve.child.exec import Program
 
-    program = values["program"]
+    program, local_host = values["program"], values["local_host"]
+    assert local_host is None or isinstance(local_host, str)
     if program:
         if values["handler"] is not None:
             raise UsageError("--handler and '-- PROGRAM' cannot be used together")
-        return Program(
-            program,  # type: ignore[arg-type]
-            lookup_hosts=bool(values["reverse_lookup"]),
-            local_host=values["local_host"],  # type: ignore[arg-type]
-        )
+        argv = [str(arg) for arg in listed(values, "program")]
+        return Program(argv, lookup_hosts=bool(values["reverse_lookup"]), local_host=local_host)
     for flag, value in (
         ("--reverse-lookup", values["reverse_lookup"]),
-        ("--local-host", values["local_host"]),
+        ("--local-host", local_host),
     ):
         if value:
             raise UsageError(f"{flag} sets UCSPI variables: it needs '-- PROGRAM'")
@@ -331,8 +348,9 @@ class Reloader:
         self.values = dict(values)
         self.rules_data = rules_data(values)
 
-    def __call__(self) -> tuple[dict[str, object], list[str], list[str]]:
-        """Returns ``(reloadable values, keys changed, keys needing an upgrade)``.
+    def __call__(self) -> tuple[Settings, list[str], list[str]]:
+        """Returns ``(settings, keys changed, keys needing an upgrade)``; what needs
+        an upgrade keeps its running value in ``settings``.
 
         Raises:
             UsageError: the new configuration is invalid; nothing changes.
@@ -343,7 +361,7 @@ class Reloader:
         for setting in SERVE:  # what needs an upgrade stays as it is
             if setting.reload == UPGRADE:
                 new[setting.dest] = self.values[setting.dest]
-        result = reloadable(new)  # checked again with what stays
+        result = server_settings(new)  # checked again with what stays
         self.values = new
         changed = [key.replace("_", "-") for key in apply]
         data = rules_data(new)

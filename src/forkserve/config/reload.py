@@ -1,5 +1,9 @@
 """SIGHUP for ``Server``: take a new configuration, or refuse it and keep the old one.
 
+A reload builds a ``ReloadPlan`` from the new settings (every check passed) and hands
+it to the loop in one call, ``loop.apply_reload(plan)``: nothing here writes the
+loop's fields.
+
 Imported at the first SIGHUP, not before: a server that is never reloaded never
 carries this code into its children.
 """
@@ -10,11 +14,69 @@ from forkserve._errors import ForkserveError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from forkserve._server import Server
     from forkserve.child.handler import Service
+    from forkserve.config.values import Settings
     from forkserve.parent.admission import Policy
+
+
+class ReloadPlan:
+    """What a reload changes in the running loop, checked and built.
+
+    Attributes:
+        changed: the setting keys that differ from the running configuration
+            (``max-conns``), and ``tls`` when the certificate was read again: a
+            prefork pool replaces its workers only when something they hold is in it.
+        grace: the stop's grace period, seconds.
+        upgrade_timeout: how long a SIGUSR2's new master may take, seconds.
+        policy: the admission policy for new connections (its gate has taken over
+            the running one's counts and buckets).
+        service: what new connections' children (or new workers) run.
+        pool: prefork: ``min_spare``, ``max_spare``, ``max_workers``,
+            ``max_requests``; None in fork mode.
+        max_conns: fork mode's limit; None in prefork mode.
+        log_format: "text" or "json".
+        log_level: QUIET, INFO or DEBUG (see forkserve._log).
+    """
+
+    __slots__ = (
+        "changed",
+        "grace",
+        "log_format",
+        "log_level",
+        "max_conns",
+        "policy",
+        "pool",
+        "service",
+        "upgrade_timeout",
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        changed: frozenset[str],
+        policy: Policy,
+        service: Service,
+    ) -> None:
+        prefork = settings.mode == "prefork"
+        self.changed = changed
+        self.grace = settings.grace
+        self.upgrade_timeout = settings.upgrade_timeout
+        self.policy = policy
+        self.service = service
+        self.pool = (
+            {
+                "min_spare": settings.min_spare,
+                "max_spare": settings.max_spare,
+                "max_workers": settings.max_workers,
+                "max_requests": settings.max_requests,
+            }
+            if prefork
+            else None
+        )
+        self.max_conns = None if prefork else settings.max_conns
+        self.log_format = settings.log_format
+        self.log_level = settings.log_level
 
 
 def reload(server: Server) -> None:
@@ -34,18 +96,21 @@ def reload(server: Server) -> None:
         return
     try:
         new, changed, upgrade = server.reload_source()
+        new = kept_for_upgrade(server.settings, new)
         policy, service = rebuild(server, new)
     except ForkserveError as exc:
         server.log.warning("reload-failed", error=str(exc), kept="the running configuration")
         loop.metrics.operation("reload-failed")
         return
     reloaded = set(changed)
-    # The TLS files, read again (a renewed certificate), before apply() forks the
+    # The TLS files, read again (a renewed certificate), before the loop forks the
     # replacement workers; a bad one is logged and the old one stays.
     tls = server.edge is not None and server.edge.tls is not None
     if tls and server.reload_tls():
         reloaded.add("tls")  # what a prefork worker holds: it is replaced
-    apply(server, new, policy, service, frozenset(reloaded))
+    policy.gate.take_over(server.policy.gate)  # counts and rate buckets carry on
+    server.take_settings(new, policy)  # what the next reload compares with
+    loop.apply_reload(ReloadPlan(new, frozenset(reloaded), policy, service))
     fields: dict[str, object] = {"changed": ",".join(changed) or "none"}
     if upgrade:
         fields["needs_upgrade"] = ",".join(upgrade)
@@ -53,68 +118,29 @@ def reload(server: Server) -> None:
     loop.metrics.operation("reload-ok")
 
 
-def rebuild(server: Server, new: Mapping[str, object]) -> tuple[Policy, Service]:
+def kept_for_upgrade(old: Settings, new: Settings) -> Settings:
+    """``new``, with what only a new process changes as it is: the mode, the IPv6
+    prefix live connections are counted by, and the lifetime whose timers run in
+    order of start (see config.table)."""
+    return new.replace(mode=old.mode, ipv6_prefix=old.ipv6_prefix, max_lifetime=old.max_lifetime)
+
+
+def rebuild(server: Server, new: Settings) -> tuple[Policy, Service]:
     """The admission policy and the service the new settings ask for, checked.
 
     Raises:
         UsageError: a limit, rule, timeout or resource limit out of range.
     """
-    from forkserve._server import POOL_NAMES
-    from forkserve.parent.admission import Policy
-    from forkserve.parent.assemble import check_arguments, make_gate, make_prelude, make_service
+    from forkserve.parent.assemble import (
+        check_settings,
+        make_policy,
+        make_service,
+        make_settings_prelude,
+    )
 
-    limit = new.get("max_conns", server.max_conns)
-    pool = tuple(new.get(name, 1) for name in POOL_NAMES)
-    check_arguments(server.mode, limit, pool)  # type: ignore[arg-type]
-    gate = make_gate(
-        new["rules"],  # type: ignore[arg-type]
-        None,  # the RuleSet carries the default policy
-        new["per_ip"],  # type: ignore[arg-type]
-        new["rate"],  # type: ignore[arg-type]
-        server.policy.gate.ipv6_prefix,
-    )
-    policy = Policy(
-        gate,
-        new["reject_message"],  # type: ignore[arg-type]
-        server.policy.max_lifetime,
-        proxy=server.policy.proxy,
-    )
-    prelude = make_prelude(
-        new["banner"],  # type: ignore[arg-type]
-        server.log,
-        mode=server.mode,
-        idle_timeout=new["idle_timeout"],  # type: ignore[arg-type]
-        # With PROXY or TLS the edge keeps its own deadline (set at start-up).
-        handshake_timeout=0.0 if server.edge is not None else new["handshake_timeout"],  # type: ignore[arg-type]
-        rlimits=new["rlimits"],  # type: ignore[arg-type]
-    )
-    _, service = make_service(server.handler, prelude, server.log, server.mode, server.edge)
+    check_settings(new)
+    policy = make_policy(new, server.edge)
+    # With PROXY or TLS the edge keeps its own deadline (set at start-up).
+    prelude = make_settings_prelude(new, server.log, server.edge)
+    _, service = make_service(server.handler, prelude, server.log, new.mode, server.edge)
     return policy, service
-
-
-def apply(
-    server: Server,
-    new: Mapping[str, object],
-    policy: Policy,
-    service: Service,
-    changed: frozenset[str],
-) -> None:
-    """Apply checked settings to the log, the policy, the service and the loop.
-
-    ``changed`` names what differs from the running configuration (setting keys,
-    and ``tls`` when the certificate was read again): the loop replaces prefork
-    workers only when something they hold is in it.
-    """
-    loop = server.loop
-    assert loop is not None
-    level, log_format, grace = (new[k] for k in ("log_level", "log_format", "grace"))
-    assert isinstance(level, int) and isinstance(grace, float)
-    server.log.level = level
-    server.log.set_format(str(log_format))
-    server.grace = loop.grace = grace
-    loop.upgrade_timeout = float(new["upgrade_timeout"])  # type: ignore[arg-type]
-    policy.gate.take_over(server.policy.gate)
-    server.policy = loop.policy = policy
-    loop.gate = policy.gate
-    loop.service = service
-    loop.reconfigure(new, changed)

@@ -7,12 +7,14 @@ To add an option, add a row here: the parser, the config file, reloads and
 from __future__ import annotations
 
 from forkserve._log import FORMATS
-from forkserve._server import (
+from forkserve.config.defaults import (
+    DEFAULT_BACKLOG,
     DEFAULT_GRACE,
     DEFAULT_MAX_CONNS,
     DEFAULT_MAX_SPARE,
     DEFAULT_MAX_WORKERS,
     DEFAULT_MIN_SPARE,
+    DEFAULT_UPGRADE_TIMEOUT,
     MODES,
 )
 from forkserve.config.settings import (
@@ -36,8 +38,6 @@ from forkserve.config.settings import (
     rules_kind,
 )
 from forkserve.core.gate import DEFAULT_IPV6_PREFIX
-from forkserve.parent.listeners import DEFAULT_BACKLOG
-from forkserve.parent.operations import DEFAULT_UPGRADE_TIMEOUT
 
 ACCESS = "access control and limits per client address"
 TIMES = "time limits per connection"

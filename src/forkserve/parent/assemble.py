@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 
 from forkserve._errors import UsageError
-from forkserve._log import Log
+from forkserve._log import DEBUG, FORMATS, INFO, QUIET, Log
 from forkserve.child.exec import ExecService, Program
 from forkserve.child.handler import Handler, PythonService, Service
 from forkserve.child.prelude import RLIMIT_NAMES, Prelude
+from forkserve.config.defaults import MODES
 from forkserve.core.address import parse_listen_address
 from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT, Gate
 from forkserve.core.rules import RuleSet
+from forkserve.parent.admission import Policy
 from forkserve.parent.listeners import Listener
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
@@ -24,14 +26,31 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from forkserve.child.edge import Edge
+    from forkserve.config.values import Settings
     from forkserve.parent.endpoint import MetricsEndpoint
     from forkserve.parent.loop import Supervisor
     from forkserve.parent.upgrade import Handover
 
-# The process models `forkserve serve --mode` offers.
-MODES = ("fork", "prefork")
 # The metrics endpoint's listen queue: scrapers are few.
 ENDPOINT_BACKLOG = 16
+
+
+def check_settings(settings: Settings) -> None:
+    """Raises UsageError for a mode, a limit, a pool, a backlog or a stop or upgrade
+    time out of range, a banner that is not bytes, or an unknown log format or
+    level (the rest is checked as it is built: see make_policy and
+    make_settings_prelude)."""
+    check_arguments(settings.mode, settings.max_conns, settings.pool)
+    if settings.backlog < 1:
+        raise UsageError(f"backlog must be at least 1, not {settings.backlog}")
+    check_seconds("grace", settings.grace)
+    check_seconds("upgrade_timeout", settings.upgrade_timeout)
+    if not isinstance(settings.banner, bytes):
+        raise UsageError(f"banner must be bytes, not {type(settings.banner).__name__}")
+    if settings.log_format not in FORMATS:
+        raise UsageError(f"log_format must be one of {', '.join(FORMATS)}")
+    if settings.log_level not in (QUIET, INFO, DEBUG):
+        raise UsageError(f"log_level must be {QUIET}, {INFO} or {DEBUG}")
 
 
 def check_arguments(mode: str, max_conns: int, pool: tuple[int, int, int, int]) -> None:
@@ -170,6 +189,39 @@ def make_prelude(
         rlimits=triples,
         log=log,
     )
+
+
+def make_settings_prelude(settings: Settings, log: Log, edge: Edge | None) -> Prelude:
+    """The prelude ``settings`` ask for (see make_prelude), checked."""
+    return make_prelude(
+        settings.banner,
+        log,
+        mode=settings.mode,
+        idle_timeout=settings.idle_timeout,
+        # With an edge, the deadline is the header's and the handshake's: waiting
+        # for readability on the raw socket would miss bytes TLS already holds.
+        handshake_timeout=0.0 if edge is not None else settings.handshake_timeout,
+        rlimits=settings.rlimits or {},
+    )
+
+
+def make_policy(settings: Settings, edge: Edge | None) -> Policy:
+    """The admission policy ``settings`` ask for: the gate, the reject message and
+    the lifetime limit, checked.
+
+    Raises:
+        UsageError: a bad rule, policy, limit or lifetime.
+    """
+    gate = make_gate(
+        settings.rules,
+        settings.default_policy,
+        settings.per_ip,
+        settings.rate,
+        settings.ipv6_prefix,
+    )
+    check_seconds("max_lifetime", settings.max_lifetime)
+    proxied = edge is not None and bool(edge.proxy)
+    return Policy(gate, settings.reject_message, settings.max_lifetime, proxy=proxied)
 
 
 def make_gate(

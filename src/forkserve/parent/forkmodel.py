@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import selectors
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from forkserve._log import Log
 from forkserve.child.handler import Service
@@ -13,6 +13,10 @@ from forkserve.parent.admission import Policy
 from forkserve.parent.children import Exited
 from forkserve.parent.listeners import Listener
 from forkserve.parent.loop import Supervisor
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
+if TYPE_CHECKING:
+    from forkserve.config.reload import ReloadPlan
 
 # At most this many accepts per wakeup, so signals (a stop, a burst of exits) are
 # looked at between batches even under a connection flood.
@@ -45,9 +49,10 @@ class ForkLoop(Supervisor):
     def has_slot(self) -> bool:
         return len(self.children) < self.max_conns
 
-    def reconfigure(self, settings: Mapping[str, object], changed: frozenset[str]) -> None:
+    def reconfigure(self, plan: ReloadPlan) -> None:
         """A reload's new limit applies from the next accept; children are untouched."""
-        self.max_conns = int(settings["max_conns"])  # type: ignore[call-overload]
+        if plan.max_conns is not None:
+            self.max_conns = plan.max_conns
 
     def busy(self) -> int:
         return len(self.children)
@@ -101,7 +106,7 @@ class ForkLoop(Supervisor):
         child never uses those objects again and ends in os._exit, and every object
         a child touches is memory it copies from the parent (see parent.signals).
         """
-        os.close(self.sel.fileno())  # type: ignore[attr-defined]
+        os.close(self.sel.fileno())
         if self.listener is not None:
             os.close(self.listener.fileno())
         if self.sigs is not None:

@@ -7,6 +7,7 @@ import socket
 from types import TracebackType
 
 from forkserve._errors import AddressError, BindError
+from forkserve.config.defaults import DEFAULT_BACKLOG
 from forkserve.core.address import format_address
 
 # accept(2) errors that mean "out of a resource": log once per burst, stop accepting
@@ -31,13 +32,6 @@ CONNECTION_ERRNOS = frozenset(
     }
 )
 ACCEPT_PAUSE = 0.1
-
-# The kernel queues completed handshakes here while forkserve is at --max-conns or busy
-# forking; it is the only queue forkserve has (no accept-then-close). 1024 holds about
-# half a second of the fork mode's accept rate measured on a 2-core machine, so a
-# burst is absorbed, yet a client never waits minutes in a queue it cannot see. The
-# kernel caps it at net.core.somaxconn (4096 by default since Linux 5.4).
-DEFAULT_BACKLOG = 1024
 
 
 class Listener:

@@ -34,6 +34,8 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typi
 if TYPE_CHECKING:
     from typing import Any
 
+    from forkserve.config.reload import ReloadPlan
+
 # After SIGTERM to the children, wait this long before SIGKILL.
 KILL_AFTER = 3.0
 
@@ -73,7 +75,7 @@ class Supervisor(Admission, Operations):
         self.stopping: str | None = None  # None, "graceful" or "fast"
         self.phase = ""  # while stopping: "drain", "term" or "kill"
         self.deadline: float | None = None
-        self.sel: selectors.BaseSelector = selectors.DefaultSelector()
+        self.sel: selectors.DefaultSelector = selectors.DefaultSelector()
         self.sigs: SignalPipe | None = None
         # Connections accepted at a stop while at the limit: served as slots free up.
         self.pending: collections.deque[tuple[socket.socket, Any]] = collections.deque()
@@ -188,6 +190,19 @@ class Supervisor(Admission, Operations):
             self.children.signal_all(signal.SIGKILL)
             self.phase = "kill"
             self.deadline = None
+
+    def apply_reload(self, plan: ReloadPlan) -> None:
+        """A SIGHUP's checked settings, for new connections: the log, the grace
+        period, the upgrade timeout, the admission policy and the service; the
+        process model takes its own limits (``reconfigure``)."""
+        self.log.level = plan.log_level
+        self.log.set_format(plan.log_format)
+        self.grace = plan.grace
+        self.upgrade_timeout = plan.upgrade_timeout
+        self.policy = plan.policy
+        self.gate = plan.policy.gate
+        self.service = plan.service
+        self.reconfigure(plan)
 
     # -- accepting --------------------------------------------------------------------
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import time
 
-# How long a new master may take to report ready after SIGUSR2 (--upgrade-timeout).
-DEFAULT_UPGRADE_TIMEOUT = 30.0
+from forkserve.config.defaults import DEFAULT_UPGRADE_TIMEOUT
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable
 
     from forkserve._log import Log
+    from forkserve.config.reload import ReloadPlan
     from forkserve.core.metrics import Metrics
     from forkserve.parent.children import Exited
     from forkserve.parent.endpoint import MetricsEndpoint
@@ -144,9 +144,9 @@ class Operations:
         if self.status is not None:
             self.status.ready(self.active(), again=True)
 
-    def reconfigure(self, settings: Mapping[str, object], changed: frozenset[str]) -> None:
-        """Apply reloaded limits (each process model reads its own); ``changed``
-        names the settings that differ (see config.reload.apply)."""
+    def reconfigure(self, plan: ReloadPlan) -> None:
+        """Apply reloaded limits (each process model reads its own); ``plan.changed``
+        names the settings that differ (see config.reload)."""
 
     # -- SIGUSR2 ------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from forkserve._log import Log
 from forkserve.child.handler import Service
@@ -45,6 +45,10 @@ from forkserve.parent.fork import fork_child
 from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, Listener
 from forkserve.parent.loop import Supervisor
 from forkserve.prefork.worker import Worker, decode
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
+if TYPE_CHECKING:
+    from forkserve.config.reload import ReloadPlan
 
 RETIRE_IDLE = 1.0
 MAX_SPAWN_BATCH = 32
@@ -297,7 +301,7 @@ class PreforkLoop(Supervisor):
         self.log.notice("pool", min_spare=self.min_spare, max_spare=self.max_spare)
         self.maintain(time.monotonic())
 
-    def reconfigure(self, settings: Mapping[str, object], changed: frozenset[str]) -> None:
+    def reconfigure(self, plan: ReloadPlan) -> None:
         """A reload: new pool limits; workers replaced if they hold what changed.
 
         Workers run the service and settings they were forked with. When one of
@@ -307,10 +311,13 @@ class PreforkLoop(Supervisor):
         exits now, a busy one after its connection) and new ones are forked with
         the new settings at once. Otherwise the pool is left as it is.
         """
-        for name in ("min_spare", "max_spare", "max_workers", "max_requests"):
-            setattr(self, name, int(settings[name]))  # type: ignore[call-overload]
+        if plan.pool is not None:
+            self.min_spare = plan.pool["min_spare"]
+            self.max_spare = plan.pool["max_spare"]
+            self.max_workers = plan.pool["max_workers"]
+            self.max_requests = plan.pool["max_requests"]
         asking = self.gate.limits_sources
-        if changed - SUPERVISOR_SETTINGS or asking != self.asking:
+        if plan.changed - SUPERVISOR_SETTINGS or asking != self.asking:
             self.asking = asking
             self.after_reload()
         self.maintain(time.monotonic())

@@ -12,9 +12,8 @@ from forkserve.child.exec import Program
 from forkserve.child.exec import describe as describe_program
 from forkserve.child.handler import Handler, echo
 from forkserve.core.address import parse_listen_address
-from forkserve.core.gate import DEFAULT_IPV6_PREFIX
+from forkserve.core.gate import DEFAULT_IPV6_PREFIX, Policy
 from forkserve.core.rules import RuleSet
-from forkserve.parent.admission import Policy
 from forkserve.parent.assemble import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
 from forkserve.parent.assemble import (
     bind_metrics,

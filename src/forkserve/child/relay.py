@@ -29,7 +29,7 @@ import signal
 import socket
 import ssl
 
-from forkserve.child.exec import reset_process
+from forkserve.child.fresh import reset_process
 from forkserve.child.tls import close_notify
 
 CHUNK = 64 * 1024

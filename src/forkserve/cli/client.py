@@ -33,7 +33,7 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from forkserve.cli.main import seconds
+    from forkserve.cli.args import seconds
 
     parser.add_argument("host", help="server host name or address (IPv6 without brackets)")
     parser.add_argument("port", help="server port")

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from forkserve._server import Server
     from forkserve.child.handler import Service
-    from forkserve.parent.admission import Policy
+    from forkserve.core.gate import Policy
 
 
 def reload(server: Server) -> None:
@@ -60,7 +60,7 @@ def rebuild(server: Server, new: Mapping[str, object]) -> tuple[Policy, Service]
         UsageError: a limit, rule, timeout or resource limit out of range.
     """
     from forkserve._server import POOL_NAMES
-    from forkserve.parent.admission import Policy
+    from forkserve.core.gate import Policy
     from forkserve.parent.assemble import check_arguments, make_gate, make_prelude, make_service
 
     limit = new.get("max_conns", server.max_conns)

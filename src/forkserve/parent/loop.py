@@ -21,9 +21,9 @@ from collections.abc import Callable
 from forkserve._log import Log
 from forkserve.child.ask import ASK_TIMEOUT, Asker
 from forkserve.child.handler import Connection, Service
-from forkserve.core.address import format_address
-from forkserve.core.gate import Timers
-from forkserve.parent.admission import LIFETIME_KILL_AFTER, Admission, Policy, host_of
+from forkserve.core.address import format_address, host_of
+from forkserve.core.gate import Policy, Timers
+from forkserve.parent.admission import LIFETIME_KILL_AFTER, Admission
 from forkserve.parent.children import ChildTable, Exited
 from forkserve.parent.fork import fork_child
 from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS, Listener

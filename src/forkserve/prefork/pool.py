@@ -39,7 +39,8 @@ from collections.abc import Callable, Mapping
 
 from forkserve._log import Log
 from forkserve.child.handler import Service
-from forkserve.parent.admission import Policy, read_question, send_answer
+from forkserve.core.gate import Policy
+from forkserve.parent.admission import read_question, send_answer
 from forkserve.parent.children import Exited
 from forkserve.parent.fork import fork_child
 from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, Listener

@@ -43,7 +43,7 @@ from forkserve._log import Log
 from forkserve.child.ask import ASK_TIMEOUT, Asker
 from forkserve.child.handler import Connection, Service
 from forkserve.core.address import format_address
-from forkserve.parent.admission import Policy
+from forkserve.core.gate import Policy
 from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing

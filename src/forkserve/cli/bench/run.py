@@ -72,7 +72,7 @@ def byte_count(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from forkserve.cli.main import positive_int, seconds
+    from forkserve.cli.args import positive_int, seconds
 
     parser.add_argument("host", help="server host name or address (IPv6 without brackets)")
     parser.add_argument("port", help="server port")

@@ -1,0 +1,73 @@
+"""The shape of the package, checked with ``ast``: no import cycles, packages by role.
+
+Imports inside functions count (they run when the function does); imports under
+``if TYPE_CHECKING:`` do not (they never run). See tests/unit/importgraph.py.
+"""
+
+from __future__ import annotations
+
+from tests.unit.importgraph import graph, strongly_connected
+
+# Cycles that other work on issue 13 removes. The list only shrinks: a listed cycle
+# that no longer exists fails the test too, so whoever breaks one deletes its line.
+KNOWN_CYCLES: dict[frozenset[str], str] = {
+    # Helper B (settings): the reload plan makes config.reload stop importing _server.
+    frozenset({"forkserve._server", "forkserve.config.reload"}): "settings",
+}
+
+# What each package may import from the project (besides itself). The pure core
+# imports only the core and the errors; a connection's process never imports the
+# parent's or the pool's code.
+ALLOWED = {
+    "core": {"core", "_errors"},
+    "child": {"core", "child", "_errors", "_log"},
+}
+
+
+def role(module: str) -> str:
+    """``forkserve.child.exec`` -> ``child``; ``forkserve._log`` -> ``_log``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def describe(cycle: frozenset[str], edges: dict[str, set[str]]) -> str:
+    return "; ".join(f"{name} -> {sorted(edges[name] & cycle)}" for name in sorted(cycle))
+
+
+def test_no_import_cycles() -> None:
+    edges = graph()
+    cycles = strongly_connected(edges)
+    unknown = [describe(cycle, edges) for cycle in cycles if cycle not in KNOWN_CYCLES]
+    assert not unknown, "import cycles:\n" + "\n".join(unknown)
+
+
+def test_known_cycles_still_exist() -> None:
+    """The allow-list stays honest: remove a cycle, remove its line."""
+    cycles = set(strongly_connected(graph()))
+    gone = [sorted(cycle) for cycle in KNOWN_CYCLES if cycle not in cycles]
+    assert not gone, "no longer a cycle, take it off KNOWN_CYCLES: " + repr(gone)
+
+
+def test_packages_import_by_role() -> None:
+    edges = graph()
+    wrong: list[str] = []
+    for module, imported in sorted(edges.items()):
+        allowed = ALLOWED.get(role(module))
+        if allowed is None:
+            continue
+        crossing = sorted(other for other in imported if role(other) not in allowed)
+        wrong.extend(f"{module} -> {other}" for other in crossing)
+    assert not wrong, "imports across roles:\n" + "\n".join(wrong)
+
+
+def test_graph_sees_function_imports_and_skips_type_checking() -> None:
+    """The checker itself: a cycle through an import inside a function is found, one
+    under ``if TYPE_CHECKING:`` is not."""
+    edges = graph()
+    # cli.main imports the client inside build_parser(); child.edge imports
+    # child.handler only for types.
+    assert "forkserve.cli.client" in edges["forkserve.cli.main"]
+    assert "forkserve.child.handler" not in edges["forkserve.child.edge"]
+    assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
+        frozenset({"a", "b", "c"})
+    ]

@@ -36,6 +36,7 @@ Decisions:
 from __future__ import annotations
 
 from forkserve._errors import ProxyProtocolError
+from forkserve.core import rules
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_PREFIX = b"PROXY "
@@ -336,49 +337,22 @@ def parse_tlvs(data: bytes) -> tuple[tuple[int, bytes], ...]:
 
 
 def parse_ipv4(text: str) -> bytes:
-    """Dotted quad to 4 bytes: exactly 4 decimal numbers 0-255, no leading zeros."""
-    parts = text.split(".")
-    if len(parts) != 4:
-        raise ProxyProtocolError("address", f"invalid IPv4 address {text[:40]!r}")
-    out = bytearray()
-    for part in parts:
-        if not (part.isascii() and part.isdigit()) or len(part) > 3 or part[:1] == "0" != part:
-            raise ProxyProtocolError("address", f"invalid IPv4 address {text[:40]!r}")
-        value = int(part)
-        if value > 255:
-            raise ProxyProtocolError("address", f"invalid IPv4 address {text[:40]!r}")
-        out.append(value)
-    return bytes(out)
-
-
-HEX = frozenset("0123456789abcdefABCDEF")
+    """Dotted quad to 4 bytes: exactly 4 decimal numbers 0-255, no leading zeros
+    (core.rules.parse_ipv4, the one strict parser)."""
+    try:
+        return rules.parse_ipv4(text).to_bytes(4, "big")
+    except rules.RuleError:
+        raise ProxyProtocolError("address", f"invalid IPv4 address {text[:40]!r}") from None
 
 
 def parse_ipv6(text: str) -> bytes:
     """IPv6 text to 16 bytes: hex groups of 1-4 digits, at most one ``::``, and an
-    optional dotted quad in the last 32 bits (``::ffff:1.2.3.4``)."""
-    bad = ProxyProtocolError("address", f"invalid IPv6 address {text[:40]!r}")
-    if text.count("::") > 1:
-        raise bad
-    head, gap, tail = text.partition("::")
-    groups: list[list[str]] = [head.split(":") if head else [], tail.split(":") if tail else []]
-    if not gap and not head:
-        raise bad
-    words: list[list[int]] = [[], []]
-    for side, parts in enumerate(groups):
-        for index, part in enumerate(parts):
-            last = side == (1 if gap else 0) and index == len(parts) - 1
-            if last and "." in part:
-                quad = parse_ipv4(part)
-                words[side] += [quad[0] << 8 | quad[1], quad[2] << 8 | quad[3]]
-            elif 1 <= len(part) <= 4 and set(part) <= HEX:
-                words[side].append(int(part, 16))
-            else:
-                raise bad
-    missing = 8 - len(words[0]) - len(words[1])
-    if missing < (1 if gap else 0) or (missing and not gap):
-        raise bad
-    return b"".join(w.to_bytes(2, "big") for w in (*words[0], *[0] * missing, *words[1]))
+    optional dotted quad in the last 32 bits (``::ffff:1.2.3.4``); no zone
+    (core.rules.parse_ipv6, the one strict parser)."""
+    try:
+        return rules.parse_ipv6(text).to_bytes(16, "big")
+    except rules.RuleError:
+        raise ProxyProtocolError("address", f"invalid IPv6 address {text[:40]!r}") from None
 
 
 def format_ip(packed: bytes) -> str:

@@ -6,7 +6,7 @@ Imports inside functions count (they run when the function does); imports under
 
 from __future__ import annotations
 
-from tests.unit.importgraph import graph, strongly_connected
+from tests.unit.importgraph import graph, modules, strongly_connected
 
 # Cycles that other work on issue 13 removes. The list only shrinks: a listed cycle
 # that no longer exists fails the test too, so whoever breaks one deletes its line.
@@ -71,3 +71,13 @@ def test_graph_sees_function_imports_and_skips_type_checking() -> None:
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
         frozenset({"a", "b", "c"})
     ]
+
+
+def test_errnos_are_named_in_one_place() -> None:
+    """Every log line names an errno through core.errnames.errno_name."""
+    spelled = [
+        name
+        for name, path in modules().items()
+        if "errorcode" in path.read_text() and name != "forkserve.core.errnames"
+    ]
+    assert spelled == []

@@ -17,6 +17,7 @@ from forkserve.child.fresh import reset_process
 from forkserve.child.handler import Connection, start_connection
 from forkserve.child.prelude import Prelude
 from forkserve.core.address import format_address
+from forkserve.core.errnames import errno_name
 from forkserve.core.ucspi import endpoint, ucspi_environment
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
@@ -149,7 +150,7 @@ class ExecService:
         try:
             os.execve(self.program.path, self.program.argv, env)  # noqa: S606 - no shell, by design
         except OSError as exc:
-            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            name = errno_name(exc.errno)
             self.log.warning(
                 "exec-failed",
                 pid=os.getpid(),

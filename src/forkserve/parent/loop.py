@@ -10,7 +10,6 @@ differs: what a connection is given to, and what an exit means.
 from __future__ import annotations
 
 import collections
-import errno
 import gc
 import selectors
 import signal
@@ -22,6 +21,7 @@ from forkserve._log import Log
 from forkserve.child.ask import ASK_TIMEOUT, Asker
 from forkserve.child.handler import Connection, Service
 from forkserve.core.address import format_address, host_of
+from forkserve.core.errnames import errno_name
 from forkserve.core.gate import Policy, Timers
 from forkserve.parent.admission import LIFETIME_KILL_AFTER, Admission
 from forkserve.parent.children import ChildTable, Exited
@@ -207,7 +207,7 @@ class Supervisor(Admission, Operations):
                 if exc.errno in CONNECTION_ERRNOS:
                     continue
                 if exc.errno in CAPACITY_ERRNOS:
-                    self.pause_accepting(errno.errorcode[exc.errno])
+                    self.pause_accepting(errno_name(exc.errno))
                     return None
                 raise
             if self.burst is not None:
@@ -300,7 +300,7 @@ class Supervisor(Admission, Operations):
         return pid
 
     def fork_failed(self, peer_text: str, exc: OSError) -> None:
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        name = errno_name(exc.errno)
         self.log.warning("fork-failed", peer=peer_text, error=name)
         self.metrics.rejected("fork-failed")
         self.pause_accepting(f"fork:{name}")

@@ -43,6 +43,7 @@ from forkserve._log import Log
 from forkserve.child.ask import ASK_TIMEOUT, Asker
 from forkserve.child.handler import Connection, Service
 from forkserve.core.address import format_address
+from forkserve.core.errnames import errno_name
 from forkserve.core.gate import Policy
 from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS
 
@@ -177,7 +178,7 @@ class Worker:
                 return "none"
             if exc.errno in CAPACITY_ERRNOS:
                 if self.paused is None:  # once per burst, as fork mode logs it
-                    self.paused = errno.errorcode[exc.errno]
+                    self.paused = errno_name(exc.errno)
                     self.report("P", self.paused)
                 return "paused"
             if exc.errno == errno.EINVAL:

@@ -38,6 +38,7 @@ from forkserve.cli.bench.verify import (
     no_eof,
     short,
 )
+from forkserve.core.errnames import errno_name
 
 RECV_BUFFER = 256 * 1024
 # How often a loop publishes its counts for the progress bar.
@@ -88,7 +89,7 @@ class Counters:
 
 def os_problem(exc: OSError, conn: str, offset: int | None) -> Problem:
     """A failed system call as a problem named by its errno (``ECONNREFUSED``)."""
-    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    name = errno_name(exc.errno, type(exc).__name__)
     return Problem(name, conn, offset, exc.strerror or str(exc))
 
 

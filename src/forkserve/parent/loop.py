@@ -26,7 +26,13 @@ from forkserve.core.gate import Policy, Timers
 from forkserve.parent.admission import LIFETIME_KILL_AFTER, Admission
 from forkserve.parent.children import ChildTable, Exited
 from forkserve.parent.fork import fork_child
-from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS, Listener
+from forkserve.parent.listeners import (
+    ACCEPT_BACK_OFF,
+    ACCEPT_PAUSE,
+    ACCEPT_RETRY,
+    Listener,
+    accept_action,
+)
 from forkserve.parent.operations import Operations
 from forkserve.parent.signals import SignalPipe
 
@@ -204,12 +210,13 @@ class Supervisor(Admission, Operations):
             except BlockingIOError:
                 return None
             except OSError as exc:
-                if exc.errno in CONNECTION_ERRNOS:
+                action = accept_action(exc.errno)
+                if action == ACCEPT_RETRY:
                     continue
-                if exc.errno in CAPACITY_ERRNOS:
+                if action == ACCEPT_BACK_OFF:
                     self.pause_accepting(errno_name(exc.errno))
                     return None
-                raise
+                raise  # ACCEPT_CLOSED too: nothing shuts fork mode's listener down
             if self.burst is not None:
                 name, failures = self.burst
                 self.log.notice("accept-resumed", after=name, failures=failures)

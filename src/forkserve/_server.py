@@ -13,8 +13,8 @@ from forkserve.child.exec import describe as describe_program
 from forkserve.child.handler import Handler, echo
 from forkserve.core.address import parse_listen_address
 from forkserve.core.gate import DEFAULT_IPV6_PREFIX, Policy
+from forkserve.core.names import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
 from forkserve.core.rules import RuleSet
-from forkserve.parent.assemble import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
 from forkserve.parent.assemble import (
     bind_metrics,
     check_arguments,
@@ -45,7 +45,6 @@ DEFAULT_GRACE = 10.0
 DEFAULT_MIN_SPARE = 2
 DEFAULT_MAX_SPARE = 8
 DEFAULT_MAX_WORKERS = 64
-POOL_NAMES = ("min_spare", "max_spare", "max_workers", "max_requests")
 
 
 class Server:

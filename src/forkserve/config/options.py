@@ -14,6 +14,7 @@ from forkserve._errors import UsageError
 from forkserve._log import DEBUG, INFO, QUIET
 from forkserve.config.settings import UPGRADE, Setting, changes, validate_table
 from forkserve.config.table import EXCLUSIVE, GROUP_TEXT, RLIMITS, SERVE, SERVE_BY_KEY
+from forkserve.core.names import POOL_SETTINGS
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
     from forkserve.child.exec import Program
     from forkserve.child.handler import Handler
     from forkserve.core.rules import Rule
-
-POOL_OPTIONS = ("min_spare", "max_spare", "max_workers", "max_requests")
 
 
 def argument_type(setting: Setting) -> Callable[[str], object]:
@@ -180,7 +179,7 @@ def mode_options(values: Mapping[str, object]) -> dict[str, int]:
         DEFAULT_MIN_SPARE,
     )
 
-    given = [name for name in POOL_OPTIONS if values.get(name) is not None]
+    given = [name for name in POOL_SETTINGS if values.get(name) is not None]
     if values["mode"] == "fork":
         if given:
             flag = "--" + given[0].replace("_", "-")
@@ -188,7 +187,7 @@ def mode_options(values: Mapping[str, object]) -> dict[str, int]:
         return {"max_conns": int(values["max_conns"] or DEFAULT_MAX_CONNS)}  # type: ignore[call-overload]
     if values["max_conns"] is not None:
         raise UsageError("--max-conns is fork mode's limit; in prefork mode use --max-workers")
-    numbers = {name: int(values[name] or 0) for name in POOL_OPTIONS}  # type: ignore[call-overload]
+    numbers = {name: int(values[name] or 0) for name in POOL_SETTINGS}  # type: ignore[call-overload]
     max_workers = numbers["max_workers"] or DEFAULT_MAX_WORKERS
     min_spare = numbers["min_spare"] or min(DEFAULT_MIN_SPARE, max_workers)
     max_spare = numbers["max_spare"] or min(max(DEFAULT_MAX_SPARE, min_spare), max_workers)

@@ -59,12 +59,12 @@ def rebuild(server: Server, new: Mapping[str, object]) -> tuple[Policy, Service]
     Raises:
         UsageError: a limit, rule, timeout or resource limit out of range.
     """
-    from forkserve._server import POOL_NAMES
     from forkserve.core.gate import Policy
+    from forkserve.core.names import POOL_SETTINGS
     from forkserve.parent.assemble import check_arguments, make_gate, make_prelude, make_service
 
     limit = new.get("max_conns", server.max_conns)
-    pool = tuple(new.get(name, 1) for name in POOL_NAMES)
+    pool = tuple(new.get(name, 1) for name in POOL_SETTINGS)
     check_arguments(server.mode, limit, pool)  # type: ignore[arg-type]
     gate = make_gate(
         new["rules"],  # type: ignore[arg-type]

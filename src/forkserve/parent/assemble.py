@@ -16,6 +16,7 @@ from forkserve.child.handler import Handler, PythonService, Service
 from forkserve.child.prelude import RLIMIT_NAMES, Prelude
 from forkserve.core.address import parse_listen_address
 from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT, Gate
+from forkserve.core.names import MODES
 from forkserve.core.rules import RuleSet
 from forkserve.parent.listeners import Listener
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from forkserve.parent.upgrade import Handover
 
 # The process models `forkserve serve --mode` offers.
-MODES = ("fork", "prefork")
 # The metrics endpoint's listen queue: scrapers are few.
 ENDPOINT_BACKLOG = 16
 

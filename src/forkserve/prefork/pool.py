@@ -41,6 +41,7 @@ from forkserve._log import Log
 from forkserve.child.handler import Service
 from forkserve.core.errnames import errno_name
 from forkserve.core.gate import Policy
+from forkserve.core.names import POOL_SETTINGS
 from forkserve.parent.admission import read_question, send_answer
 from forkserve.parent.children import Exited
 from forkserve.parent.fork import fork_child
@@ -309,7 +310,7 @@ class PreforkLoop(Supervisor):
         exits now, a busy one after its connection) and new ones are forked with
         the new settings at once. Otherwise the pool is left as it is.
         """
-        for name in ("min_spare", "max_spare", "max_workers", "max_requests"):
+        for name in POOL_SETTINGS:
             setattr(self, name, int(settings[name]))  # type: ignore[call-overload]
         asking = self.gate.limits_sources
         if changed - SUPERVISOR_SETTINGS or asking != self.asking:

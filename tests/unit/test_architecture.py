@@ -6,7 +6,7 @@ Imports inside functions count (they run when the function does); imports under
 
 from __future__ import annotations
 
-from tests.unit.importgraph import graph, modules, strongly_connected
+from tests.unit.importgraph import SRC, graph, modules, strongly_connected
 
 # Cycles allowed for now, each with who removes it; empty today. The list only
 # shrinks: a listed cycle that no longer exists fails the test too, so whoever
@@ -81,3 +81,19 @@ def test_errnos_are_named_in_one_place() -> None:
         if "errorcode" in path.read_text() and name != "forkserve.core.errnames"
     ]
     assert spelled == []
+
+
+def test_architecture_doc_names_real_files_and_every_module() -> None:
+    """docs/architecture.md: every file it names exists, and every module has a row."""
+    import re
+
+    root = SRC.parent.parent
+    doc = (root / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`((?:[a-z_]+/)*[a-z_]+\.py)`", doc))
+    missing = sorted(p for p in named if not (SRC / p).exists() and not (root / p).exists())
+    assert missing == []
+    listed = {str(path.relative_to(SRC)) for path in SRC.rglob("*.py")}
+    packages = {path for path in listed if path.endswith("__init__.py") and "/" in path}
+    bench = {path for path in listed if path.startswith("cli/bench/")}
+    unlisted = sorted(listed - named - packages - bench)
+    assert unlisted == []

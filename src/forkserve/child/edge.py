@@ -151,7 +151,7 @@ class Edge:
 
     def read_proxy(self, conn: socket.socket, info: Connection, end: float) -> socket.socket | int:
         """Read the PROXY header and put its addresses in ``info``."""
-        from forkserve.core.proxy import in_networks
+        from forkserve.core.proxynet import in_networks
 
         balancer = format_address(info.peer)
         host = info.peer[0] if isinstance(info.peer, tuple) else ""
@@ -280,7 +280,7 @@ def trusted_network(text: str) -> tuple[bytes, int]:
         UsageError: not an IP address or network.
     """
     from forkserve._errors import UsageError
-    from forkserve.core.proxy import parse_network
+    from forkserve.core.proxynet import parse_network
 
     try:
         return parse_network(text.strip())

@@ -30,13 +30,8 @@ LONG_MODULES = {
 # "module.function" (or "module.Class.method"): its length today.
 LONG_FUNCTIONS = {
     "forkserve._server.Server.__init__": 84,  # helper B: a settings object
-    "forkserve.cli.bench.run.add_arguments": 59,
-    "forkserve.cli.bench.run.make_config": 45,
-    "forkserve.cli.bench.view.print_report": 48,
-    "forkserve.cli.bench.work.bulk": 46,
     "forkserve.cli.main.run_serve": 46,  # helper B: the serve path
     "forkserve.config.options.add_argument": 45,  # helper B
-    "forkserve.core.metrics.Metrics.__init__": 48,
 }
 # "module.Class": its project bases today.
 MIXED_CLASSES = {

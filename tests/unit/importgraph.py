@@ -37,26 +37,27 @@ def _is_type_checking(test: ast.expr) -> bool:
     return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
 
 
-def _run_time_nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """Every node that can run, skipping the bodies of ``if TYPE_CHECKING:``."""
+def _run_time_nodes(tree: ast.AST, type_checking: bool = False) -> Iterator[ast.AST]:
+    """Every node that can run, skipping the bodies of ``if TYPE_CHECKING:`` (unless
+    ``type_checking``: then every node)."""
     stack: list[ast.AST] = [tree]
     while stack:
         node = stack.pop()
         yield node
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if not type_checking and isinstance(node, ast.If) and _is_type_checking(node.test):
             stack.extend(node.orelse)
             continue
         stack.extend(ast.iter_child_nodes(node))
 
 
-def imported_names(tree: ast.AST) -> set[str]:
+def imported_names(tree: ast.AST, type_checking: bool = False) -> set[str]:
     """The dotted names a module imports at run time, stdlib included.
 
     ``from a.b import c`` yields ``a.b`` and ``a.b.c`` (c may be a module); the caller
     keeps the names that are modules.
     """
     names: set[str] = set()
-    for node in _run_time_nodes(tree):
+    for node in _run_time_nodes(tree, type_checking):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -65,12 +66,13 @@ def imported_names(tree: ast.AST) -> set[str]:
     return names
 
 
-def graph() -> dict[str, set[str]]:
-    """Module -> the project's modules it imports at run time."""
+def graph(type_checking: bool = False) -> dict[str, set[str]]:
+    """Module -> the project's modules it imports at run time (with ``type_checking``,
+    also those it imports for the type checker only)."""
     known = modules()
     edges: dict[str, set[str]] = {}
     for name, path in known.items():
-        imported = imported_names(ast.parse(path.read_text(), str(path)))
+        imported = imported_names(ast.parse(path.read_text(), str(path)), type_checking)
         edges[name] = {other for other in imported if other in known and other != name}
     return edges
 

@@ -11,8 +11,8 @@ import pytest
 
 from forkserve._log import Log
 from forkserve.child.ask import Asker
+from forkserve.child.connection import Connection
 from forkserve.child.edge import EXIT_EDGE_FAILED
-from forkserve.child.handler import Connection
 from forkserve.core.gate import Gate, Policy, encode_denied, encode_question
 from forkserve.core.rules import RuleSet, parse_rules
 

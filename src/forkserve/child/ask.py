@@ -44,7 +44,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typi
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from forkserve.child.handler import Connection
+    from forkserve.child.connection import Connection
 
 # How long a connection's process waits for the supervisor's answer. The supervisor
 # answers at once, from its loop; no answer in this long means it is gone or stuck,

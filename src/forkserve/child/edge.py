@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import ssl
 
     from forkserve._log import Log
-    from forkserve.child.handler import Connection
+    from forkserve.child.connection import Connection
     from forkserve.core.proxy import ProxyHeader
 
 # The deadline for the PROXY header and the TLS handshake when --handshake-timeout

@@ -13,8 +13,9 @@ import socket
 
 from forkserve._errors import EXIT_TEMPORARY, ProgramError
 from forkserve._log import Log
+from forkserve.child.connection import Connection
 from forkserve.child.fresh import reset_process
-from forkserve.child.handler import Connection, start_connection
+from forkserve.child.handler import start_connection
 from forkserve.child.prelude import Prelude
 from forkserve.core.address import format_address
 from forkserve.core.errnames import errno_name

@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 from forkserve._log import Log
 from forkserve.child.ask import ASK_TIMEOUT, Asker
-from forkserve.child.handler import Connection, Service
+from forkserve.child.connection import Connection
+from forkserve.child.handler import Service
 from forkserve.core.address import format_address, host_of
 from forkserve.core.errnames import errno_name
 from forkserve.core.gate import Policy, Timers

@@ -41,7 +41,8 @@ import socket
 
 from forkserve._log import Log
 from forkserve.child.ask import ASK_TIMEOUT, Asker
-from forkserve.child.handler import Connection, Service
+from forkserve.child.connection import Connection
+from forkserve.child.handler import Service
 from forkserve.core.address import format_address
 from forkserve.core.errnames import errno_name
 from forkserve.core.gate import Policy

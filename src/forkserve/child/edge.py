@@ -21,6 +21,7 @@ import os
 import socket
 
 from forkserve._errors import ProxyProtocolError
+from forkserve.child.prelude import EXIT_HANDSHAKE_TIMEOUT
 from forkserve.core.address import format_address
 from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 DEFAULT_DEADLINE = 10.0
 # The exit code of a child whose connection did not get through its edge: the
 # deadline passed, the header was malformed or untrusted, or the handshake failed.
-EXIT_EDGE_FAILED = 125
+EXIT_EDGE_FAILED = EXIT_HANDSHAKE_TIMEOUT  # one code: did not get through its start
 
 
 class TLSHolder:

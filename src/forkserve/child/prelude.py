@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 EXIT_IDLE_TIMEOUT = 124
 EXIT_HANDSHAKE_TIMEOUT = 125
 
-# --limit-NAME options: the resource each sets, by name (see setrlimit(2)).
-RLIMIT_NAMES = ("nofile", "as", "cpu", "nproc")
-
 
 def write_banner(conn: socket.socket, banner: bytes) -> bool:
     """Send ``banner`` to the client, as tcpserver's ``-B`` does; False if it is gone.

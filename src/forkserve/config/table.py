@@ -36,6 +36,7 @@ from forkserve.config.settings import (
     rules_kind,
 )
 from forkserve.core.gate import DEFAULT_IPV6_PREFIX
+from forkserve.core.names import RLIMIT_NAMES
 from forkserve.parent.listeners import DEFAULT_BACKLOG
 from forkserve.parent.operations import DEFAULT_UPGRADE_TIMEOUT
 
@@ -458,7 +459,7 @@ SERVE = (
     ),
 )
 SERVE_BY_KEY = by_key(SERVE)
-RLIMITS = ("nofile", "as", "cpu", "nproc")
+RLIMITS = RLIMIT_NAMES
 # Flags that exclude each other, on the command line and in a file.
 EXCLUSIVE = (("quiet", "verbose"),)
 

@@ -13,10 +13,10 @@ from forkserve._errors import UsageError
 from forkserve._log import Log
 from forkserve.child.exec import ExecService, Program
 from forkserve.child.handler import Handler, PythonService, Service
-from forkserve.child.prelude import RLIMIT_NAMES, Prelude
+from forkserve.child.prelude import Prelude
 from forkserve.core.address import parse_listen_address
 from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT, Gate
-from forkserve.core.names import MODES
+from forkserve.core.names import MODES, RLIMIT_NAMES
 from forkserve.core.rules import RuleSet
 from forkserve.parent.listeners import Listener
 

@@ -35,6 +35,7 @@ import socket
 import stat
 import time
 
+from forkserve.core.errnames import errno_name
 from forkserve.core.logline import Stamper, render_json, render_text
 
 QUIET, INFO, DEBUG = 0, 1, 2
@@ -271,7 +272,7 @@ def write_once(fd: int, data: bytes) -> str:
             return "EAGAIN"
         written = os.write(fd, data)
     except OSError as exc:
-        return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        return errno_name(exc.errno)
     return "" if written == len(data) else "EAGAIN"
 
 

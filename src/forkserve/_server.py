@@ -11,9 +11,9 @@ from forkserve._log import Log
 from forkserve.child.exec import Program
 from forkserve.child.exec import describe as describe_program
 from forkserve.child.handler import Handler, echo
-from forkserve.config.defaults import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
 from forkserve.config.values import Settings
 from forkserve.core.address import parse_listen_address
+from forkserve.core.names import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
 from forkserve.parent.assemble import (
     bind_metrics,
     check_settings,
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from typing import Unpack
 
     from forkserve.config.values import Options
-    from forkserve.parent.admission import Policy
+    from forkserve.core.gate import Policy
     from forkserve.parent.endpoint import MetricsEndpoint
     from forkserve.parent.systemd import Notifier
 

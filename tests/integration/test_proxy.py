@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from forkserve.core.proxy import SIGNATURE, encode_v1, encode_v2
+from forkserve.core.proxy import SIGNATURE
+from forkserve.core.proxynet import encode_v1, encode_v2
 from tests.integration.conftest import ServerFactory
 from tests.support import WAIT, connect, recv_all, recv_exactly, run_cli
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from forkserve.core.proxy import encode_v1, encode_v2
+from forkserve.core.proxynet import encode_v1, encode_v2
 from tests.integration.conftest import ServerFactory
 from tests.integration.test_metrics import scrape
 from tests.integration.test_tls import client_context, tls_args

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from forkserve.core.proxy import encode_v2
+from forkserve.core.proxynet import encode_v2
 from tests.integration.conftest import ServerFactory, make_cert
 from tests.support import WAIT, connect, recv_all, run_cli
 

@@ -11,11 +11,10 @@ import pytest
 
 from forkserve._log import Log
 from forkserve.child.ask import Asker
+from forkserve.child.connection import Connection
 from forkserve.child.edge import EXIT_EDGE_FAILED
-from forkserve.child.handler import Connection
-from forkserve.core.gate import Gate, encode_denied, encode_question
+from forkserve.core.gate import Gate, Policy, encode_denied, encode_question
 from forkserve.core.rules import RuleSet, parse_rules
-from forkserve.parent.admission import Policy
 
 RULES = b'127.0.0.1:allow,RELAYCLIENT=""\n198.51.100.0/24:allow,ROLE=b\n:deny\n'
 

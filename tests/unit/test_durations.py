@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from forkserve._errors import UsageError
-from forkserve.cli.main import seconds
+from forkserve.cli.args import seconds
 from forkserve.config.settings import SECONDS, TIMEOUT
 from forkserve.config.table import SERVE
 from forkserve.core.gate import MAX_SECONDS

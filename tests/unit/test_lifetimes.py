@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from forkserve._log import Log
-from forkserve.core.gate import Gate, Timers
-from forkserve.parent.admission import Admission, Policy
+from forkserve.core.gate import Gate, Policy, Timers
+from forkserve.parent.admission import Admission
 from forkserve.parent.children import ChildTable, Exited
 from forkserve.parent.operations import NoMetrics
 

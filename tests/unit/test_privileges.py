@@ -8,7 +8,8 @@ import pwd
 import pytest
 
 from forkserve._errors import TemporaryError, UsageError
-from forkserve.parent.privileges import parse_size, resolve_identity, switch_identity
+from forkserve.core.units import parse_size
+from forkserve.parent.privileges import resolve_identity, switch_identity
 
 
 def test_sizes() -> None:

@@ -15,13 +15,10 @@ from forkserve.core.proxy import (
     SIGNATURE,
     ProxyHeader,
     ProxyReader,
-    encode_v1,
-    encode_v2,
     format_ip,
-    in_networks,
     parse_ipv6,
-    parse_network,
 )
+from forkserve.core.proxynet import encode_v1, encode_v2, in_networks, parse_network
 
 TRAILING = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\r\n\r\n\x00\r\nQUIT\n"
 

@@ -18,7 +18,7 @@ from forkserve._errors import UsageError
 from forkserve.child.handler import Service
 from forkserve.config.reload import ReloadPlan, reload
 from forkserve.config.values import Settings
-from forkserve.parent.admission import Policy
+from forkserve.core.gate import Policy
 from forkserve.parent.forkmodel import ForkLoop
 from forkserve.parent.loop import Supervisor
 

@@ -31,20 +31,40 @@ import socket
 
 from forkserve._log import Log
 from forkserve.child.edge import EXIT_EDGE_FAILED
-from forkserve.core.address import format_address
-from forkserve.core.gate import QUESTION_SIZE, decode_answer, encode_denied, encode_question
-from forkserve.parent.admission import Policy, host_of, refuse
+from forkserve.core.address import format_address, host_of
+from forkserve.core.gate import (
+    QUESTION_SIZE,
+    Policy,
+    decode_answer,
+    encode_denied,
+    encode_question,
+)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from forkserve.child.handler import Connection
+    from forkserve.child.connection import Connection
 
 # How long a connection's process waits for the supervisor's answer. The supervisor
 # answers at once, from its loop; no answer in this long means it is gone or stuck,
 # and the process leaves.
 ASK_TIMEOUT = 10.0
+
+
+def refuse(conn: socket.socket, message: bytes) -> None:
+    """Close a refused connection at once (the parent before fork, or a connection's
+    process after the rules or limits refused it), after ``message`` if any.
+
+    The message is sent with MSG_DONTWAIT: a fresh connection's send buffer is empty,
+    so it goes out whole, and a client that is gone or not reading never blocks.
+    """
+    if message:
+        try:
+            conn.send(message, socket.MSG_DONTWAIT)
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+            pass  # the client left or is not reading: it is refused all the same
+    conn.close()
 
 
 class Asker:

@@ -21,6 +21,7 @@ import os
 import socket
 
 from forkserve._errors import ProxyProtocolError
+from forkserve.child.prelude import EXIT_HANDSHAKE_TIMEOUT
 from forkserve.core.address import format_address
 from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     import ssl
 
     from forkserve._log import Log
-    from forkserve.child.handler import Connection
+    from forkserve.child.connection import Connection
     from forkserve.core.proxy import ProxyHeader
 
 # The deadline for the PROXY header and the TLS handshake when --handshake-timeout
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 DEFAULT_DEADLINE = 10.0
 # The exit code of a child whose connection did not get through its edge: the
 # deadline passed, the header was malformed or untrusted, or the handshake failed.
-EXIT_EDGE_FAILED = 125
+EXIT_EDGE_FAILED = EXIT_HANDSHAKE_TIMEOUT  # one code: did not get through its start
 
 
 class TLSHolder:
@@ -151,7 +152,7 @@ class Edge:
 
     def read_proxy(self, conn: socket.socket, info: Connection, end: float) -> socket.socket | int:
         """Read the PROXY header and put its addresses in ``info``."""
-        from forkserve.core.proxy import in_networks
+        from forkserve.core.proxynet import in_networks
 
         balancer = format_address(info.peer)
         host = info.peer[0] if isinstance(info.peer, tuple) else ""
@@ -280,7 +281,7 @@ def trusted_network(text: str) -> tuple[bytes, int]:
         UsageError: not an IP address or network.
     """
     from forkserve._errors import UsageError
-    from forkserve.core.proxy import parse_network
+    from forkserve.core.proxynet import parse_network
 
     try:
         return parse_network(text.strip())

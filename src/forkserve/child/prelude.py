@@ -17,14 +17,11 @@ from forkserve.core.address import format_address
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
     from forkserve._log import Log
-    from forkserve.child.handler import Connection
+    from forkserve.child.connection import Connection
 
 # Child exit codes (documented in the README), after timeout(1)'s 124.
 EXIT_IDLE_TIMEOUT = 124
 EXIT_HANDSHAKE_TIMEOUT = 125
-
-# --limit-NAME options: the resource each sets, by name (see setrlimit(2)).
-RLIMIT_NAMES = ("nofile", "as", "cpu", "nproc")
 
 
 def write_banner(conn: socket.socket, banner: bytes) -> bool:

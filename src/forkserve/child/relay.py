@@ -29,8 +29,9 @@ import signal
 import socket
 import ssl
 
-from forkserve.child.exec import reset_process
+from forkserve.child.fresh import reset_process
 from forkserve.child.tls import close_notify
+from forkserve.core.errnames import errno_name
 
 CHUNK = 64 * 1024
 # Stop reading a side while this much is waiting for the other: backpressure.
@@ -54,7 +55,7 @@ def run_relayed(
             reset_process(theirs, log_fd)
             os.execve(path, argv, env)  # noqa: S606 - no shell, by design
         except OSError as exc:
-            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            name = errno_name(exc.errno)
             os.write(log_fd, f"exec-failed program={path} error={name}\n".encode())
         finally:
             os._exit(status)

@@ -33,7 +33,7 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from forkserve.cli.main import seconds
+    from forkserve.cli.args import seconds
 
     parser.add_argument("host", help="server host name or address (IPv6 without brackets)")
     parser.add_argument("port", help="server port")
@@ -99,7 +99,7 @@ def start_edge(
         TemporaryError: the handshake failed.
     """
     if proxy:
-        from forkserve.core.proxy import encode_v1, encode_v2
+        from forkserve.core.proxynet import encode_v1, encode_v2
 
         encode = encode_v1 if proxy == "v1" else encode_v2
         sock.sendall(encode(sock.getsockname()[:2], sock.getpeername()[:2]))

@@ -2,12 +2,11 @@
 
 The settings table (config.table), the typed settings (config.values) and the
 parent's modules read them from here, so the table needs nothing from the parent.
+The names they share (the modes, the pool's settings) are in core.names.
 """
 
 from __future__ import annotations
 
-# The process models `forkserve serve --mode` offers.
-MODES = ("fork", "prefork")
 DEFAULT_MAX_CONNS = 1000
 # The kernel queues completed handshakes here while forkserve is at --max-conns or busy
 # forking; it is the only queue forkserve has (no accept-then-close). 1024 holds about
@@ -23,5 +22,3 @@ DEFAULT_UPGRADE_TIMEOUT = 30.0
 DEFAULT_MIN_SPARE = 2
 DEFAULT_MAX_SPARE = 8
 DEFAULT_MAX_WORKERS = 64
-# The prefork pool's four settings, in the order the pool takes them.
-POOL_NAMES = ("min_spare", "max_spare", "max_workers", "max_requests")

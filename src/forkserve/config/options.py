@@ -17,11 +17,11 @@ from forkserve.config.defaults import (
     DEFAULT_MAX_SPARE,
     DEFAULT_MAX_WORKERS,
     DEFAULT_MIN_SPARE,
-    POOL_NAMES,
 )
 from forkserve.config.settings import UPGRADE, Setting, changes, validate_table
 from forkserve.config.table import EXCLUSIVE, GROUP_TEXT, RLIMITS, SERVE, SERVE_BY_KEY
 from forkserve.config.values import Settings
+from forkserve.core.names import POOL_SETTINGS
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ def mode_options(values: Mapping[str, object]) -> dict[str, int]:
     Raises:
         UsageError: an option of the other mode was given.
     """
-    given = [name for name in POOL_NAMES if values.get(name) is not None]
+    given = [name for name in POOL_SETTINGS if values.get(name) is not None]
     if values["mode"] == "fork":
         if given:
             flag = "--" + given[0].replace("_", "-")
@@ -188,7 +188,7 @@ def mode_options(values: Mapping[str, object]) -> dict[str, int]:
         return {"max_conns": count(values, "max_conns") or DEFAULT_MAX_CONNS}
     if values["max_conns"] is not None:
         raise UsageError("--max-conns is fork mode's limit; in prefork mode use --max-workers")
-    numbers = {name: count(values, name) for name in POOL_NAMES}
+    numbers = {name: count(values, name) for name in POOL_SETTINGS}
     max_workers = numbers["max_workers"] or DEFAULT_MAX_WORKERS
     min_spare = numbers["min_spare"] or min(DEFAULT_MIN_SPARE, max_workers)
     max_spare = numbers["max_spare"] or min(max(DEFAULT_MAX_SPARE, min_spare), max_workers)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from forkserve._server import Server
     from forkserve.child.handler import Service
     from forkserve.config.values import Settings
-    from forkserve.parent.admission import Policy
+    from forkserve.core.gate import Policy
 
 
 class ReloadPlan:

@@ -173,7 +173,7 @@ def _positive(value: object) -> float:
 
 
 def _size(text: str) -> int:
-    from forkserve.parent.privileges import parse_size
+    from forkserve.core.units import parse_size
 
     return parse_size(text)
 

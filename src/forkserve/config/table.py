@@ -15,7 +15,6 @@ from forkserve.config.defaults import (
     DEFAULT_MAX_WORKERS,
     DEFAULT_MIN_SPARE,
     DEFAULT_UPGRADE_TIMEOUT,
-    MODES,
 )
 from forkserve.config.settings import (
     ADDRESS,
@@ -38,6 +37,7 @@ from forkserve.config.settings import (
     rules_kind,
 )
 from forkserve.core.gate import DEFAULT_IPV6_PREFIX
+from forkserve.core.names import MODES, RLIMIT_NAMES
 
 ACCESS = "access control and limits per client address"
 TIMES = "time limits per connection"
@@ -458,7 +458,7 @@ SERVE = (
     ),
 )
 SERVE_BY_KEY = by_key(SERVE)
-RLIMITS = ("nofile", "as", "cpu", "nproc")
+RLIMITS = RLIMIT_NAMES
 # Flags that exclude each other, on the command line and in a file.
 EXCLUSIVE = (("quiet", "verbose"),)
 

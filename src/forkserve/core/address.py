@@ -97,3 +97,10 @@ def format_address(address: object) -> str:
     if isinstance(address, bytes):
         return address.decode("utf-8", "backslashreplace") or "unix"
     return repr(address)
+
+
+def host_of(peer: object) -> str:
+    """The client's address as text, from a peer address (``""`` for a Unix socket)."""
+    if isinstance(peer, tuple) and isinstance(peer[0], str):
+        return peer[0]
+    return ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from forkserve._errors import UsageError
+from forkserve.core.rules import HEX as HEX_DIGITS
 
 # --banner escapes, as C, printf(1) and Python write them.
 BANNER_ESCAPES = {
@@ -12,7 +13,6 @@ BANNER_ESCAPES = {
     "t": b"\t",
     "0": b"\0",
 }
-HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def parse_banner(text: str) -> bytes:

@@ -215,6 +215,36 @@ class Gate:
         return verdict
 
 
+class Policy:
+    """What the parent enforces per connection, besides its process model's limit.
+
+    Args:
+        gate: access rules and per-source limits, decided before fork.
+        reject_message: bytes written (without blocking) to a client refused by a
+            per-source limit, before its connection is closed.
+        max_lifetime: seconds a connection may last (0: no limit); then its process
+            group gets SIGTERM, and SIGKILL parent.admission.LIFETIME_KILL_AFTER
+            seconds later.
+        proxy: connections start with a PROXY header: the gate judges the client it
+            names, in the connection's process once the header is read (see child.ask).
+    """
+
+    __slots__ = ("gate", "max_lifetime", "proxy", "reject_message")
+
+    def __init__(
+        self,
+        gate: Gate | None = None,
+        reject_message: bytes = b"",
+        max_lifetime: float = 0.0,
+        *,
+        proxy: bool = False,
+    ) -> None:
+        self.gate = gate if gate is not None else Gate()
+        self.reject_message = reject_message
+        self.max_lifetime = max_lifetime
+        self.proxy = proxy
+
+
 # -- the question a connection's process asks the supervisor (see child.ask) ---------------
 
 # The most a question or an answer takes (a peer is at most an IPv6 address with a

@@ -142,6 +142,15 @@ def outcome(exit_code: int | None, signal_number: int | None) -> str:
     return "ok" if exit_code == 0 else "error"
 
 
+def gauges() -> tuple[Family, Family, Family]:
+    """The gauges: connections active, the limit, prefork workers by state."""
+    return (
+        Family("forkserve_connections_active", "Connections being served now.", "gauge"),
+        Family("forkserve_connections_limit", "Connections served at once, at most.", "gauge"),
+        Family("forkserve_workers", "Prefork workers, by state.", "gauge", "state"),
+    )
+
+
 class Metrics:
     """The parent's counters, histograms and gauges.
 
@@ -176,22 +185,19 @@ class Metrics:
             "From the parent taking a connection to fork(2) returning in the parent.",
             FORK_BUCKETS,
         )
-        self.active = Family(
-            "forkserve_connections_active", "Connections being served now.", "gauge"
-        )
-        self.limit = Family(
-            "forkserve_connections_limit", "Connections served at once, at most.", "gauge"
-        )
-        self.workers = Family("forkserve_workers", "Prefork workers, by state.", "gauge", "state")
+        self.active, self.limit, self.workers = gauges()
         self.operations_total = Family(
             "forkserve_operations_total",
             "SIGHUP reloads and SIGUSR2 upgrades, by operation and result.",
             "counter",
             "operation",
         )
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        """Known labels start at 0, so a rate() over them works from the first scrape
+        (an increase from no series to 1 is invisible to rate() and increase())."""
         self.accepted_total.inc(by=0)
-        # Known labels start at 0, so a rate() over them works from the first scrape
-        # (an increase from no series to 1 is invisible to rate() and increase()).
         for label in ("ok", "error", "signal"):
             self.exited_total.inc(label, 0)
         self.expect_rejections(REJECT_REASONS)

@@ -36,6 +36,7 @@ Decisions:
 from __future__ import annotations
 
 from forkserve._errors import ProxyProtocolError
+from forkserve.core import rules
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_PREFIX = b"PROXY "
@@ -336,49 +337,22 @@ def parse_tlvs(data: bytes) -> tuple[tuple[int, bytes], ...]:
 
 
 def parse_ipv4(text: str) -> bytes:
-    """Dotted quad to 4 bytes: exactly 4 decimal numbers 0-255, no leading zeros."""
-    parts = text.split(".")
-    if len(parts) != 4:
-        raise ProxyProtocolError("address", f"invalid IPv4 address {text[:40]!r}")
-    out = bytearray()
-    for part in parts:
-        if not (part.isascii() and part.isdigit()) or len(part) > 3 or part[:1] == "0" != part:
-            raise ProxyProtocolError("address", f"invalid IPv4 address {text[:40]!r}")
-        value = int(part)
-        if value > 255:
-            raise ProxyProtocolError("address", f"invalid IPv4 address {text[:40]!r}")
-        out.append(value)
-    return bytes(out)
-
-
-HEX = frozenset("0123456789abcdefABCDEF")
+    """Dotted quad to 4 bytes: exactly 4 decimal numbers 0-255, no leading zeros
+    (core.rules.parse_ipv4, the one strict parser)."""
+    try:
+        return rules.parse_ipv4(text).to_bytes(4, "big")
+    except rules.RuleError:
+        raise ProxyProtocolError("address", f"invalid IPv4 address {text[:40]!r}") from None
 
 
 def parse_ipv6(text: str) -> bytes:
     """IPv6 text to 16 bytes: hex groups of 1-4 digits, at most one ``::``, and an
-    optional dotted quad in the last 32 bits (``::ffff:1.2.3.4``)."""
-    bad = ProxyProtocolError("address", f"invalid IPv6 address {text[:40]!r}")
-    if text.count("::") > 1:
-        raise bad
-    head, gap, tail = text.partition("::")
-    groups: list[list[str]] = [head.split(":") if head else [], tail.split(":") if tail else []]
-    if not gap and not head:
-        raise bad
-    words: list[list[int]] = [[], []]
-    for side, parts in enumerate(groups):
-        for index, part in enumerate(parts):
-            last = side == (1 if gap else 0) and index == len(parts) - 1
-            if last and "." in part:
-                quad = parse_ipv4(part)
-                words[side] += [quad[0] << 8 | quad[1], quad[2] << 8 | quad[3]]
-            elif 1 <= len(part) <= 4 and set(part) <= HEX:
-                words[side].append(int(part, 16))
-            else:
-                raise bad
-    missing = 8 - len(words[0]) - len(words[1])
-    if missing < (1 if gap else 0) or (missing and not gap):
-        raise bad
-    return b"".join(w.to_bytes(2, "big") for w in (*words[0], *[0] * missing, *words[1]))
+    optional dotted quad in the last 32 bits (``::ffff:1.2.3.4``); no zone
+    (core.rules.parse_ipv6, the one strict parser)."""
+    try:
+        return rules.parse_ipv6(text).to_bytes(16, "big")
+    except rules.RuleError:
+        raise ProxyProtocolError("address", f"invalid IPv6 address {text[:40]!r}") from None
 
 
 def format_ip(packed: bytes) -> str:
@@ -402,84 +376,3 @@ def format_ip(packed: bytes) -> str:
     if best < 0:
         return ":".join(hexes)
     return ":".join(hexes[:best]) + "::" + ":".join(hexes[best + best_len :])
-
-
-def pack_ip(host: str) -> bytes:
-    """Text to 4 or 16 bytes; an IPv6 zone (``%eth0``) is dropped."""
-    host = host.partition("%")[0]
-    return parse_ipv6(host) if ":" in host else parse_ipv4(host)
-
-
-# -- building headers (forkserve client and bench send them) -------------------------
-
-
-def encode_v1(source: tuple[str, int] | None, destination: tuple[str, int] | None) -> bytes:
-    """A v1 line for a TCP connection from ``source`` to ``destination``;
-    ``PROXY UNKNOWN`` when either is None."""
-    if source is None or destination is None:
-        return b"PROXY UNKNOWN\r\n"
-    src, dst = pack_ip(source[0]), pack_ip(destination[0])
-    if len(src) != len(dst):  # one side mapped IPv4: write both as IPv6
-        src, dst = as_ipv6(src), as_ipv6(dst)
-    family = "TCP4" if len(src) == 4 else "TCP6"
-    text = f"PROXY {family} {format_ip(src)} {format_ip(dst)} {source[1]} {destination[1]}\r\n"
-    return text.encode("ascii")
-
-
-def encode_v2(
-    source: tuple[str, int] | None,
-    destination: tuple[str, int] | None,
-    tlvs: tuple[tuple[int, bytes], ...] = (),
-) -> bytes:
-    """A v2 header: PROXY over TCP from ``source`` to ``destination``, or LOCAL (no
-    address) when either is None; ``tlvs`` are appended in order."""
-    tail = b"".join(bytes([k]) + len(v).to_bytes(2, "big") + v for k, v in tlvs)
-    if source is None or destination is None:
-        return SIGNATURE + b"\x20\x00" + len(tail).to_bytes(2, "big") + tail
-    src, dst = pack_ip(source[0]), pack_ip(destination[0])
-    if len(src) != len(dst):
-        src, dst = as_ipv6(src), as_ipv6(dst)
-    family = 0x11 if len(src) == 4 else 0x21
-    block = src + dst + source[1].to_bytes(2, "big") + destination[1].to_bytes(2, "big") + tail
-    return SIGNATURE + bytes([0x21, family]) + len(block).to_bytes(2, "big") + block
-
-
-def as_ipv6(packed: bytes) -> bytes:
-    return packed if len(packed) == 16 else b"\0" * 10 + b"\xff\xff" + packed
-
-
-# -- trusted sources (--proxy-from) ----------------------------------------------------
-
-
-def parse_network(text: str) -> tuple[bytes, int]:
-    """``ADDRESS[/PREFIX]`` to ``(packed address, prefix length)``, IPv4 mapped into
-    IPv6 (so ``127.0.0.1/8`` also matches ``::ffff:127.0.0.5``).
-
-    Raises:
-        ProxyProtocolError: not an address or a prefix in range.
-    """
-    host, slash, prefix_text = text.partition("/")
-    packed = pack_ip(host)
-    bits = len(packed) * 8
-    if slash:
-        if not (prefix_text.isascii() and prefix_text.isdigit()) or int(prefix_text) > bits:
-            raise ProxyProtocolError("address", f"invalid prefix length in {text!r}")
-        prefix = int(prefix_text)
-    else:
-        prefix = bits
-    if len(packed) == 4:
-        packed, prefix = as_ipv6(packed), prefix + 96
-    return packed, prefix
-
-
-def in_networks(host: str, networks: tuple[tuple[bytes, int], ...]) -> bool:
-    """Whether ``host`` (text, as getpeername gives it) is in any of ``networks``."""
-    try:
-        value = int.from_bytes(as_ipv6(pack_ip(host)), "big")
-    except ProxyProtocolError:
-        return False  # e.g. a Unix socket's peer
-    for packed, prefix in networks:
-        shift = 128 - prefix
-        if value >> shift == int.from_bytes(packed, "big") >> shift:
-            return True
-    return False

@@ -15,9 +15,11 @@ import socket
 import time
 
 from forkserve._log import Log
+from forkserve.child.ask import refuse
 from forkserve.core.gate import (
     QUESTION_SIZE,
     Gate,
+    Policy,
     Timers,
     Verdict,
     decode_question,
@@ -27,32 +29,11 @@ from forkserve.parent.children import Child, ChildTable, Exited
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
-    from typing import Any
-
     from forkserve.core.metrics import Metrics
     from forkserve.parent.operations import NoMetrics
 
 # A connection past --max-lifetime gets SIGTERM, then SIGKILL this much later.
 LIFETIME_KILL_AFTER = 1.0
-
-
-def host_of(peer: Any) -> str:
-    """The client's address as text, from a peer address (``""`` for a Unix socket)."""
-    return peer[0] if isinstance(peer, tuple) else ""
-
-
-def refuse(conn: socket.socket, message: bytes) -> None:
-    """Close a refused connection at once, after ``message`` if any.
-
-    The message is sent with MSG_DONTWAIT: a fresh connection's send buffer is empty,
-    so it goes out whole, and a client that is gone or not reading never blocks.
-    """
-    if message:
-        try:
-            conn.send(message, socket.MSG_DONTWAIT)
-        except (BlockingIOError, BrokenPipeError, ConnectionResetError):
-            pass  # the client left or is not reading: it is refused all the same
-    conn.close()
 
 
 def read_question(channel: socket.socket) -> bytes | None:
@@ -73,35 +54,6 @@ def send_answer(channel: socket.socket, answer: bytes) -> None:
         channel.send(answer, socket.MSG_DONTWAIT)
     except (BlockingIOError, BrokenPipeError, ConnectionResetError):
         pass
-
-
-class Policy:
-    """What the parent enforces per connection, besides its process model's limit.
-
-    Args:
-        gate: access rules and per-source limits, decided before fork.
-        reject_message: bytes written (without blocking) to a client refused by a
-            per-source limit, before its connection is closed.
-        max_lifetime: seconds a connection may last (0: no limit); then its process
-            group gets SIGTERM, and SIGKILL LIFETIME_KILL_AFTER seconds later.
-        proxy: connections start with a PROXY header: the gate judges the client it
-            names, in the connection's process once the header is read (see child.ask).
-    """
-
-    __slots__ = ("gate", "max_lifetime", "proxy", "reject_message")
-
-    def __init__(
-        self,
-        gate: Gate | None = None,
-        reject_message: bytes = b"",
-        max_lifetime: float = 0.0,
-        *,
-        proxy: bool = False,
-    ) -> None:
-        self.gate = gate if gate is not None else Gate()
-        self.reject_message = reject_message
-        self.max_lifetime = max_lifetime
-        self.proxy = proxy
 
 
 class Admission:

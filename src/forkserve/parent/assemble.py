@@ -13,12 +13,11 @@ from forkserve._errors import UsageError
 from forkserve._log import DEBUG, FORMATS, INFO, QUIET, Log
 from forkserve.child.exec import ExecService, Program
 from forkserve.child.handler import Handler, PythonService, Service
-from forkserve.child.prelude import RLIMIT_NAMES, Prelude
-from forkserve.config.defaults import MODES
+from forkserve.child.prelude import Prelude
 from forkserve.core.address import parse_listen_address
-from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT, Gate
+from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT, Gate, Policy
+from forkserve.core.names import MODES, RLIMIT_NAMES
 from forkserve.core.rules import RuleSet
-from forkserve.parent.admission import Policy
 from forkserve.parent.listeners import Listener
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing

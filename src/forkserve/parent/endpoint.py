@@ -31,6 +31,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from forkserve.core.errnames import errno_name
 from forkserve.core.metrics import MAX_REQUEST, request_complete
 from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS, Listener
 
@@ -147,7 +148,7 @@ class MetricsEndpoint:
             return None
         except OSError as exc:
             if exc.errno in CAPACITY_ERRNOS:
-                self.pause(errno.errorcode[exc.errno])
+                self.pause(errno_name(exc.errno))
                 return None
             if exc.errno in CONNECTION_ERRNOS:
                 return None  # that one is gone; the listener says if more wait

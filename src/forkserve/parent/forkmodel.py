@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from forkserve._log import Log
 from forkserve.child.handler import Service
-from forkserve.parent.admission import Policy
+from forkserve.core.gate import Policy
 from forkserve.parent.children import Exited
 from forkserve.parent.listeners import Listener
 from forkserve.parent.loop import Supervisor

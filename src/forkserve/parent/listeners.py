@@ -33,6 +33,34 @@ CONNECTION_ERRNOS = frozenset(
 )
 ACCEPT_PAUSE = 0.1
 
+# What an accept(2) error means: accept_action's answers.
+ACCEPT_RETRY = "retry"  # one connection's error: go on to the next
+ACCEPT_BACK_OFF = "pause"  # out of a resource: stop accepting for ACCEPT_PAUSE
+ACCEPT_CLOSED = "closed"  # the listener was shut down (EINVAL)
+ACCEPT_RAISE = "raise"  # no policy names it: a bug, crash loudly
+
+
+def accept_action(number: int | None) -> str:
+    """The accept errno policy, one for fork mode and the prefork workers.
+
+    Args:
+        number: the ``OSError.errno`` accept(2) failed with (EAGAIN, "nothing
+            waiting", is the caller's BlockingIOError, not an error).
+
+    Returns:
+        ACCEPT_RETRY for CONNECTION_ERRNOS, ACCEPT_BACK_OFF for CAPACITY_ERRNOS,
+        ACCEPT_CLOSED for EINVAL (listen(2) no longer holds: a prefork worker's
+        supervisor shut the shared listener down to stop the pool; in fork mode
+        nothing does, so the loop raises on it), else ACCEPT_RAISE.
+    """
+    if number in CONNECTION_ERRNOS:
+        return ACCEPT_RETRY
+    if number in CAPACITY_ERRNOS:
+        return ACCEPT_BACK_OFF
+    if number == errno.EINVAL:
+        return ACCEPT_CLOSED
+    return ACCEPT_RAISE
+
 
 class Listener:
     """A bound, listening, non-blocking TCP socket.

@@ -10,7 +10,6 @@ differs: what a connection is given to, and what an exit means.
 from __future__ import annotations
 
 import collections
-import errno
 import gc
 import selectors
 import signal
@@ -20,13 +19,21 @@ from collections.abc import Callable
 
 from forkserve._log import Log
 from forkserve.child.ask import ASK_TIMEOUT, Asker
-from forkserve.child.handler import Connection, Service
-from forkserve.core.address import format_address
-from forkserve.core.gate import Timers
-from forkserve.parent.admission import LIFETIME_KILL_AFTER, Admission, Policy, host_of
+from forkserve.child.connection import Connection
+from forkserve.child.handler import Service
+from forkserve.core.address import format_address, host_of
+from forkserve.core.errnames import errno_name
+from forkserve.core.gate import Policy, Timers
+from forkserve.parent.admission import LIFETIME_KILL_AFTER, Admission
 from forkserve.parent.children import ChildTable, Exited
 from forkserve.parent.fork import fork_child
-from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS, Listener
+from forkserve.parent.listeners import (
+    ACCEPT_BACK_OFF,
+    ACCEPT_PAUSE,
+    ACCEPT_RETRY,
+    Listener,
+    accept_action,
+)
 from forkserve.parent.operations import Operations
 from forkserve.parent.signals import SignalPipe
 
@@ -219,12 +226,13 @@ class Supervisor(Admission, Operations):
             except BlockingIOError:
                 return None
             except OSError as exc:
-                if exc.errno in CONNECTION_ERRNOS:
+                action = accept_action(exc.errno)
+                if action == ACCEPT_RETRY:
                     continue
-                if exc.errno in CAPACITY_ERRNOS:
-                    self.pause_accepting(errno.errorcode[exc.errno])
+                if action == ACCEPT_BACK_OFF:
+                    self.pause_accepting(errno_name(exc.errno))
                     return None
-                raise
+                raise  # ACCEPT_CLOSED too: nothing shuts fork mode's listener down
             if self.burst is not None:
                 name, failures = self.burst
                 self.log.notice("accept-resumed", after=name, failures=failures)
@@ -315,7 +323,7 @@ class Supervisor(Admission, Operations):
         return pid
 
     def fork_failed(self, peer_text: str, exc: OSError) -> None:
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        name = errno_name(exc.errno)
         self.log.warning("fork-failed", peer=peer_text, error=name)
         self.metrics.rejected("fork-failed")
         self.pause_accepting(f"fork:{name}")

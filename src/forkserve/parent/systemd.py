@@ -23,6 +23,7 @@ from forkserve.core.activation import (
     parse_listen_fds,
     status_text,
 )
+from forkserve.core.errnames import errno_name
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class Notifier:
                 raise
             if not self.failed:
                 self.failed = True
-                name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+                name = errno_name(exc.errno)
                 self.log.warning("notify-failed", socket=self.value, error=name)
             return exc.errno not in (errno.EAGAIN, errno.ENOBUFS)
         return True

@@ -21,7 +21,6 @@ not ready within ``--upgrade-timeout``, the old one keeps serving and says so.
 
 from __future__ import annotations
 
-import errno
 import fcntl  # here, not in the child: after --user the stdlib may be unreadable
 import os
 import selectors
@@ -29,6 +28,7 @@ import signal
 import sys
 
 from forkserve.core.activation import METRICS_NAME
+from forkserve.core.errnames import errno_name
 from forkserve.parent.signals import block, reset_in_child, unblock
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
@@ -137,7 +137,7 @@ def start_upgrade(loop: Supervisor, now: float) -> Upgrade | None:
             sockets, loop.listener.owned, notify, loop.close_in_child, loop.log
         )
     except OSError as exc:
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        name = errno_name(exc.errno)
         loop.log.warning("upgrade-failed", reason="fork", error=name)
         return None
     loop.log.notice("upgrade", pid=pid, argv=" ".join(sys.orig_argv))
@@ -229,7 +229,7 @@ def _exec_new_master(  # noqa: PLR0917 - one call site, in the forked child
     try:
         os.execve(sys.executable, argv, env)  # noqa: S606 - no shell, by design
     except OSError as exc:
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        name = errno_name(exc.errno)
         log.warning("upgrade-exec-failed", pid=os.getpid(), program=sys.executable, error=name)
 
 

@@ -39,7 +39,9 @@ from collections.abc import Callable
 
 from forkserve._log import Log
 from forkserve.child.handler import Service
-from forkserve.parent.admission import Policy, read_question, send_answer
+from forkserve.core.errnames import errno_name
+from forkserve.core.gate import Policy
+from forkserve.parent.admission import read_question, send_answer
 from forkserve.parent.children import Exited
 from forkserve.parent.fork import fork_child
 from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, Listener
@@ -168,7 +170,7 @@ class PreforkLoop(Supervisor):
         except OSError as exc:
             if exc.errno not in SPAWN_ERRNOS:
                 raise
-            self.spawn_failed(errno.errorcode[exc.errno], now)
+            self.spawn_failed(errno_name(exc.errno), now)
             return False
         if self.spawn_burst is not None:
             name, failures = self.spawn_burst

@@ -41,10 +41,18 @@ import socket
 
 from forkserve._log import Log
 from forkserve.child.ask import ASK_TIMEOUT, Asker
-from forkserve.child.handler import Connection, Service
+from forkserve.child.connection import Connection
+from forkserve.child.handler import Service
 from forkserve.core.address import format_address
-from forkserve.parent.admission import Policy
-from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS
+from forkserve.core.errnames import errno_name
+from forkserve.core.gate import Policy
+from forkserve.parent.listeners import (
+    ACCEPT_BACK_OFF,
+    ACCEPT_CLOSED,
+    ACCEPT_PAUSE,
+    ACCEPT_RETRY,
+    accept_action,
+)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
@@ -173,14 +181,15 @@ class Worker:
         except BlockingIOError:
             return "none"
         except OSError as exc:
-            if exc.errno in CONNECTION_ERRNOS:
+            action = accept_action(exc.errno)
+            if action == ACCEPT_RETRY:
                 return "none"
-            if exc.errno in CAPACITY_ERRNOS:
+            if action == ACCEPT_BACK_OFF:
                 if self.paused is None:  # once per burst, as fork mode logs it
-                    self.paused = errno.errorcode[exc.errno]
+                    self.paused = errno_name(exc.errno)
                     self.report("P", self.paused)
                 return "paused"
-            if exc.errno == errno.EINVAL:
+            if action == ACCEPT_CLOSED:
                 return "closed"
             raise
         if self.paused is not None:

@@ -72,13 +72,39 @@ def byte_count(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from forkserve.cli.main import positive_int, seconds
+    from forkserve.cli.args import seconds
 
     parser.add_argument("host", help="server host name or address (IPv6 without brackets)")
     parser.add_argument("port", help="server port")
     parser.add_argument(
         "-m", "--mode", choices=MODES, default="pingpong", help="the workload (default %(default)s)"
     )
+    add_load_arguments(parser)
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="longest wait for a connect, an echo, or EOF (default %(default)g)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object on stdout, no table"
+    )
+    from forkserve.cli.client import add_edge_arguments
+
+    add_edge_arguments(parser)
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar on stderr: auto shows it when stderr is a terminal",
+    )
+
+
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """How much load: connections, duration, message and stream sizes."""
+    from forkserve.cli.args import positive_int, seconds
+
     parser.add_argument(
         "-c",
         "--connections",
@@ -111,25 +137,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="bulk: bytes each connection streams both ways (default 1G)",
     )
-    parser.add_argument(
-        "--timeout",
-        type=seconds,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help="longest wait for a connect, an echo, or EOF (default %(default)g)",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object on stdout, no table"
-    )
-    from forkserve.cli.client import add_edge_arguments
 
-    add_edge_arguments(parser)
-    parser.add_argument(
-        "--progress",
-        choices=("auto", "always", "never"),
-        default="auto",
-        help="progress bar on stderr: auto shows it when stderr is a terminal",
-    )
+
+def check_load(args: argparse.Namespace) -> tuple[int, int]:
+    """The connections and message size for ``args.mode``, checked with the durations.
+
+    Raises:
+        UsageError: a value out of range for the mode.
+    """
+    mode = args.mode
+    conns = args.connections or DEFAULT_CONNS[mode]
+    if mode != "hold" and conns > MAX_WORKERS:
+        raise UsageError(f"-c {conns}: {mode} runs a process per connection, at most {MAX_WORKERS}")
+    size = args.size or DEFAULT_SIZE[mode]
+    if size > MAX_SIZE:
+        raise UsageError(f"-s {size}: messages are at most {MAX_SIZE} bytes")
+    if mode in ("rate", "pingpong") and args.duration <= 0:
+        raise UsageError(f"-d must be more than 0 seconds for {mode}")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be more than 0 seconds")
+    return conns, size
 
 
 def make_config(args: argparse.Namespace) -> Config:
@@ -148,16 +175,7 @@ def make_config(args: argparse.Namespace) -> Config:
     port = parse_port(args.port)
     if port == 0:
         raise AddressError("port 0 is not a server's port")
-    conns = args.connections or DEFAULT_CONNS[mode]
-    if mode != "hold" and conns > MAX_WORKERS:
-        raise UsageError(f"-c {conns}: {mode} runs a process per connection, at most {MAX_WORKERS}")
-    size = args.size or DEFAULT_SIZE[mode]
-    if size > MAX_SIZE:
-        raise UsageError(f"-s {size}: messages are at most {MAX_SIZE} bytes")
-    if mode in ("rate", "pingpong") and args.duration <= 0:
-        raise UsageError(f"-d must be more than 0 seconds for {mode}")
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be more than 0 seconds")
+    conns, size = check_load(args)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:

@@ -19,7 +19,6 @@ EXIT_CONNECTIONS = 2  # every byte that came back was right, but connections fai
 # Problems kept in full per process and per report; the rest are only counted.
 MAX_PROBLEMS = 20
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
-MODES = ("rate", "pingpong", "bulk", "hold")
 # What one operation is, per mode.
 UNITS = {"rate": "conn", "pingpong": "msg", "bulk": "conn", "hold": "conn"}
 

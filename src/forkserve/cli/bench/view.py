@@ -7,7 +7,7 @@ dependency (``pip install forkserve[bench]``) and slow to import.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from forkserve._errors import UsageError
 
@@ -95,15 +95,8 @@ class LiveProgress:
             )
 
 
-def print_report(report: Report) -> None:
-    """The result as a table on stdout, problems listed under it."""
-    from rich.console import Console
-    from rich.table import Table
-
-    data = report.to_json()
-    table = Table()
-    table.add_column("measure")
-    table.add_column("value", justify="right")
+def report_rows(report: Report, data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The table's rows: what the mode measured, then the time and the problems."""
     unit = UNIT_NAMES[report.mode]
     rows: list[tuple[str, str]] = []
     if report.mode == "hold":
@@ -135,7 +128,19 @@ def print_report(report: Report) -> None:
     rows += [("elapsed", f"{report.elapsed:.2f} s"), ("problems", f"{data['error_count']}")]
     for kind, count in data["errors"].items():
         rows.append((f"  {kind}", f"{count}"))
-    for name, value in rows:
+    return rows
+
+
+def print_report(report: Report) -> None:
+    """The result as a table on stdout, problems listed under it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    data = report.to_json()
+    table = Table()
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in report_rows(report, data):
         table.add_row(name, value)
     console = Console(highlight=False)
     console.print(f"[bold]forkserve bench {report.mode} {report.target}", markup=True)

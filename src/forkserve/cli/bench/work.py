@@ -38,6 +38,7 @@ from forkserve.cli.bench.verify import (
     no_eof,
     short,
 )
+from forkserve.core.errnames import errno_name
 
 RECV_BUFFER = 256 * 1024
 # How often a loop publishes its counts for the progress bar.
@@ -88,7 +89,7 @@ class Counters:
 
 def os_problem(exc: OSError, conn: str, offset: int | None) -> Problem:
     """A failed system call as a problem named by its errno (``ECONNREFUSED``)."""
-    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    name = errno_name(exc.errno, type(exc).__name__)
     return Problem(name, conn, offset, exc.strerror or str(exc))
 
 
@@ -320,6 +321,23 @@ def pingpong(config: Config, index: int, start: Start, counters: Counters) -> Ta
     return tally
 
 
+def send_stream(
+    sock: socket.socket, stream: Stream, total: int, conn: str, problems: list[Problem]
+) -> None:
+    """bulk's sender thread: write the stream's ``total`` bytes, then half-close;
+    a failure goes into ``problems``."""
+    offset = 0
+    try:
+        for piece in stream.pieces(0, total):
+            send(sock, piece, conn, offset)
+            offset += len(piece)
+        sock.shutdown(socket.SHUT_WR)
+    except VerifyError as exc:
+        problems.append(exc.problem)
+    except OSError as exc:
+        problems.append(os_problem(exc, conn, offset))
+
+
 def bulk(config: Config, index: int, start: Start, counters: Counters) -> Tally:
     """Stream ``config.nbytes`` both ways on one connection, checking every byte.
 
@@ -332,18 +350,7 @@ def bulk(config: Config, index: int, start: Start, counters: Counters) -> Tally:
     stream = Stream(index)
     total = config.nbytes
     sender_problems: list[Problem] = []
-
-    def sender() -> None:
-        offset = 0
-        try:
-            for piece in stream.pieces(0, total):
-                send(sock, piece, conn, offset)
-                offset += len(piece)
-            sock.shutdown(socket.SHUT_WR)
-        except VerifyError as exc:
-            sender_problems.append(exc.problem)
-        except OSError as exc:
-            sender_problems.append(os_problem(exc, conn, offset))
+    send_args = (sock, stream, total, conn, sender_problems)
 
     def on_bytes(n: int) -> None:
         tally.verified_bytes += n
@@ -355,7 +362,9 @@ def bulk(config: Config, index: int, start: Start, counters: Counters) -> Tally:
     published = [0.0]
     with sock:
         start()
-        thread = threading.Thread(target=sender, name=f"bulk-sender-{index}", daemon=True)
+        thread = threading.Thread(
+            target=send_stream, args=send_args, name=f"bulk-sender-{index}", daemon=True
+        )
         thread.start()
         echo = Echo(sock, stream, conn, bytearray(RECV_BUFFER), config.timeout)
         try:

@@ -1,0 +1,18 @@
+"""Sizes in settings: ``--limit-as 512M`` (pure)."""
+
+from __future__ import annotations
+
+
+def parse_size(text: str) -> int:
+    """``--limit-as`` sizes: bytes, or with a binary suffix K, M, G or T (``512M``).
+
+    Raises:
+        ValueError: not a positive size.
+    """
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, scale = text, 1
+    if text[-1:].upper() in units:
+        number, scale = text[:-1], units[text[-1].upper()]
+    if not number.isdigit() or not number.isascii() or int(number) < 1:
+        raise ValueError(f"expected a size like 4096, 512M or 2G, not {text!r}")
+    return int(number) * scale

@@ -131,7 +131,13 @@ def run(args: argparse.Namespace) -> int:
 
 def relay_tls(tls: socket.socket, timeout: float | None) -> None:
     """``relay`` over TLS: a thread moves bytes between the TLS socket and a
-    socketpair (with half-close, see _relay), and ``relay`` serves the pair."""
+    socketpair (with half-close, see _relay), and ``relay`` serves the pair.
+
+    Raises:
+        TemporaryError: as ``relay``; or the TLS connection failed (a reset) or ended
+            without close_notify: what came before it is out, but it may be cut
+            short, and the exit status must say so (111, not 0).
+    """
     import threading
 
     from forkserve._relay import Relay
@@ -146,6 +152,8 @@ def relay_tls(tls: socket.socket, timeout: float | None) -> None:
     finally:
         thread.join(timeout)
         ours.close()
+    if bridge.failure is not None:  # set before the pair's EOF that ended relay()
+        raise TemporaryError(bridge.failure)
 
 
 def connect(host: str, port: int, timeout: float | None) -> socket.socket:

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from forkserve._services import chargen_block
+from forkserve._tls import end_tls
 from tests.integration.conftest import ServerFactory
 from tests.integration.test_tls import client_context, tls_args
-from tests.support import FORKSERVE, WAIT, recv_all
+from tests.support import FORKSERVE, WAIT, recv_all, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
@@ -158,6 +159,62 @@ def test_half_close_keeps_the_clients_bytes_in_flight(
         socket.socket.shutdown(sock, socket.SHUT_WR)  # a bare FIN: our end of data
         server.wait_event("end", exit="0")
     assert count.read_text() == "1600000\n"
+
+
+def test_a_client_slow_to_read_gets_every_byte_after_the_program_ends(
+    start_server: ServerFactory, certs: dict[str, tuple[Path, Path]]
+) -> None:
+    """The program echoes 3 MB and exits; the client sends them all, reads nothing
+    (a small receive buffer: most of the echo waits in the server's kernel), and
+    sends its own end (close_notify, then a FIN, as ``forkserve client --tls`` does
+    at its stdin's end) only once the server has sent its FIN. The relay had returned
+    with the client's end unread and the socket was closed: the kernel answered the
+    client's end with a reset and dropped the echo it still held (~100 KB arrived,
+    then a cut). Seen under load with ``forkserve client --tls``: 10 MiB came back
+    1.1 MB short, exit 0."""
+    size = 3_000_000
+    server = start_server(*tls_args(certs), "--", "head", "-c", str(size))
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # the echo waits on us
+    sent = os.urandom(size)
+    with client_context(certs).wrap_socket(
+        raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False
+    ) as sock:
+        sock.sendall(sent)
+        here = sock.getsockname()[1]
+        wait_until(lambda: tcp_state(server.port, here) in FIN_SENT, what="the server's FIN")
+        end_tls(sock)
+        got = read_to_end(sock)  # SSLEOFError or a reset here: the echo was cut
+    assert len(got) == size
+    assert got == sent
+    server.wait_event("end", exit="0")
+
+
+FIN_SENT = ("04", "05")  # FIN_WAIT1, FIN_WAIT2 in /proc/net/tcp
+
+
+def tcp_state(local_port: int, remote_port: int) -> str | None:
+    """The state of the loopback IPv4 connection from ``local_port`` to ``remote_port``."""
+    want = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == want:
+            return fields[3]
+    return None
+
+
+def read_to_end(sock: ssl.SSLSocket) -> bytes:
+    """Everything up to the server's close_notify (SSLZeroReturnError once ours went),
+    or up to a cut (a bare FIN or a reset: the length tells)."""
+    data = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionResetError):
+            return bytes(data)
+        if not chunk:
+            return bytes(data)
+        data += chunk
 
 
 def test_python_handler_sends_close_notify(

@@ -108,7 +108,8 @@ def start_edge(
     import ssl
 
     try:
-        return context.wrap_socket(sock, server_hostname=host)
+        # A FIN without close_notify raises (SSLEOFError), for the relay to report.
+        return context.wrap_socket(sock, server_hostname=host, suppress_ragged_eofs=False)
     except ssl.SSLError as exc:
         raise TemporaryError(f"TLS handshake failed: {exc.reason or exc}") from None
     except OSError as exc:

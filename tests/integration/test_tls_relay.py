@@ -14,8 +14,10 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -298,3 +300,52 @@ def test_chargen_over_tls_with_client_input(
     (end,) = server.wait_event("end")
     assert end["exit"] == "0"
     assert "Traceback" not in server.log_text()
+
+
+def cutting_server(certs: dict[str, tuple[Path, Path]], how: str) -> tuple[int, threading.Thread]:
+    """A TLS server (not forkserve: forkserve never does this) that sends b"partial",
+    then ends without close_notify: a bare FIN, or a reset (SO_LINGER 0)."""
+    cert, key = certs["server"]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(WAIT)
+
+    def serve() -> None:
+        with listener:
+            raw, _ = listener.accept()
+        with context.wrap_socket(raw, server_side=True) as tls:
+            tls.settimeout(WAIT)
+            tls.sendall(b"partial")
+            if how == "reset":
+                tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                socket.socket.shutdown(tls, socket.SHUT_WR)
+                socket.socket.recv(tls, 65536)  # the client's records, up to its FIN
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+def test_forkserve_client_tls_reports_a_cut(certs: dict[str, tuple[Path, Path]], how: str) -> None:
+    """The client's relay read a reset, or a FIN without close_notify, as a clean end
+    and exited 0 with the data cut short: silent loss. It prints what came, then says
+    so and exits 111."""
+    port, thread = cutting_server(certs, how)
+    command = [*FORKSERVE, "client", "--tls", "--insecure", "127.0.0.1", str(port)]
+    stdin = None if how == "reset" else subprocess.DEVNULL
+    result = subprocess.run(
+        command,
+        stdin=stdin,
+        input=b"" if stdin is None else None,
+        capture_output=True,
+        timeout=WAIT,
+        check=False,
+    )
+    thread.join(WAIT)
+    # A reset may reach the client before the bytes are read: its kernel drops them.
+    assert result.stdout == b"partial" or (how == "reset" and not result.stdout)
+    assert result.returncode == 111, result.stderr
+    assert b"TLS connection" in result.stderr

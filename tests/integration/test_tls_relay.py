@@ -192,6 +192,35 @@ def test_a_client_slow_to_read_gets_every_byte_after_the_program_ends(
     server.wait_event("end", exit="0")
 
 
+SENDS_3MB = """
+def handle(conn, peer):
+    conn.sendall(b"x" * 3_000_000)  # and returns, the client's input unread
+"""
+
+
+def test_a_handlers_client_slow_to_read_gets_every_byte(
+    serve: ServerFactory, certs: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """The same end for a Python handler: it returns, close_notify and a FIN go out,
+    and the socket was closed with the client's end still to come: a reset dropped
+    what the kernel held of the handler's output."""
+    handler = tmp_path / "sends.py"
+    handler.write_text(SENDS_3MB)
+    server = serve(*tls_args(certs), "--handler", f"{handler}:handle")
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # the output waits on us
+    with client_context(certs).wrap_socket(
+        raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False
+    ) as sock:
+        here = sock.getsockname()[1]
+        wait_until(lambda: tcp_state(server.port, here) in FIN_SENT, what="the server's FIN")
+        sock.sendall(b"late input")
+        end_tls(sock)
+        got = read_to_end(sock)
+    assert len(got) == 3_000_000
+    server.wait_event("end", exit="0")
+
+
 FIN_SENT = ("04", "05")  # FIN_WAIT1, FIN_WAIT2 in /proc/net/tcp
 
 

@@ -282,9 +282,12 @@ class Relay:
 
     def tls_failed(self, exc: OSError) -> None:
         """The TLS connection broke: nothing more comes or goes on it. What came
-        before still reaches the plain side, and ``failure`` says why."""
-        reason = exc.strerror or getattr(exc, "reason", None) or type(exc).__name__
-        self.failure = f"the TLS connection failed: {reason}"
+        before still reaches the plain side, and ``failure`` says why: unless the
+        TLS side's data had ended cleanly already, nothing of it being lost then (a
+        server that closed after its close_notify refuses what we still send)."""
+        if self.tls_sends:
+            reason = exc.strerror or getattr(exc, "reason", None) or type(exc).__name__
+            self.failure = f"the TLS connection failed: {reason}"
         self.tls_sends = self.tls_takes = False
         self.to_tls.clear()
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable, Iterator
 
@@ -330,3 +331,23 @@ def test_finish_tls_reads_the_clients_end(tls_pair: tuple[ssl.SSLSocket, ssl.SSL
     end_tls(client)
     finish()
     assert socket.socket.recv(server, 100, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+
+
+def test_a_reset_after_the_tls_sides_clean_end_is_no_failure(
+    tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket], plain_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """``forkserve client --tls`` reports a cut (``failure``, exit 111), but a server
+    that ends cleanly and then closes, refusing what we still send, cut nothing."""
+    server, client = tls_pair
+    ours, program = plain_pair
+    relay = Relay(client, ours)
+    done = in_thread(relay.run)
+    server.sendall(b"reply")
+    end_tls(server)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.close()  # a reset
+    assert read_to_end(program) == b"reply"
+    program.sendall(b"more")
+    program.shutdown(socket.SHUT_WR)
+    done()
+    assert relay.failure is None

@@ -14,16 +14,19 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from forkserve.child.builtins import chargen_block
+from forkserve.child.tls import end_tls
 from tests.integration.conftest import ServerFactory
 from tests.integration.test_tls import client_context, tls_args
-from tests.support import FORKSERVE, WAIT, recv_all
+from tests.support import FORKSERVE, WAIT, recv_all, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
@@ -160,6 +163,91 @@ def test_half_close_keeps_the_clients_bytes_in_flight(
     assert count.read_text() == "1600000\n"
 
 
+def test_a_client_slow_to_read_gets_every_byte_after_the_program_ends(
+    start_server: ServerFactory, certs: dict[str, tuple[Path, Path]]
+) -> None:
+    """The program echoes 3 MB and exits; the client sends them all, reads nothing
+    (a small receive buffer: most of the echo waits in the server's kernel), and
+    sends its own end (close_notify, then a FIN, as ``forkserve client --tls`` does
+    at its stdin's end) only once the server has sent its FIN. The relay had returned
+    with the client's end unread and the socket was closed: the kernel answered the
+    client's end with a reset and dropped the echo it still held (~100 KB arrived,
+    then a cut). Seen under load with ``forkserve client --tls``: 10 MiB came back
+    1.1 MB short, exit 0."""
+    size = 3_000_000
+    server = start_server(*tls_args(certs), "--", "head", "-c", str(size))
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # the echo waits on us
+    sent = os.urandom(size)
+    with client_context(certs).wrap_socket(
+        raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False
+    ) as sock:
+        sock.sendall(sent)
+        here = sock.getsockname()[1]
+        wait_until(lambda: tcp_state(server.port, here) in FIN_SENT, what="the server's FIN")
+        end_tls(sock)
+        got = read_to_end(sock)  # SSLEOFError or a reset here: the echo was cut
+    assert len(got) == size
+    assert got == sent
+    server.wait_event("end", exit="0")
+
+
+SENDS_3MB = """
+def handle(conn, peer):
+    conn.sendall(b"x" * 3_000_000)  # and returns, the client's input unread
+"""
+
+
+def test_a_handlers_client_slow_to_read_gets_every_byte(
+    serve: ServerFactory, certs: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """The same end for a Python handler: it returns, close_notify and a FIN go out,
+    and the socket was closed with the client's end still to come: a reset dropped
+    what the kernel held of the handler's output."""
+    handler = tmp_path / "sends.py"
+    handler.write_text(SENDS_3MB)
+    server = serve(*tls_args(certs), "--handler", f"{handler}:handle")
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # the output waits on us
+    with client_context(certs).wrap_socket(
+        raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False
+    ) as sock:
+        here = sock.getsockname()[1]
+        wait_until(lambda: tcp_state(server.port, here) in FIN_SENT, what="the server's FIN")
+        sock.sendall(b"late input")
+        end_tls(sock)
+        got = read_to_end(sock)
+    assert len(got) == 3_000_000
+    server.wait_event("end", exit="0")
+
+
+FIN_SENT = ("04", "05")  # FIN_WAIT1, FIN_WAIT2 in /proc/net/tcp
+
+
+def tcp_state(local_port: int, remote_port: int) -> str | None:
+    """The state of the loopback IPv4 connection from ``local_port`` to ``remote_port``."""
+    want = (f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}")
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == want:
+            return fields[3]
+    return None
+
+
+def read_to_end(sock: ssl.SSLSocket) -> bytes:
+    """Everything up to the server's close_notify (SSLZeroReturnError once ours went),
+    or up to a cut (a bare FIN or a reset: the length tells)."""
+    data = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionResetError):
+            return bytes(data)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+
+
 def test_python_handler_sends_close_notify(
     serve: ServerFactory, certs: dict[str, tuple[Path, Path]]
 ) -> None:
@@ -241,3 +329,52 @@ def test_chargen_over_tls_with_client_input(
     (end,) = server.wait_event("end")
     assert end["exit"] == "0"
     assert "Traceback" not in server.log_text()
+
+
+def cutting_server(certs: dict[str, tuple[Path, Path]], how: str) -> tuple[int, threading.Thread]:
+    """A TLS server (not forkserve: forkserve never does this) that sends b"partial",
+    then ends without close_notify: a bare FIN, or a reset (SO_LINGER 0)."""
+    cert, key = certs["server"]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(WAIT)
+
+    def serve() -> None:
+        with listener:
+            raw, _ = listener.accept()
+        with context.wrap_socket(raw, server_side=True) as tls:
+            tls.settimeout(WAIT)
+            tls.sendall(b"partial")
+            if how == "reset":
+                tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                socket.socket.shutdown(tls, socket.SHUT_WR)
+                socket.socket.recv(tls, 65536)  # the client's records, up to its FIN
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+def test_forkserve_client_tls_reports_a_cut(certs: dict[str, tuple[Path, Path]], how: str) -> None:
+    """The client's relay read a reset, or a FIN without close_notify, as a clean end
+    and exited 0 with the data cut short: silent loss. It prints what came, then says
+    so and exits 111."""
+    port, thread = cutting_server(certs, how)
+    command = [*FORKSERVE, "client", "--tls", "--insecure", "127.0.0.1", str(port)]
+    stdin = None if how == "reset" else subprocess.DEVNULL
+    result = subprocess.run(
+        command,
+        stdin=stdin,
+        input=b"" if stdin is None else None,
+        capture_output=True,
+        timeout=WAIT,
+        check=False,
+    )
+    thread.join(WAIT)
+    # A reset may reach the client before the bytes are read: its kernel drops them.
+    assert result.stdout == b"partial" or (how == "reset" and not result.stdout)
+    assert result.returncode == 111, result.stderr
+    assert b"TLS connection" in result.stderr

@@ -10,14 +10,15 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from forkserve.child import relay
+from forkserve.child import relay as relay_module
 from forkserve.child.relay import Relay
-from forkserve.child.tls import close_notify, end_tls, load_context
+from forkserve.child.tls import close_notify, end_tls, finish_tls, load_context
 from tests.integration.conftest import make_cert
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
@@ -157,8 +158,8 @@ def small_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Reads far smaller than a TLS record, and a small buffer: OpenSSL keeps most of
     each record decrypted (pending()), which no poll announces; the relay must read
     it without waiting, or the transfer stalls."""
-    monkeypatch.setattr(relay, "CHUNK", 1000)
-    monkeypatch.setattr(relay, "BUFFER_LIMIT", 3000)
+    monkeypatch.setattr(relay_module, "CHUNK", 1000)
+    monkeypatch.setattr(relay_module, "BUFFER_LIMIT", 3000)
 
 
 def test_tls_sides_end_waits_for_its_bytes_to_reach_the_plain_side(
@@ -240,7 +241,8 @@ def test_a_program_that_stops_reading_does_not_stop_its_output(
     tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket], plain_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     """The program closes its end after writing: its output still goes out, then
-    close_notify; what the client sends after that is dropped, not an error."""
+    close_notify; what the client sends after that is read and dropped, not an
+    error, up to the client's end (the relay waits for it: see the next test)."""
     server, client = tls_pair
     ours, program = plain_pair
     relay = relay_in_thread(server, ours)
@@ -248,5 +250,104 @@ def test_a_program_that_stops_reading_does_not_stop_its_output(
     program.close()
     assert read_to_end(client) == b"answer"
     client.sendall(b"unheard")
+    fin(client)
     relay()
     assert ours.fileno() >= 0  # the caller closes it
+
+
+@pytest.fixture
+def exited_program() -> Iterator[int]:
+    """A pidfd for a program that has exited already (unreaped until the test ends)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    pidfd = os.pidfd_open(pid)
+    try:
+        yield pidfd
+    finally:
+        os.close(pidfd)
+        os.waitpid(pid, 0)
+
+
+def test_relay_reads_the_clients_end_before_it_returns(
+    tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket],
+    plain_pair: tuple[socket.socket, socket.socket],
+    exited_program: int,
+) -> None:
+    """The program is gone and its output is out, close_notify included, but the
+    client has not ended yet. Returning now means the caller closes the socket with
+    the client's end still to come: the kernel then answers it with a reset and
+    throws away whatever of our output it had not delivered yet (10 MiB through
+    ``forkserve client --tls`` came back 1.1 MB short under load). The relay must
+    read, and drop, what the client still sends, up to its end."""
+    server, client = tls_pair
+    ours, program = plain_pair
+    output = os.urandom(100_000)
+    program.sendall(output)
+    program.shutdown(socket.SHUT_WR)
+    got: list[bytes] = []
+
+    def client_side() -> None:
+        got.append(read_to_end(client))  # every byte, then our close_notify
+        client.sendall(b"after the end")  # a client still sending: dropped
+        end_tls(client)  # and its own end comes only now
+
+    client_done = in_thread(client_side)
+    relay = Relay(server, ours)
+    relay.run(exited_program)
+    assert not relay.tls_sends, "returned before the client's end of data"
+    client_done()
+    assert got == [output]
+
+
+def test_relay_stops_waiting_for_a_silent_client(
+    tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket],
+    plain_pair: tuple[socket.socket, socket.socket],
+    exited_program: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that has everything and never ends costs the child ``LINGER_IDLE``
+    of silence, not forever."""
+    monkeypatch.setattr(relay_module, "LINGER_IDLE", 0.2)
+    server, client = tls_pair
+    ours, program = plain_pair
+    program.sendall(b"answer")
+    program.shutdown(socket.SHUT_WR)
+    relay = Relay(server, ours)
+    relay.run(exited_program)
+    assert relay.tls_sends  # it gave up waiting
+    assert read_to_end(client) == b"answer"
+
+
+def test_finish_tls_reads_the_clients_end(tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket]) -> None:
+    """A handler returned: close_notify and a FIN, then what the client still sends
+    is read up to its end, so closing the socket does not reset the connection (a
+    reset drops what the kernel has not delivered of the handler's output)."""
+    server, client = tls_pair
+    server.sendall(b"reply")
+    finish = in_thread(lambda: finish_tls(server))
+    assert read_to_end(client) == b"reply"
+    client.sendall(b"late")
+    end_tls(client)
+    finish()
+    assert socket.socket.recv(server, 100, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+
+
+def test_a_reset_after_the_tls_sides_clean_end_is_no_failure(
+    tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket], plain_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """``forkserve client --tls`` reports a cut (``failure``, exit 111), but a server
+    that ends cleanly and then closes, refusing what we still send, cut nothing."""
+    server, client = tls_pair
+    ours, program = plain_pair
+    relay = Relay(client, ours)
+    done = in_thread(relay.run)
+    server.sendall(b"reply")
+    end_tls(server)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.close()  # a reset
+    assert read_to_end(program) == b"reply"
+    program.sendall(b"more")
+    program.shutdown(socket.SHUT_WR)
+    done()
+    assert relay.failure is None

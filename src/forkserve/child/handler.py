@@ -90,9 +90,9 @@ class PythonService:
         saved = set_environment(info.env) if info.env else None
         finish: Callable[[Any], None] | None = None
         if self.edge is not None and self.edge.tls is not None:
-            from forkserve.child.tls import end_tls
+            from forkserve.child.tls import finish_tls
 
-            finish = end_tls  # close_notify, then a FIN
+            finish = finish_tls  # close_notify, a FIN, then the client's end
         code = run_handler(self.handler, started, info.peer, self.prelude.log, finish)
         if saved is not None:
             set_environment(saved)  # a prefork worker serves the next client next

@@ -14,7 +14,11 @@ never blocking on one direction while the other could move:
   sends still reaches the program (``child.tls.close_notify`` says how);
 - the relay ends when both directions are done, or the program is gone and its
   output delivered; then it reaps the program and exits with its status, so the
-  parent's ``end`` line reports the program's exit code or signal.
+  parent's ``end`` line reports the program's exit code or signal. Done means the
+  client's end of data too: until it comes, what the client sends is read and
+  dropped (a lingering close, bounded: ``child.tls.LINGER``), since closing with the
+  client's bytes unread, or still to come, makes the kernel reset the connection
+  and throw away the output it had not delivered yet.
 
 ``forkserve client --tls`` runs the same relay between its TLS connection and the
 socketpair its plain loop serves: "TLS side" and "plain side" name the roles.
@@ -28,9 +32,10 @@ import selectors
 import signal
 import socket
 import ssl
+import time
 
 from forkserve.child.fresh import reset_process
-from forkserve.child.tls import close_notify
+from forkserve.child.tls import LINGER, LINGER_IDLE, close_notify, unacknowledged
 from forkserve.core.errnames import errno_name
 
 CHUNK = 64 * 1024
@@ -99,6 +104,10 @@ class Relay:
         self.plain_sends = True  # no EOF from the plain side yet
         self.plain_takes = True  # not yet shut down for writing, nor refused
         self.notify: bytes | None = None  # what is left of our close_notify record
+        self.linger_until = self.quiet_until = 0.0  # set once all else is done
+        # Why the TLS side's data ended otherwise than by close_notify (or, on the
+        # server's side, a FIN), if it did: the plain side saw the same EOF.
+        self.failure: str | None = None
         self.buffer = memoryview(bytearray(CHUNK))  # one SSL_read's decrypted bytes
         # What a TLS read or write waits for: OpenSSL may need the other one first.
         self.tls_read_waits = selectors.EVENT_READ
@@ -112,11 +121,11 @@ class Relay:
         with selectors.DefaultSelector() as sel:
             if pidfd >= 0:
                 sel.register(pidfd, selectors.EVENT_READ)
-            while self.tls_takes or self.plain_takes:
+            while self.tls_takes or self.plain_takes or self.lingering():
                 watch(sel, self.tls, self.tls_events())
                 watch(sel, self.plain, self.plain_events())
                 tls_ready = plain_ready = 0
-                for key, mask in sel.select(0 if self.tls_buffered() else None):
+                for key, mask in sel.select(self.timeout()):
                     if key.fileobj is self.tls:
                         tls_ready = mask
                     elif key.fileobj is self.plain:
@@ -133,6 +142,31 @@ class Relay:
                 # what was just read usually fits, and the ends are decided here.
                 self.to_plain_side()
                 self.to_tls_side()
+
+    def lingering(self) -> bool:
+        """Everything is done but the TLS side's end of data: wait for it, reading
+        and dropping what comes, for at most ``LINGER``, or ``LINGER_IDLE`` of
+        silence once the peer has acknowledged all we sent."""
+        if not self.tls_sends:
+            return False
+        now = time.monotonic()
+        if not self.linger_until:
+            self.linger_until, self.quiet_until = now + LINGER, now + LINGER_IDLE
+        if now >= self.linger_until:
+            return False
+        if now >= self.quiet_until:
+            if not unacknowledged(self.tls):
+                return False
+            self.quiet_until = now + LINGER_IDLE
+        return True
+
+    def timeout(self) -> float | None:
+        """How long the next poll may wait: not at all while OpenSSL holds bytes."""
+        if self.tls_buffered():
+            return 0
+        if self.linger_until:
+            return max(0.0, min(self.linger_until, self.quiet_until) - time.monotonic())
+        return None
 
     def tls_events(self) -> int:
         events = 0
@@ -167,16 +201,21 @@ class Relay:
             except ssl.SSLWantWriteError:
                 self.tls_read_waits = selectors.EVENT_WRITE
                 return
-            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
-                # A FIN without close_notify is still an end of data; and CPython
-                # raises on close_notify, not returns b"", once ours went first.
+            except ssl.SSLZeroReturnError:  # close_notify, once ours went first
                 n = 0
-            except (ConnectionError, TimeoutError, ssl.SSLError):
-                self.tls_failed()
+            except ssl.SSLEOFError:
+                # A FIN without close_notify (a client context: the server's ignores
+                # it) still ends the plain side, but may be a cut: say so.
+                self.failure = "the TLS connection ended without close_notify (cut short?)"
+                n = 0
+            except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
+                self.tls_failed(exc)
                 return
             if not n:
                 self.tls_sends = False
                 return
+            if self.linger_until:  # the peer still talks: not silent
+                self.quiet_until = time.monotonic() + LINGER_IDLE
             if self.plain_takes:
                 self.to_plain += self.buffer[:n]
 
@@ -220,8 +259,8 @@ class Relay:
             except ssl.SSLWantReadError:
                 self.tls_write_waits = selectors.EVENT_READ
                 return
-            except (ConnectionError, TimeoutError, ssl.SSLError):
-                self.tls_failed()
+            except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
+                self.tls_failed(exc)
                 return
         if self.tls_takes and not self.plain_sends and not self.to_tls:
             self.end_tls()
@@ -236,15 +275,20 @@ class Relay:
             except BlockingIOError:
                 self.tls_write_waits = selectors.EVENT_WRITE
                 return
-            except ConnectionError:
-                self.tls_failed()
+            except ConnectionError as exc:
+                self.tls_failed(exc)
                 return
         self.tls_takes = False
         shutdown(self.tls)
 
-    def tls_failed(self) -> None:
+    def tls_failed(self, exc: OSError) -> None:
         """The TLS connection broke: nothing more comes or goes on it. What came
-        before still reaches the plain side."""
+        before still reaches the plain side, and ``failure`` says why: unless the
+        TLS side's data had ended cleanly already, nothing of it being lost then (a
+        server that closed after its close_notify refuses what we still send)."""
+        if self.tls_sends:
+            reason = exc.strerror or getattr(exc, "reason", None) or type(exc).__name__
+            self.failure = f"the TLS connection failed: {reason}"
         self.tls_sends = self.tls_takes = False
         self.to_tls.clear()
 

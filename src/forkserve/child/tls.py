@@ -20,21 +20,37 @@ program written for tcpserver runs unchanged behind TLS.
 
 The end of our data is a close_notify, then a FIN (``close_notify``, ``end_tls``),
 as stunnel and socat send it: a client that reads the FIN alone cannot tell an end
-from a cut (``openssl s_client``: "unexpected eof", exit 1).
+from a cut (``openssl s_client``: "unexpected eof", exit 1). Then the client's own
+end is awaited, what it still sends read and dropped (a lingering close, as nginx
+and Apache do): closing a socket whose peer's bytes are unread, or still to come,
+makes the kernel answer with a reset, and a reset throws away whatever of our output
+the kernel had not delivered yet, close_notify included. The wait is bounded
+(``LINGER``, ``LINGER_IDLE``).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import ssl
+import struct
+import termios
+import time
 
 from forkserve._errors import TLSConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+# After our end of data, wait at most this long for the client's (nginx's
+# lingering_time) ...
+LINGER = 30.0
+# ... and give up sooner once the client has acknowledged all we sent and nothing
+# came from it for this long (nginx's lingering_timeout).
+LINGER_IDLE = 5.0
 
 SSL_NAMES = (
     "SSL_PROTOCOL",
@@ -247,3 +263,44 @@ def end_tls(tls: ssl.SSLSocket) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
             raise
+
+
+def finish_tls(tls: ssl.SSLSocket) -> None:
+    """A handler has returned: our end of data (``end_tls``, unless it ended its output
+    itself), then the client's (``linger``); the caller closes the socket."""
+    end_tls(tls)
+    if tls.fileno() >= 0 and getattr(tls, "_sslobj", None) is not None:
+        linger(tls)
+
+
+def linger(tls: ssl.SSLSocket) -> None:
+    """Read, and drop, what the client still sends, up to its end of data: closing
+    before it would reset the connection and cut our output short (see the module
+    docstring). Gives up after ``LINGER``, or after ``LINGER_IDLE`` of silence once
+    the client has acknowledged everything; the socket's timeout is changed."""
+    deadline = time.monotonic() + LINGER
+    buffer = bytearray(16384)
+    while (left := deadline - time.monotonic()) > 0:
+        tls.settimeout(min(left, LINGER_IDLE))
+        try:
+            if not tls.recv_into(buffer):
+                return
+        except TimeoutError:
+            if not unacknowledged(tls):
+                return
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionError, ssl.SSLError):
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+            return
+
+
+def unacknowledged(sock: socket.socket) -> int:
+    """How many bytes we sent that the peer has not acknowledged yet (SIOCOUTQ,
+    our FIN included); 0 when the kernel will not say."""
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    except OSError:
+        return 0
+    return int(struct.unpack("i", answer)[0])

@@ -108,7 +108,8 @@ def start_edge(
     import ssl
 
     try:
-        return context.wrap_socket(sock, server_hostname=host)
+        # A FIN without close_notify raises (SSLEOFError), for the relay to report.
+        return context.wrap_socket(sock, server_hostname=host, suppress_ragged_eofs=False)
     except ssl.SSLError as exc:
         raise TemporaryError(f"TLS handshake failed: {exc.reason or exc}") from None
     except OSError as exc:
@@ -131,7 +132,13 @@ def run(args: argparse.Namespace) -> int:
 
 def relay_tls(tls: socket.socket, timeout: float | None) -> None:
     """``relay`` over TLS: a thread moves bytes between the TLS socket and a
-    socketpair (with half-close, see child.relay), and ``relay`` serves the pair."""
+    socketpair (with half-close, see child.relay), and ``relay`` serves the pair.
+
+    Raises:
+        TemporaryError: as ``relay``; or the TLS connection failed (a reset) or ended
+            without close_notify: what came before it is out, but it may be cut
+            short, and the exit status must say so (111, not 0).
+    """
     import threading
 
     from forkserve.child.relay import Relay
@@ -146,6 +153,8 @@ def relay_tls(tls: socket.socket, timeout: float | None) -> None:
     finally:
         thread.join(timeout)
         ours.close()
+    if bridge.failure is not None:  # set before the pair's EOF that ended relay()
+        raise TemporaryError(bridge.failure)
 
 
 def connect(host: str, port: int, timeout: float | None) -> socket.socket:

@@ -26,11 +26,12 @@ from forkserve.parent.assemble import (
     serve_metrics,
     take_handover,
 )
-from forkserve.parent.forkmodel import ForkLoop
+from forkserve.parent.forkmodel import ForkModel
 from forkserve.parent.listeners import DEFAULT_BACKLOG, Listener
-from forkserve.parent.loop import Supervisor
+from forkserve.parent.loop import Loop
 from forkserve.parent.operations import DEFAULT_UPGRADE_TIMEOUT
-from forkserve.prefork.pool import PreforkLoop
+from forkserve.prefork.policy import PoolPolicy
+from forkserve.prefork.pool import Pool
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class Server:
         self.identity = resolve_identity(user, group)
         self.reload_source = reload
         self.upgrade_timeout = upgrade_timeout
-        self.loop: Supervisor | None = None
+        self.loop: Loop | None = None
         self.handover = take_handover()
         self.open_sockets(address, backlog, fd, metrics, metrics_fd)
 
@@ -293,43 +294,31 @@ class Server:
             self.log.stopping()
         self.log.notice("stopped", pid=os.getpid())
 
-    def make_loop(self, announce: Callable[[], None]) -> Supervisor:
-        """The chosen process model's loop."""
-        min_spare, max_spare, max_workers, max_requests = self.pool
-        if self.mode == "prefork":
-            return PreforkLoop(
-                self.listener,
-                self.service,
-                self.log,
-                min_spare=min_spare,
-                max_spare=max_spare,
-                max_workers=max_workers,
-                max_requests=max_requests,
-                grace=self.grace,
-                ready=announce,
-                policy=self.policy,
-            )
-        return ForkLoop(
-            self.listener,
-            self.service,
+    def make_loop(self, announce: Callable[[], None]) -> Loop:
+        """The loop, serving with the chosen process model."""
+        loop = Loop(
             self.log,
-            max_conns=self.max_conns,
+            self.policy,
             grace=self.grace,
             ready=announce,
-            policy=self.policy,
+            reloader=self.reload,
+            upgrade_timeout=self.upgrade_timeout,
         )
+        if self.mode == "prefork":
+            loop.use(Pool(loop, self.listener, self.service, PoolPolicy(*self.pool)))
+        else:
+            loop.use(ForkModel(loop, self.listener, self.service, self.max_conns))
+        return loop
 
-    def attach_operations(self, loop: Supervisor) -> None:
-        """Reload, upgrade, metrics and systemd, as far as they are asked for."""
+    def attach_operations(self, loop: Loop) -> None:
+        """Metrics and systemd, as far as they are asked for."""
         self.loop = loop
-        loop.reloader = self.reload
-        loop.upgrade_timeout = self.upgrade_timeout
         if self.endpoint is not None:
             serve_metrics(loop, self.endpoint, self.mode, self.log)
         if self.notifier is not None:
             from forkserve.parent.systemd import Status
 
-            loop.status = Status(self.notifier, upgraded=self.handover is not None)
+            loop.add_status(Status(self.notifier, upgraded=self.handover is not None))
 
     def log_listen(self) -> None:
         fields: dict[str, object] = {"address": self.listener.describe(), "mode": self.mode}

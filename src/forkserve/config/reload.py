@@ -92,6 +92,45 @@ def rebuild(server: Server, new: Mapping[str, object]) -> tuple[Policy, Service]
     return policy, service
 
 
+class ReloadPlan:
+    """What a reload changes, handed to the loop in one call (``Loop.apply_reload``).
+
+    A minimal adapter until the typed settings land (see issue 13): the names are
+    the interface the loop reads.
+    """
+
+    __slots__ = (
+        "changed",
+        "grace",
+        "log_format",
+        "log_level",
+        "max_conns",
+        "policy",
+        "pool",
+        "service",
+        "upgrade_timeout",
+    )
+
+    def __init__(
+        self, new: Mapping[str, object], policy: Policy, service: Service, changed: frozenset[str]
+    ) -> None:
+        from forkserve._server import POOL_NAMES
+
+        level, log_format, grace = (new[k] for k in ("log_level", "log_format", "grace"))
+        assert isinstance(level, int) and isinstance(grace, float)
+        self.changed = changed
+        self.grace = grace
+        self.upgrade_timeout = float(new["upgrade_timeout"])  # type: ignore[arg-type]
+        self.policy = policy
+        self.service = service
+        pool = {name: new[name] for name in POOL_NAMES if name in new}
+        self.pool: dict[str, int] | None = pool or None  # type: ignore[assignment]
+        limit = new.get("max_conns")
+        self.max_conns = limit if isinstance(limit, int) else None
+        self.log_format = str(log_format)
+        self.log_level = level
+
+
 def apply(
     server: Server,
     new: Mapping[str, object],
@@ -99,7 +138,7 @@ def apply(
     service: Service,
     changed: frozenset[str],
 ) -> None:
-    """Apply checked settings to the log, the policy, the service and the loop.
+    """Apply checked settings: the server keeps its copies, the loop takes a plan.
 
     ``changed`` names what differs from the running configuration (setting keys,
     and ``tls`` when the certificate was read again): the loop replaces prefork
@@ -107,14 +146,7 @@ def apply(
     """
     loop = server.loop
     assert loop is not None
-    level, log_format, grace = (new[k] for k in ("log_level", "log_format", "grace"))
-    assert isinstance(level, int) and isinstance(grace, float)
-    server.log.level = level
-    server.log.set_format(str(log_format))
-    server.grace = loop.grace = grace
-    loop.upgrade_timeout = float(new["upgrade_timeout"])  # type: ignore[arg-type]
-    policy.gate.take_over(server.policy.gate)
-    server.policy = loop.policy = policy
-    loop.gate = policy.gate
-    loop.service = service
-    loop.reconfigure(new, changed)
+    plan = ReloadPlan(new, policy, service, changed)
+    server.grace = plan.grace
+    loop.apply_reload(plan)
+    server.policy = policy

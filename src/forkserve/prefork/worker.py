@@ -45,25 +45,11 @@ from forkserve.child.handler import Connection, Service
 from forkserve.core.address import format_address
 from forkserve.parent.admission import Policy
 from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS
+from forkserve.prefork.wire import encode
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
     from types import FrameType
-
-
-def encode(kind: str, pid: int, detail: str = "") -> bytes:
-    """One status datagram: ``KIND PID DETAIL``."""
-    return f"{kind} {pid} {detail}".encode("utf-8", "backslashreplace")
-
-
-def decode(data: bytes) -> tuple[str, int, str]:
-    """Split a status datagram into ``(kind, pid, detail)``.
-
-    Raises:
-        ValueError: not a datagram ``encode`` wrote.
-    """
-    kind, pid, detail = data.decode("utf-8", "replace").split(" ", 2)
-    return kind, int(pid), detail
 
 
 def _die_now(signum: int, frame: FrameType | None) -> None:

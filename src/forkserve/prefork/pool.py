@@ -28,15 +28,13 @@ import socket
 import time
 
 from forkserve.child.handler import Service
-from forkserve.core.gate import Timers
-from forkserve.parent.admission import read_question, send_answer
 from forkserve.parent.children import Exited
 from forkserve.parent.fork import fork_child
 from forkserve.parent.forkmodel import Acceptor, Connections
-from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, Listener
+from forkserve.parent.listeners import CAPACITY_ERRNOS, Listener
 from forkserve.prefork.policy import SUPERVISOR_SETTINGS, PoolPolicy, WorkerState
-from forkserve.prefork.wire import STATUS_SIZE, decode
 from forkserve.prefork.worker import Worker
+from forkserve.prefork.workers import WorkerTable
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
@@ -58,18 +56,14 @@ class Pool:
         self.loop = loop
         self.log = loop.log
         self.children = loop.children
-        self.counts = loop.children.counts  # busy workers count against their source
         self.admission = loop.admission
         self.service = service
         self.policy = policy
         self.acceptor = Acceptor(listener, loop.log)  # only at a stop (see stop)
         self.conns = Connections(loop, self.acceptor, service)  # served at a stop
-        self.workers: dict[int, WorkerState] = {}
+        self.table = WorkerTable(loop, policy)
+        self.workers = self.table.workers  # read here; written by the table alone
         self.spawn_burst: tuple[str, int] | None = None  # (errno name, failures)
-        self.status_r, self.status_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.status_r.setblocking(False)
-        # Per-source limits: each worker's question channel (supervisor's end).
-        self.channels: dict[int, socket.socket] = {}
         self.asking = self.admission.policy.gate.limits_sources  # whether workers get one
         # Workers watch the read end: EOF means the supervisor stops (or died).
         self.alive_r, self.alive_w = os.pipe()
@@ -77,10 +71,6 @@ class Pool:
         # poll(2) set, which holds no descriptor of its own.
         self.probe = select.poll()
         self.waited = False  # a worker that left was waiting on the listener
-        # --max-lifetime: workers are timed from when they report a connection,
-        # keyed (pid, since), never by pid alone (see parent.admission).
-        lifetime = self.admission.policy.max_lifetime
-        self.lifetimes = Timers(lifetime, self.lifetime_current) if lifetime else None
 
     @property
     def listener(self) -> Listener | None:
@@ -110,7 +100,7 @@ class Pool:
         return {"active": self.busy(), "limit": self.capacity(), "workers": workers}
 
     def start(self) -> None:
-        self.loop.sel.register(self.status_r, selectors.EVENT_READ, self.on_status)
+        self.loop.sel.register(self.table.status_r, selectors.EVENT_READ, self.on_status)
         assert self.listener is not None
         self.probe.register(self.listener.fileno(), select.POLLIN)
         self.maintain(time.monotonic())
@@ -142,11 +132,9 @@ class Pool:
             self.log.notice("spawn-resumed", after=name, failures=failures)
             self.spawn_burst = None
             self.policy.crash_free()  # the back-off was the shortage's, and it is over
-        self.workers[pid] = WorkerState(pid, now)
+        self.table.add(pid, now, ours)
         self.children.add(pid, "worker", -1, self)
         if ours is not None:
-            ours.setblocking(False)
-            self.channels[pid] = ours
             self.loop.sel.register(ours, selectors.EVENT_READ, lambda mask: self.on_channel(pid))
         self.log.debug("worker-start", pid=pid, workers=len(self.workers))
         return True
@@ -166,7 +154,7 @@ class Pool:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             worker = Worker(
                 self.listener.sock,
-                self.status_w,
+                self.table.status_w,
                 self.alive_r,
                 self.service,
                 self.policy.max_requests,
@@ -229,16 +217,14 @@ class Pool:
         if self.loop.stopping is not None:
             return None
         due = self.policy.deadline(list(self.workers.values()))
-        lifetime = self.lifetimes.next_deadline() if self.lifetimes is not None else None
+        lifetime = self.table.deadline()
         if due is None or lifetime is None:
             return due if lifetime is None else lifetime
         return min(due, lifetime)
 
     def on_deadline(self, now: float) -> None:
         self.maintain(now)
-        if self.lifetimes is not None:
-            for key in self.lifetimes.due(now):
-                self.end_lifetime(key, now)
+        self.table.on_deadline(now)
 
     def resize(self, step: int) -> bool:
         """SIGTTIN grows the spare range by one worker, SIGTTOU shrinks it."""
@@ -271,101 +257,20 @@ class Pool:
     # -- what workers report (see prefork.wire) -----------------------------------------
 
     def on_status(self, mask: int) -> None:
-        self.read_status(time.monotonic())
+        self.table.read_status(time.monotonic())
         self.maintain(time.monotonic())
 
     def on_channel(self, pid: int) -> None:
-        self.answer(pid, time.monotonic())
+        self.table.answer(pid, time.monotonic())
         self.maintain(time.monotonic())
 
-    def answer(self, pid: int, now: float) -> None:
-        """A worker asks whether the per-source limits admit its connection, or
-        reports a denial (see child.ask). Without PROXY the answer replaces its ``A``
-        report; with PROXY it reported ``A`` at accept, and the answer counts the
-        connection against the client its header named."""
-        channel = self.channels.get(pid)
-        if channel is None:
-            # Reaped (and its channel closed) by the signals handled earlier in this
-            # same turn of the loop: the selector's event predates that.
-            return
-        question = read_question(channel)
-        worker = self.workers.get(pid)
-        if not question or worker is None:
-            return  # nothing yet, or the worker died: on_exit closes its channel
-        self.read_status(now)  # an "A" sent before the question counts first
-        source, peer, answer = self.admission.judge(question, now, pid)
-        if worker.state == "busy":
-            worker.peer = peer  # its end line names the client
-        if source is not None:
-            worker.source = source
-            self.counts.add(source)
-            if worker.state != "busy":
-                self.mark_busy(worker, now, peer)
-        if answer:
-            send_answer(channel, answer)
-
-    def mark_busy(self, worker: WorkerState, now: float, peer: str) -> None:
-        worker.state, worker.since, worker.peer = "busy", now, peer
-        self.loop.metrics.accepted()
-        self.loop.events.accept(peer, worker.pid)
-        if self.lifetimes is not None:
-            self.lifetimes.add((worker.pid, now), now)
-
-    def release_source(self, worker: WorkerState) -> None:
-        """The worker's connection ended (or the worker did): its source counts one less."""
-        if worker.source is not None:
-            self.counts.remove(worker.source)
-            worker.source = None
-
-    def read_status(self, now: float) -> None:
-        while True:
-            try:
-                kind, pid, detail = decode(self.status_r.recv(STATUS_SIZE))
-            except BlockingIOError:
-                return
-            worker = self.workers.get(pid)
-            if worker is None:
-                continue  # already reaped
-            if kind == "A":
-                self.mark_busy(worker, now, detail)
-            elif kind == "D":
-                self.loop.metrics.rejected("deny")  # the worker logged it
-                if worker.state == "busy":  # behind PROXY: its end line names the client
-                    worker.peer = detail
-            elif kind == "P":
-                self.log.warning("accept-paused", pid=pid, error=detail, pause=f"{ACCEPT_PAUSE}s")
-            elif kind == "U":
-                self.log.notice("accept-resumed", pid=pid, after=detail)
-            elif kind in "ER":
-                if kind == "E":
-                    worker.served += 1
-                    self.policy.crash_free()
-                    self.connection_ended(worker, now, {"exit": int(detail)})
-                worker.state, worker.since, worker.peer = "idle", now, ""
-
-    def connection_ended(self, worker: WorkerState, now: float, status: dict[str, object]) -> None:
-        """A busy worker's connection ended (or the worker did): count and log it."""
-        self.release_source(worker)
-        if self.lifetimes is not None:
-            self.lifetimes.discard((worker.pid, worker.since))
-        worker.state = "idle"  # counts in active() no more
-        self.loop.metrics.ended(now - worker.since)
-        self.loop.events.end(worker.pid, worker.peer, status, now - worker.since)
-
     def before_exits(self, now: float) -> None:
-        self.read_status(now)  # an "E" sent just before exiting must count first
+        self.table.read_status(now)  # an "E" sent just before exiting must count first
 
     def on_exit(self, ended: Exited, now: float) -> None:
         """A worker was reaped: close its channel, log why it left."""
-        worker = self.workers.pop(ended.pid)
+        worker = self.table.remove(ended.pid, now, ended.status_fields())
         self.waited = self.waited or self.policy.was_waiting(worker)
-        self.release_source(worker)
-        channel = self.channels.pop(ended.pid, None)
-        if channel is not None:
-            self.loop.sel.unregister(channel)
-            channel.close()
-        if worker.state == "busy":
-            self.connection_ended(worker, now, ended.status_fields())
         reason = self.policy.exit_reason(worker, ended.exit_code, self.loop.stopping is not None)
         if reason == "crashed":
             self.policy.note_crash(now)
@@ -393,7 +298,7 @@ class Pool:
         """
         if self.loop.stopping is not None or not self.probe.poll(0):
             return
-        if self.policy.max_workers > sum(1 for w in self.workers.values() if not w.stopping):
+        if self.policy.max_workers > self.table.staying():
             self.log.debug("wakeup-handed-on", workers=len(self.workers))
             self.spawn(now)
 
@@ -436,9 +341,7 @@ class Pool:
         """Undo the supervisor's set-up in a child: one forked for a connection at a
         stop, or (``keep_status``) a new worker, which keeps the status socket, the
         alive pipe's read end and the listener."""
-        self.status_r.close()
-        for channel in self.channels.values():
-            channel.close()
+        self.table.close_in_child()
         for other, _ in self.conns.pending:
             other.close()
         # The alive pipe's write end is the supervisor's alone, in every child: a
@@ -451,64 +354,22 @@ class Pool:
             return
         if self.listener is not None:
             self.listener.close()
-        self.status_w.close()
+        self.table.status_w.close()
         os.close(self.alive_r)
 
     # -- --max-lifetime: workers are timed from when they report a connection ----------
-
-    def lifetime_current(self, key: object) -> bool:
-        assert isinstance(key, tuple)
-        worker = self.workers.get(key[0])
-        return (
-            worker is not None
-            and worker.state == "busy"
-            and worker.since == key[1]
-            and not worker.stopping
-        )
-
-    def end_lifetime(self, key: object, now: float) -> None:
-        """End a worker whose connection reached --max-lifetime: SIGQUIT (it dies by
-        SIGTERM), SIGKILL to its process group LIFETIME_KILL_AFTER seconds later."""
-        assert isinstance(key, tuple)
-        worker = self.workers[key[0]]
-        worker.stopping = True  # its exit is not a crash
-        after = f"{self.admission.policy.max_lifetime:g}s"
-        self.log.info(
-            "max-lifetime", pid=worker.pid, peer=worker.peer, after=after, signal="SIGQUIT"
-        )
-        self.end_worker(worker.pid)
-        child = self.children.get(worker.pid)  # the kill is keyed by it, not the pid
-        if child is not None:
-            self.admission.kill_later(child, now)
-
-    def end_worker(self, pid: int) -> None:
-        """End a worker now, as fork mode ends a connection's child.
-
-        SIGTERM would only ask a worker to retire, so the worker itself gets SIGQUIT,
-        on which it dies by SIGTERM (see prefork.worker); the rest of its process group (a
-        handler's subprocesses) gets SIGTERM, never SIGQUIT, whose default action
-        dumps core. SIGKILL to the group follows if anything is left.
-        """
-        try:
-            os.kill(pid, signal.SIGQUIT)
-        except ProcessLookupError:
-            return  # it just ended; the reaper will see it
-        self.children.signal(pid, signal.SIGTERM)
 
     def terminate(self) -> None:
         """Workers end as end_worker says; children forked at the stop get SIGTERM:
         every status reads as in fork mode."""
         for pid in self.children.pids():
             if pid in self.workers:
-                self.end_worker(pid)
+                self.table.end_worker(pid)
             else:
                 self.children.signal(pid, signal.SIGTERM)
 
     def close(self) -> None:
-        for channel in self.channels.values():
-            channel.close()
-        self.status_r.close()
-        self.status_w.close()
+        self.table.close()
         os.close(self.alive_r)
         if self.alive_w >= 0:
             os.close(self.alive_w)

@@ -10,7 +10,6 @@ models call (see parent.loop).
 
 from __future__ import annotations
 
-import selectors
 import signal
 import socket
 import time
@@ -179,7 +178,7 @@ class Admission:
         """Answer fork-mode child ``pid``'s question from the loop when it comes
         (``channel`` is non-blocking)."""
         self.questions[pid] = channel
-        self.loop.sel.register(channel, selectors.EVENT_READ, lambda mask: self.on_question(pid))
+        self.loop.watch(channel, lambda mask: self.on_question(pid))
 
     def on_question(self, pid: int) -> str:
         """A child's header named its client: count it against the client's source
@@ -215,7 +214,7 @@ class Admission:
     def drop_question(self, pid: int) -> None:
         channel = self.questions.pop(pid, None)
         if channel is not None:
-            self.loop.sel.unregister(channel)
+            self.loop.unwatch(channel)
             channel.close()
 
     def close_in_child(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import os
-import selectors
 import signal
 import socket
 import time
@@ -81,6 +80,11 @@ class Acceptor:
         self.burst = (self.burst[0], self.burst[1] + 1)
         self.paused_until = time.monotonic() + ACCEPT_PAUSE
 
+    def resume_if_due(self, now: float) -> None:
+        """The pause is over at ``now``: accept again."""
+        if self.paused_until and now >= self.paused_until:
+            self.paused_until = 0.0
+
     def close(self) -> None:
         """Close the listener: the kernel refuses new clients from now on."""
         if self.listener is not None:
@@ -105,6 +109,10 @@ class Connections:
         self.service = service
         self.close_in_child = loop.close_in_child
         self.pending: collections.deque[tuple[socket.socket, Any]] = collections.deque()
+
+    def use(self, service: Service) -> None:
+        """A reload's service: children forked from now on run it."""
+        self.service = service
 
     def fork(self, conn: socket.socket, peer: Any) -> None:
         """Admit ``conn`` and fork a child that serves it; the parent's copy is closed
@@ -277,7 +285,7 @@ class ForkModel:
 
     def apply_reload(self, plan: Any) -> None:
         """A reload's new limit applies from the next accept; children are untouched."""
-        self.conns.service = plan.service
+        self.conns.use(plan.service)
         if plan.max_conns is not None:
             self.max_conns = plan.max_conns
 
@@ -292,9 +300,9 @@ class ForkModel:
         want = self.loop.stopping is None and self.has_slot() and not self.acceptor.paused_until
         if want != self.listening:
             if want:
-                self.loop.sel.register(listener, selectors.EVENT_READ, self.on_listener)
+                self.loop.watch(listener, self.on_listener)
             else:
-                self.loop.sel.unregister(listener)
+                self.loop.unwatch(listener)
             self.listening = want
 
     def on_listener(self, mask: int) -> None:
@@ -313,8 +321,7 @@ class ForkModel:
         return (self.acceptor.paused_until or None) if self.acceptor.listener is not None else None
 
     def on_deadline(self, now: float) -> None:
-        if self.acceptor.paused_until and now >= self.acceptor.paused_until:
-            self.acceptor.paused_until = 0.0
+        self.acceptor.resume_if_due(now)
 
     def before_exits(self, now: float) -> None:
         """Nothing to read first: children report nothing but their exit."""
@@ -330,7 +337,7 @@ class ForkModel:
         if drain:
             self.conns.drain()
         if self.listening and self.acceptor.listener is not None:
-            self.loop.sel.unregister(self.acceptor.listener)
+            self.loop.unwatch(self.acceptor.listener)
             self.listening = False
         self.acceptor.close()
         self.conns.serve_pending(self.has_slot)

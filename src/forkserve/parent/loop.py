@@ -98,6 +98,21 @@ class Loop:
         self.model = model
         self.timed.append(model)
 
+    def watch(self, fileobj: Any, callback: Callable[[int], object]) -> None:
+        """Call ``callback(mask)`` whenever ``fileobj`` is readable."""
+        self.sel.register(fileobj, selectors.EVENT_READ, callback)
+
+    def unwatch(self, fileobj: Any) -> None:
+        self.sel.unregister(fileobj)
+
+    def add_timer(self, timed: Any) -> None:
+        """Ask ``timed.deadline()`` before each wait; call ``timed.on_deadline(now)``
+        after it."""
+        self.timed.append(timed)
+
+    def drop_timer(self, timed: Any) -> None:
+        self.timed.remove(timed)
+
     # -- the loop -------------------------------------------------------------------
 
     def run(self) -> None:
@@ -123,7 +138,7 @@ class Loop:
         self.sigs = None
 
     def start(self, sigs: SignalPipe) -> None:
-        self.sel.register(sigs, selectors.EVENT_READ, lambda mask: sigs.clear())
+        self.watch(sigs, lambda mask: sigs.clear())
         self.log.attach(self.sel)  # a full log is watched until it has room
         if self.endpoint is not None:
             self.endpoint.attach(self.sel)
@@ -294,7 +309,7 @@ class Loop:
         """Count into ``metrics``; serve ``endpoint`` from this loop."""
         self.metrics = metrics
         self.endpoint = endpoint
-        self.timed.append(endpoint)
+        self.add_timer(endpoint)
 
     def add_status(self, status: Status) -> None:
         """Keep systemd informed (READY, STATUS, STOPPING)."""
@@ -312,7 +327,7 @@ class Loop:
 
     def close_endpoint(self) -> None:
         if self.endpoint is not None:
-            self.timed.remove(self.endpoint)
+            self.drop_timer(self.endpoint)
             self.endpoint.close()
             self.endpoint = None
 

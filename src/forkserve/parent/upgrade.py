@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fcntl  # here, not in the child: after --user the stdlib may be unreadable
 import os
-import selectors
 import signal
 import sys
 
@@ -65,8 +64,8 @@ class Upgrade:
         self.due: float | None = now + timeout
         self.reply = b""
         self.handed_over = False
-        loop.sel.register(ready_r, selectors.EVENT_READ, self.on_pipe)
-        loop.timed.append(self)
+        loop.watch(ready_r, self.on_pipe)
+        loop.add_timer(self)
         loop.children.adopt(pid, self)
 
     def on_pipe(self, mask: int) -> None:
@@ -116,12 +115,12 @@ class Upgrade:
     def finish(self) -> None:
         """Stop waiting for the new master: close the pipe, drop the deadline."""
         if self.ready_r >= 0:
-            self.loop.sel.unregister(self.ready_r)
+            self.loop.unwatch(self.ready_r)
             os.close(self.ready_r)
             self.ready_r = -1
         if self.due is not None:
             self.due = None
-            self.loop.timed.remove(self)
+            self.loop.drop_timer(self)
 
     def close_in_child(self) -> None:
         if self.ready_r >= 0:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno
 import os
 import select
-import selectors
 import signal
 import socket
 import time
@@ -100,7 +99,7 @@ class Pool:
         return {"active": self.busy(), "limit": self.capacity(), "workers": workers}
 
     def start(self) -> None:
-        self.loop.sel.register(self.table.status_r, selectors.EVENT_READ, self.on_status)
+        self.loop.watch(self.table.status_r, self.on_status)
         assert self.listener is not None
         self.probe.register(self.listener.fileno(), select.POLLIN)
         self.maintain(time.monotonic())
@@ -135,7 +134,7 @@ class Pool:
         self.table.add(pid, now, ours)
         self.children.add(pid, "worker", -1, self)
         if ours is not None:
-            self.loop.sel.register(ours, selectors.EVENT_READ, lambda mask: self.on_channel(pid))
+            self.loop.watch(ours, lambda mask: self.on_channel(pid))
         self.log.debug("worker-start", pid=pid, workers=len(self.workers))
         return True
 
@@ -243,7 +242,8 @@ class Pool:
         exits now, a busy one after its connection) and new ones are forked with
         the new settings at once. Otherwise the pool is left as it is.
         """
-        self.service = self.conns.service = plan.service
+        self.service = plan.service
+        self.conns.use(plan.service)
         if plan.pool is not None:
             self.policy.configure(plan.pool)
         asking = self.admission.policy.gate.limits_sources

@@ -61,7 +61,7 @@ class WorkerTable:
         self.release_source(worker)
         channel = self.channels.pop(pid, None)
         if channel is not None:
-            self.loop.sel.unregister(channel)
+            self.loop.unwatch(channel)
             channel.close()
         if worker.state == "busy":
             self.connection_ended(worker, now, status)

@@ -62,8 +62,10 @@ class Loop:
         ready: Callable[[], None] | None = None,
         reloader: Callable[[], None] | None = None,
         upgrade_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = log
+        self.clock = clock  # monotonic seconds (a unit test passes a fake clock)
         self.grace = grace
         self.ready = ready
         self.sel: selectors.BaseSelector = selectors.DefaultSelector()
@@ -131,7 +133,7 @@ class Loop:
                         self.on_signals(sigs.take())
                     for key, mask in events:
                         key.data(mask)
-                    self.on_deadlines(time.monotonic())
+                    self.on_deadlines(self.clock())
             finally:
                 self.log.detach()
                 self.close_endpoint()
@@ -160,7 +162,7 @@ class Loop:
             due = timed.deadline()
             if due is not None and (soonest is None or due < soonest):
                 soonest = due
-        return None if soonest is None else max(0.0, soonest - time.monotonic())
+        return None if soonest is None else max(0.0, soonest - self.clock())
 
     def on_signals(self, signals: list[int]) -> None:
         """Each signal's action (``actions``), in order; SIGCHLD once, last."""
@@ -214,7 +216,7 @@ class Loop:
     def on_child(self, number: int) -> None:
         """Reap every finished child; hand each exit to its owner."""
         exits = self.children.reap()
-        now = time.monotonic()
+        now = self.clock()
         self.model.before_exits(now)
         for ended in exits:
             self.admission.forget(ended)
@@ -239,7 +241,7 @@ class Loop:
             grace=f"{self.grace}s",
         )
         self.phase = "drain"
-        self.deadline = time.monotonic() + self.grace
+        self.deadline = self.clock() + self.grace
 
     def stop_fast(self, signame: str) -> None:
         if self.stopping is None:
@@ -255,7 +257,7 @@ class Loop:
             self.log.notice("terminate", signal="SIGTERM", children=len(self.children))
         self.model.terminate()
         self.phase = "term"
-        self.deadline = time.monotonic() + KILL_AFTER
+        self.deadline = self.clock() + KILL_AFTER
 
     def hand_over(self, new_pid: int) -> None:
         """The new master serves: stop accepting, without a drain of the shared queue.
@@ -275,7 +277,7 @@ class Loop:
         self.model.stop(drain=False, shared=True)
         self.close_endpoint()
         self.phase = "drain"
-        self.deadline = time.monotonic() + self.grace
+        self.deadline = self.clock() + self.grace
         self.log.notice(
             "stop",
             signal="SIGUSR2",
@@ -303,7 +305,7 @@ class Loop:
 
     def notify(self) -> None:
         if self.status is not None:
-            self.status.update(self.stopping is not None, self.active(), time.monotonic())
+            self.status.update(self.stopping is not None, self.active(), self.clock())
 
     def add_metrics(self, metrics: Metrics, endpoint: MetricsEndpoint) -> None:
         """Count into ``metrics``; serve ``endpoint`` from this loop."""

@@ -27,7 +27,7 @@ Signals, as the supervisor uses them:
     SIGQUIT: end now: the worker dies by SIGTERM, as a fork-mode child would.
     EOF on the "alive" pipe (the supervisor is stopping, or gone): exit once idle.
     At a stop the supervisor also shuts the listening socket down (after serving
-    what was queued: see PreforkLoop.begin_graceful_stop); accept then fails with
+    what was queued: see prefork.pool, Pool.stop); accept then fails with
     EINVAL, which also means: exit.
 """
 

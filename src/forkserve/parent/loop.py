@@ -53,6 +53,29 @@ class Loop:
     ("kill"). Fast (SIGQUIT, a second SIGINT): straight to "term".
     """
 
+    __slots__ = (
+        "actions",
+        "admission",
+        "children",
+        "clock",
+        "deadline",
+        "endpoint",
+        "events",
+        "grace",
+        "log",
+        "metrics",
+        "model",
+        "phase",
+        "ready",
+        "reloading",
+        "sel",
+        "sigs",
+        "status",
+        "stopping",
+        "timed",
+        "upgrading",
+    )
+
     def __init__(
         self,
         log: Log,

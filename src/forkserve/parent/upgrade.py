@@ -56,6 +56,16 @@ class Upgrade:
     child table as this object's (``on_exit``), counted as no connection.
     """
 
+    __slots__ = (
+        "due",
+        "handed_over",
+        "loop",
+        "pid",
+        "ready_r",
+        "reply",
+        "timeout",
+    )
+
     def __init__(self, loop: Loop, pid: int, ready_r: int, now: float, timeout: float) -> None:
         self.loop = loop
         self.pid = pid

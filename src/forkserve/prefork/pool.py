@@ -49,6 +49,25 @@ SPAWN_ERRNOS = CAPACITY_ERRNOS | {errno.EAGAIN}
 class Pool:
     """The prefork supervisor's process model. See the module docstring."""
 
+    __slots__ = (
+        "acceptor",
+        "admission",
+        "alive_r",
+        "alive_w",
+        "asking",
+        "children",
+        "conns",
+        "log",
+        "loop",
+        "policy",
+        "probe",
+        "service",
+        "spawn_burst",
+        "table",
+        "waited",
+        "workers",
+    )
+
     def __init__(
         self, loop: Loop, listener: Listener, service: Service, policy: PoolPolicy
     ) -> None:

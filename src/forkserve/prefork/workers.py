@@ -31,6 +31,20 @@ class WorkerTable:
     and the supervisor's end of each worker's channel, closed when it is reaped.
     """
 
+    __slots__ = (
+        "admission",
+        "channels",
+        "children",
+        "counts",
+        "lifetimes",
+        "log",
+        "loop",
+        "policy",
+        "status_r",
+        "status_w",
+        "workers",
+    )
+
     def __init__(self, loop: Loop, policy: PoolPolicy) -> None:
         self.loop = loop
         self.log = loop.log

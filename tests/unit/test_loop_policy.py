@@ -79,7 +79,7 @@ class Fixture:
         self.children = Children()
         self.loop.children = self.children
         self.model = Model()
-        self.loop.use(self.model)
+        self.loop.use(self.model)  # type: ignore[arg-type]  # records any call
 
     def events(self) -> list[str]:
         with open(self.path) as f:

@@ -7,12 +7,19 @@ ready (every descriptor in the selector carries its callback), then deadlines. T
 only timeouts are the ones a state needs, so an idle parent sleeps in epoll_wait with
 no timeout and uses no CPU.
 
-What differs between fork mode and prefork is the process model (parent.forkmodel,
-prefork.pool), an object with a few methods: ``start``, ``has_slot``/``busy``/
-``capacity``, ``stop``, ``expire``, ``terminate``, ``after_exits``, ``deadline``/
-``on_deadline``, ``resize``, ``apply_reload``, ``gauges``, ``close_in_child``,
-``close``; its children's exits come to it (or to what it made them for) through
-``on_exit``. Operations (the metrics endpoint, systemd, upgrade, reload) are objects
+What differs between fork mode and prefork is the process model (parent.forkmodel's
+ForkModel, prefork.pool's Pool), an object the loop calls through a few methods:
+
+- ``start()``, ``before_wait()``: set up; adjust what the selector watches;
+- ``has_slot()``, ``busy()``, ``capacity()``, ``queued()``, ``gauges()``: its load;
+- ``before_exits(now)``, ``after_exits(now)``: around a batch of exits (each exit goes
+  to its child's owner, ``on_exit(ended, now)``: the model, or its ``Connections``);
+- ``stop(drain=, shared=)``, ``expire()``, ``terminate()``: the stop phases;
+- ``deadline()``, ``on_deadline(now)``: its timers;
+- ``resize(step)``, ``apply_reload(plan)``: SIGTTIN/SIGTTOU and SIGHUP;
+- ``close_in_child()``, ``close()``, and ``listener`` (None once closed).
+
+Operations (the metrics endpoint, systemd, upgrade, reload) are objects
 that register their own descriptors and deadlines here.
 """
 
@@ -38,6 +45,7 @@ if TYPE_CHECKING:
     from forkserve._log import Log
     from forkserve.core.metrics import Metrics
     from forkserve.parent.endpoint import MetricsEndpoint
+    from forkserve.parent.model import ProcessModel
     from forkserve.parent.systemd import Status
 
 # After SIGTERM to the children, wait this long before SIGKILL.
@@ -94,7 +102,6 @@ class Loop:
         self.sel: selectors.BaseSelector = selectors.DefaultSelector()
         self.sigs: SignalPipe | None = None
         self.children = ChildTable()
-        self.model: Any = None  # the process model (see the module docstring)
         self.events = Events(log, self.active)
         self.metrics: Metrics | NoMetrics = NoMetrics()
         self.admission = Admission(self, policy if policy is not None else Policy())
@@ -118,7 +125,9 @@ class Loop:
             signal.SIGCHLD: self.on_child,
         }
 
-    def use(self, model: Any) -> None:
+    model: ProcessModel  # set by use(), before run()
+
+    def use(self, model: ProcessModel) -> None:
         """Serve with ``model`` (a process model: see the module docstring)."""
         self.model = model
         self.timed.append(model)

@@ -163,23 +163,13 @@ class Pool:
         Raises:
             OSError: socketpair(2) or fork(2) failed; nothing is left open.
         """
-        assert self.listener is not None
         ours = theirs = None
         worker = None
         policy = self.admission.policy
         try:
             if policy.gate.limits_sources or policy.proxy:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            worker = Worker(
-                self.listener.sock,
-                self.table.status_w,
-                self.alive_r,
-                self.service,
-                self.policy.max_requests,
-                policy=policy,
-                log=self.log,
-                channel=theirs,
-            )
+            worker = self.make_worker(theirs)
 
             def close_in_worker() -> None:
                 self.loop.close_shared_in_child()
@@ -200,6 +190,21 @@ class Pool:
                 worker.wake_r.close()
                 worker.wake_w.close()
         return pid, ours
+
+    def make_worker(self, channel: socket.socket | None) -> Worker:
+        """A worker to fork, with the settings in force now (``channel``: its end
+        of the question channel, if it asks)."""
+        assert self.listener is not None
+        return Worker(
+            self.listener.sock,
+            self.table.status_w,
+            self.alive_r,
+            self.service,
+            self.policy.max_requests,
+            policy=self.admission.policy,
+            log=self.log,
+            channel=channel,
+        )
 
     def spawn_failed(self, number: int, now: float) -> None:
         """Log the first failed spawn of a burst; count the others; back off."""

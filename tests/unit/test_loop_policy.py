@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from forkserve._log import DEBUG, Log
-from forkserve.parent.children import ChildTable
+from forkserve.parent.children import Child, ChildTable, Exited
 from forkserve.parent.loop import KILL_AFTER, Loop
 from forkserve.parent.signals import SERVER_SIGNALS
 
@@ -31,6 +31,7 @@ class Children(ChildTable):
         super().__init__()
         self.live = 0
         self.sent: list[int] = []
+        self.reaped: list[Exited] = []
 
     def __len__(self) -> int:
         return self.live
@@ -38,8 +39,9 @@ class Children(ChildTable):
     def signal_all(self, sig: int) -> None:
         self.sent.append(sig)
 
-    def reap(self) -> list:  # type: ignore[type-arg]
-        return []
+    def reap(self) -> list[Exited]:
+        reaped, self.reaped = self.reaped, []
+        return reaped
 
 
 class Model:
@@ -207,3 +209,42 @@ def test_no_upgrade_once_stopping(fx: Fixture) -> None:
 
 def test_an_idle_loop_waits_without_a_timeout(fx: Fixture) -> None:
     assert fx.loop.timeout() is None
+
+
+class Owner:
+    def __init__(self) -> None:
+        self.exits: list[tuple[int, float]] = []
+
+    def on_exit(self, ended: Exited, now: float) -> None:
+        self.exits.append((ended.pid, now))
+
+
+def test_each_exit_goes_to_its_childs_owner(fx: Fixture) -> None:
+    conns, upgrade = Owner(), Owner()
+    fx.children.reaped = [
+        Exited(11, Child(11, "peer", 0.0, -1, conns), 0, None, False),
+        Exited(12, None, 0, None, False),  # forkserve did not start it
+        Exited(13, Child(13, "peer", 0.0, -1, conns), None, 9, False),
+    ]
+    adopted = Exited(14, None, 0, None, False)
+    adopted.owner = upgrade  # what ChildTable.reap sets for an adopted pid
+    fx.children.reaped.append(adopted)
+    fx.clock.now = 120.0
+    fx.loop.on_signals([signal.SIGCHLD])
+    assert conns.exits == [(11, 120.0), (13, 120.0)]
+    assert upgrade.exits == [(14, 120.0)]
+    assert fx.model.calls == ["before_exits", "after_exits"]
+    assert "end-unknown pid=12 exit=0" in fx.lines()
+
+
+def test_one_counter_per_source_whoever_serves_it() -> None:
+    table = ChildTable()
+    table.add(1, "a", source=7)
+    table.add(2, "b", source=None)  # behind PROXY: no source yet
+    table.counts.add(7)  # a busy prefork worker's connection
+    assert table.open_from(7) == 2
+    table.advertise(2, "c", 7)
+    table.advertise(2, "c", 7)  # once only
+    assert table.open_from(7) == 3
+    table.counts.remove(7)
+    assert table.open_from(7) == 2

@@ -114,7 +114,7 @@ class ReloadPlan:
     def __init__(
         self, new: Mapping[str, object], policy: Policy, service: Service, changed: frozenset[str]
     ) -> None:
-        from forkserve._server import POOL_NAMES
+        from forkserve.prefork.policy import POOL_SETTINGS
 
         level, log_format, grace = (new[k] for k in ("log_level", "log_format", "grace"))
         assert isinstance(level, int) and isinstance(grace, float)
@@ -123,7 +123,7 @@ class ReloadPlan:
         self.upgrade_timeout = float(new["upgrade_timeout"])  # type: ignore[arg-type]
         self.policy = policy
         self.service = service
-        pool = {name: new[name] for name in POOL_NAMES if name in new}
+        pool = {name: new[name] for name in POOL_SETTINGS if name in new}
         self.pool: dict[str, int] | None = pool or None  # type: ignore[assignment]
         limit = new.get("max_conns")
         self.max_conns = limit if isinstance(limit, int) else None

@@ -14,6 +14,7 @@ from forkserve.child.handler import Handler, echo
 from forkserve.config.values import Settings
 from forkserve.core.address import parse_listen_address
 from forkserve.core.names import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
+from forkserve.core.names import PREFORK
 from forkserve.parent.assemble import (
     bind_metrics,
     check_settings,
@@ -23,10 +24,11 @@ from forkserve.parent.assemble import (
     serve_metrics,
     take_handover,
 )
-from forkserve.parent.forkmodel import ForkLoop
+from forkserve.parent.forkmodel import ForkModel
 from forkserve.parent.listeners import Listener
-from forkserve.parent.loop import Supervisor
-from forkserve.prefork.pool import PreforkLoop
+from forkserve.parent.loop import Loop
+from forkserve.prefork.policy import PoolPolicy
+from forkserve.prefork.pool import Pool
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -166,7 +168,7 @@ class Server:
 
         self.identity = resolve_identity(settings.user, settings.group)
         self.reload_source = reload
-        self.loop: Supervisor | None = None
+        self.loop: Loop | None = None
         self.handover = take_handover()
         self.open_sockets(address, settings.backlog, fd, settings.metrics, metrics_fd)
 
@@ -249,44 +251,32 @@ class Server:
             self.log.stopping()
         self.log.notice("stopped", pid=os.getpid())
 
-    def make_loop(self, announce: Callable[[], None]) -> Supervisor:
-        """The chosen process model's loop."""
+    def make_loop(self, announce: Callable[[], None]) -> Loop:
+        """The loop, serving with the chosen process model."""
         settings = self.settings
-        min_spare, max_spare, max_workers, max_requests = settings.pool
-        if settings.mode == "prefork":
-            return PreforkLoop(
-                self.listener,
-                self.service,
-                self.log,
-                min_spare=min_spare,
-                max_spare=max_spare,
-                max_workers=max_workers,
-                max_requests=max_requests,
-                grace=settings.grace,
-                ready=announce,
-                policy=self.policy,
-            )
-        return ForkLoop(
-            self.listener,
-            self.service,
+        loop = Loop(
             self.log,
-            max_conns=settings.max_conns,
+            self.policy,
             grace=settings.grace,
             ready=announce,
-            policy=self.policy,
+            reloader=self.reload,
+            upgrade_timeout=settings.upgrade_timeout,
         )
+        if settings.mode == PREFORK:
+            loop.use(Pool(loop, self.listener, self.service, PoolPolicy(*settings.pool)))
+        else:
+            loop.use(ForkModel(loop, self.listener, self.service, settings.max_conns))
+        return loop
 
-    def attach_operations(self, loop: Supervisor) -> None:
-        """Reload, upgrade, metrics and systemd, as far as they are asked for."""
+    def attach_operations(self, loop: Loop) -> None:
+        """Metrics and systemd, as far as they are asked for."""
         self.loop = loop
-        loop.reloader = self.reload
-        loop.upgrade_timeout = self.settings.upgrade_timeout
         if self.endpoint is not None:
             serve_metrics(loop, self.endpoint, self.settings.mode, self.log)
         if self.notifier is not None:
             from forkserve.parent.systemd import Status
 
-            loop.status = Status(self.notifier, upgraded=self.handover is not None)
+            loop.add_status(Status(self.notifier, upgraded=self.handover is not None))
 
     def log_listen(self) -> None:
         mode = self.settings.mode

@@ -19,8 +19,8 @@ from forkserve.child.handler import Service
 from forkserve.config.reload import ReloadPlan, reload
 from forkserve.config.values import Settings
 from forkserve.core.gate import Policy
-from forkserve.parent.forkmodel import ForkLoop
-from forkserve.parent.loop import Supervisor
+from forkserve.parent.forkmodel import ForkModel
+from forkserve.parent.loop import Loop
 
 
 class Source:
@@ -49,7 +49,7 @@ def lines(read: int) -> str:
     return os.read(read, 65536).decode()
 
 
-def make(settings: Settings, log: Log, source: Source) -> tuple[Server, Supervisor]:
+def make(settings: Settings, log: Log, source: Source) -> tuple[Server, Loop]:
     server = Server(("127.0.0.1", 0), settings=settings, log=log, reload=source)
     loop = server.make_loop(lambda: None)
     server.attach_operations(loop)
@@ -62,20 +62,21 @@ def test_a_fork_mode_reload_applies_its_plan(logged: tuple[Log, int]) -> None:
     old = Settings(max_conns=5, grace=1.0, per_ip=2)
     server, loop = make(old, log, source)
     try:
-        old_gate = loop.gate
+        old_gate = loop.admission.policy.gate
         new = old.replace(max_conns=7, grace=2.0, upgrade_timeout=3.0, log_format="json")
         new = new.replace(ipv6_prefix=48, max_lifetime=9.0)  # a new process's only
         source.answer = (new, ["max-conns", "grace", "upgrade-timeout"], ["ipv6-prefix"])
         reload(server)
         assert loop.grace == 2.0
-        assert loop.upgrade_timeout == 3.0
-        assert loop.policy is server.policy
-        assert loop.gate is server.policy.gate and loop.gate is not old_gate
-        assert loop.gate.ipv6_prefix == 64 and loop.policy.max_lifetime == 0.0
+        assert loop.upgrading.timeout == 3.0
+        policy = loop.admission.policy
+        assert policy is server.policy
+        assert policy.gate is not old_gate
+        assert policy.gate.ipv6_prefix == 64 and policy.max_lifetime == 0.0
         assert log.format == "json"
         assert server.settings.max_conns == 7
         assert server.settings.ipv6_prefix == 64
-        assert isinstance(loop, ForkLoop) and loop.max_conns == 7
+        assert isinstance(loop.model, ForkModel) and loop.model.max_conns == 7
         (line,) = [json.loads(text) for text in lines(read).splitlines()]
         assert line["event"] == "reload"
         assert line["changed"] == "max-conns,grace,upgrade-timeout"
@@ -89,15 +90,17 @@ def test_a_refused_reload_changes_nothing(logged: tuple[Log, int]) -> None:
     log, read = logged
     server, loop = make(Settings(max_conns=5), log, Source())
     try:
-        policy, service = loop.policy, loop.service
+        assert isinstance(loop.model, ForkModel)
+        policy, service = loop.admission.policy, loop.model.conns.service
         reload(server)
-        assert (loop.policy, loop.service, loop.grace) == (policy, service, 10.0)
+        assert (loop.admission.policy, loop.model.conns.service) == (policy, service)
+        assert loop.grace == 10.0
         assert "reload-failed error=\"config file 'x.toml': grace" in lines(read)
         source = Source()
         source.answer = (server.settings.replace(max_spare=0), ["max-spare"], [])
         server.reload_source = source
         reload(server)
-        assert "reload-failed" in lines(read) and loop.policy is policy
+        assert "reload-failed" in lines(read) and loop.admission.policy is policy
     finally:
         loop.sel.close()
         server.close()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from forkserve.child.edge import Edge
     from forkserve.config.values import Settings
     from forkserve.parent.endpoint import MetricsEndpoint
-    from forkserve.parent.loop import Supervisor
+    from forkserve.parent.loop import Loop
     from forkserve.parent.upgrade import Handover
 
 # The metrics endpoint's listen queue: scrapers are few.
@@ -93,18 +93,17 @@ def bind_metrics(address: tuple[str, int] | str | None, fd: int | None) -> Metri
     return MetricsEndpoint(Listener.bind(host, port, ENDPOINT_BACKLOG))
 
 
-def serve_metrics(loop: Supervisor, endpoint: MetricsEndpoint, mode: str, log: Log) -> None:
+def serve_metrics(loop: Loop, endpoint: MetricsEndpoint, mode: str, log: Log) -> None:
     """Give ``loop`` the counters and the endpoint that serves them."""
     from forkserve.core.metrics import Metrics, answer, rejection_reasons
 
     metrics = Metrics(mode)
-    loop.metrics = metrics
-    loop.endpoint = endpoint
+    loop.add_metrics(metrics, endpoint)
 
     def render() -> bytes:
         # The gate in force now: a reload may have added a limit, whose reason then
         # shows at 0 from this scrape on.
-        gate = loop.gate
+        gate = loop.admission.policy.gate
         reasons = rejection_reasons(
             gate.rules is not None, bool(gate.per_ip), gate.buckets is not None
         )

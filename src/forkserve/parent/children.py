@@ -1,4 +1,10 @@
-"""The table of live children, and reaping them."""
+"""The table of live children, who owns each, and reaping them.
+
+Every child has an owner: the object that started it and is handed its exit (the
+fork model's connections, the prefork pool's workers, an upgrade's new master). The
+table counts connections per source (``SourceCounts``, shared with the prefork pool,
+whose busy workers count there too).
+"""
 
 from __future__ import annotations
 
@@ -6,29 +12,61 @@ import os
 import signal
 import time
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
+if TYPE_CHECKING:
+    from typing import Any
+
+
+class SourceCounts:
+    """Connections open per source (see core.gate.source_key): the one counter the
+    gate's per-source limits read, in both process models."""
+
+    __slots__ = ("_open",)
+
+    def __init__(self) -> None:
+        self._open: dict[int, int] = {}
+
+    def open_from(self, source: int) -> int:
+        return self._open.get(source, 0)
+
+    def add(self, source: int) -> None:
+        self._open[source] = self._open.get(source, 0) + 1
+
+    def remove(self, source: int) -> None:
+        left = self._open[source] - 1
+        if left:
+            self._open[source] = left
+        else:
+            del self._open[source]
+
 
 class Child:
     """A forked child: its pid (also its process group), its peer, its source (the
     key its connection counts against: see core.gate.source_key; None while it counts
-    against none, until its PROXY header names the client), when it started.
+    against none, until its PROXY header names the client), when it started, and its
+    owner (whose ``on_exit(ended, now)`` is handed its exit).
 
     A plain class with slots, not a dataclass: dataclasses imports inspect and ast,
     memory the parent would carry into every fork.
     """
 
-    __slots__ = ("peer", "pid", "source", "started")
+    __slots__ = ("owner", "peer", "pid", "source", "started")
 
-    def __init__(self, pid: int, peer: str, started: float, source: int | None = -1) -> None:
+    def __init__(
+        self, pid: int, peer: str, started: float, source: int | None = -1, owner: Any = None
+    ) -> None:
         self.pid = pid
         self.peer = peer
         self.started = started
         self.source = source
+        self.owner = owner
 
 
 class Exited:
-    """A reaped child. ``child`` is None for a pid forkserve did not start."""
+    """A reaped child. ``child`` is None for a pid that is no connection's or
+    worker's; ``owner`` is who started it (None: forkserve did not)."""
 
-    __slots__ = ("child", "core_dumped", "exit_code", "pid", "signal_number")
+    __slots__ = ("child", "core_dumped", "exit_code", "owner", "pid", "signal_number")
 
     def __init__(
         self,
@@ -43,6 +81,7 @@ class Exited:
         self.exit_code = exit_code
         self.signal_number = signal_number
         self.core_dumped = core_dumped
+        self.owner = child.owner if child is not None else None
 
     def status_fields(self) -> dict[str, object]:
         """Log fields: ``exit=N``, or ``signal=SIGKILL(9)`` (plus ``core=yes``)."""
@@ -74,12 +113,15 @@ class ChildTable:
 
     Each child leads its own process group (see parent.fork). A source's count drops
     whatever way its child ends (exit, crash, kill), because reaping is the only way
-    out of the table: systemd leaked such counts (issue 20685).
+    out of the table: systemd leaked such counts (issue 20685). Children that serve
+    nothing (an upgrade's new master) are ``adopt``-ed: not counted, not signalled at
+    a stop, but their exit still goes to their owner.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, counts: SourceCounts | None = None) -> None:
         self._children: dict[int, Child] = {}
-        self._per_source: dict[int, int] = {}
+        self.counts = counts if counts is not None else SourceCounts()
+        self._others: dict[int, Any] = {}  # adopted: pid -> owner
 
     def __len__(self) -> int:
         return len(self._children)
@@ -90,13 +132,18 @@ class ChildTable:
     def get(self, pid: int) -> Child | None:
         return self._children.get(pid)
 
-    def add(self, pid: int, peer: str, source: int | None = -1) -> Child:
-        """A new child, counted against ``source`` (None: against none yet)."""
-        child = Child(pid, peer, time.monotonic(), source)
+    def add(self, pid: int, peer: str, source: int | None = -1, owner: Any = None) -> Child:
+        """A new child, counted against ``source`` (None: against none yet), whose
+        exit goes to ``owner``."""
+        child = Child(pid, peer, time.monotonic(), source, owner)
         self._children[pid] = child
         if source is not None:
-            self._per_source[source] = self._per_source.get(source, 0) + 1
+            self.counts.add(source)
         return child
+
+    def adopt(self, pid: int, owner: Any) -> None:
+        """A child that is no connection's (see the class docstring)."""
+        self._others[pid] = owner
 
     def advertise(self, pid: int, peer: str, source: int | None) -> None:
         """A child's PROXY header named its client: log it as ``peer`` from now on,
@@ -108,20 +155,16 @@ class ChildTable:
         child.peer = peer
         if source is not None and child.source is None:
             child.source = source
-            self._per_source[source] = self._per_source.get(source, 0) + 1
+            self.counts.add(source)
 
     def open_from(self, source: int) -> int:
         """Children now serving ``source``."""
-        return self._per_source.get(source, 0)
+        return self.counts.open_from(source)
 
     def _remove(self, pid: int) -> Child | None:
         child = self._children.pop(pid, None)
         if child is not None and child.source is not None:
-            left = self._per_source[child.source] - 1
-            if left:
-                self._per_source[child.source] = left
-            else:
-                del self._per_source[child.source]
+            self.counts.remove(child.source)
         return child
 
     def reap(self) -> list[Exited]:
@@ -138,7 +181,10 @@ class ChildTable:
                 return exited
             if pid == 0:
                 return exited
-            exited.append(decode_status(pid, status, self._remove(pid)))
+            ended = decode_status(pid, status, self._remove(pid))
+            if ended.child is None and self._others:
+                ended.owner = self._others.pop(pid, None)
+            exited.append(ended)
 
     def pids(self) -> list[int]:
         return list(self._children)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fcntl  # here, not in the child: after --user the stdlib may be unreadable
 import os
-import selectors
 import signal
 import sys
 
@@ -37,12 +36,12 @@ if TYPE_CHECKING:
 
     from forkserve._log import Log
     from forkserve.parent.children import Exited
-    from forkserve.parent.loop import Supervisor
+    from forkserve.parent.loop import Loop
 
 UPGRADE_FROM = "FORKSERVE_UPGRADE_FROM"
 READY_FD = "FORKSERVE_READY_FD"
 # Set when the old master had bound the listener itself (not systemd): the new master
-# then owns it too, and a prefork stop may shut it down (see PreforkLoop).
+# then owns it too, and a prefork stop may shut it down (see prefork.pool).
 OWNED = "FORKSERVE_LISTEN_OWNED"
 UPGRADE_VARIABLES = (UPGRADE_FROM, READY_FD, OWNED)
 
@@ -52,17 +51,32 @@ class Upgrade:
     (once handed over) only remembering its pid, which is still the old master's child.
 
     Resource handling: owns the read end of the ready pipe, registered in the loop's
-    selector until the new master answers, fails or times out.
+    selector until the new master answers, fails or times out; its deadline is
+    registered with the loop as long as it waits. The new master is in the loop's
+    child table as this object's (``on_exit``), counted as no connection.
     """
 
-    def __init__(self, loop: Supervisor, pid: int, ready_r: int, now: float) -> None:
+    __slots__ = (
+        "due",
+        "handed_over",
+        "loop",
+        "pid",
+        "ready_r",
+        "reply",
+        "timeout",
+    )
+
+    def __init__(self, loop: Loop, pid: int, ready_r: int, now: float, timeout: float) -> None:
         self.loop = loop
         self.pid = pid
         self.ready_r = ready_r
-        self.deadline: float | None = now + loop.upgrade_timeout
+        self.timeout = timeout
+        self.due: float | None = now + timeout
         self.reply = b""
         self.handed_over = False
-        loop.sel.register(ready_r, selectors.EVENT_READ, self.on_pipe)
+        loop.watch(ready_r, self.on_pipe)
+        loop.add_timer(self)
+        loop.children.adopt(pid, self)
 
     def on_pipe(self, mask: int) -> None:
         if self.ready_r < 0:
@@ -84,64 +98,62 @@ class Upgrade:
         self.loop.log.warning("upgrade-failed", pid=self.pid, reason=reason)
         self.loop.metrics.operation("upgrade-failed")
 
+    def deadline(self) -> float | None:
+        return self.due
+
     def on_deadline(self, now: float) -> None:
-        if self.deadline is not None and now >= self.deadline:
+        if self.due is not None and now >= self.due:
             self.finish()
             self.loop.log.warning(
-                "upgrade-failed",
-                pid=self.pid,
-                reason="timeout",
-                timeout=f"{self.loop.upgrade_timeout}s",
+                "upgrade-failed", pid=self.pid, reason="timeout", timeout=f"{self.timeout}s"
             )
             self.loop.metrics.operation("upgrade-failed")
             # SIGTERM: a graceful stop of the new master, which closes its copies of
             # the sockets and never shuts them down (they are not its own yet).
             os.kill(self.pid, signal.SIGTERM)
 
-    def take_exit(self, exits: list[Exited]) -> list[Exited]:
-        """Handle the new master's exit, if it is among ``exits``; return the others."""
-        for ended in exits:
-            if ended.pid == self.pid:
-                if self.ready_r >= 0:  # reaped before its pipe was read: read it now
-                    self.on_pipe(0)
-                if self.ready_r >= 0:  # no READY, no end of file (a child holds it)
-                    self.failed("exited-before-ready")
-                self.finish()
-                self.loop.log.notice("upgrade-exit", pid=self.pid, **ended.status_fields())
-                if not self.handed_over:
-                    self.loop.upgrade = None  # failed: a later SIGUSR2 may try again
-        return [ended for ended in exits if ended.pid != self.pid]
+    def on_exit(self, ended: Exited, now: float) -> None:
+        """The new master exited (it failed, or it ended long after the handover)."""
+        if self.ready_r >= 0:  # reaped before its pipe was read: read it now
+            self.on_pipe(0)
+        if self.ready_r >= 0:  # no READY, no end of file (a child holds it)
+            self.failed("exited-before-ready")
+        self.finish()
+        self.loop.log.notice("upgrade-exit", pid=self.pid, **ended.status_fields())
+        self.loop.upgrading.ended(self)
 
     def finish(self) -> None:
-        """Stop waiting for the new master: close the pipe."""
+        """Stop waiting for the new master: close the pipe, drop the deadline."""
         if self.ready_r >= 0:
-            self.loop.sel.unregister(self.ready_r)
+            self.loop.unwatch(self.ready_r)
             os.close(self.ready_r)
             self.ready_r = -1
-        self.deadline = None
+        if self.due is not None:
+            self.due = None
+            self.loop.drop_timer(self)
 
     def close_in_child(self) -> None:
         if self.ready_r >= 0:
             os.close(self.ready_r)
 
 
-def start_upgrade(loop: Supervisor, now: float) -> Upgrade | None:
+def start_upgrade(loop: Loop, now: float, timeout: float) -> Upgrade | None:
     """SIGUSR2: start the new master; None (logged) if it could not be started."""
-    assert loop.listener is not None
-    sockets = [(loop.listener.fileno(), "forkserve")]
+    listener = loop.model.listener
+    assert listener is not None
+    sockets = [(listener.fileno(), "forkserve")]
     if loop.endpoint is not None:
         sockets.append((loop.endpoint.listener.fileno(), METRICS_NAME))
     notify = loop.status.notifier.value if loop.status is not None else None
     try:
         pid, ready_r = start_new_master(
-            sockets, loop.listener.owned, notify, loop.close_in_child, loop.log
+            sockets, listener.owned, notify, loop.close_in_child, loop.log
         )
     except OSError as exc:
-        name = errno_name(exc.errno)
-        loop.log.warning("upgrade-failed", reason="fork", error=name)
+        loop.log.warning("upgrade-failed", reason="fork", error=errno_name(exc.errno))
         return None
     loop.log.notice("upgrade", pid=pid, argv=" ".join(sys.orig_argv))
-    return Upgrade(loop, pid, ready_r, now)
+    return Upgrade(loop, pid, ready_r, now, timeout)
 
 
 def start_new_master(

@@ -27,7 +27,7 @@ Signals, as the supervisor uses them:
     SIGQUIT: end now: the worker dies by SIGTERM, as a fork-mode child would.
     EOF on the "alive" pipe (the supervisor is stopping, or gone): exit once idle.
     At a stop the supervisor also shuts the listening socket down (after serving
-    what was queued: see PreforkLoop.begin_graceful_stop); accept then fails with
+    what was queued: see prefork.pool, Pool.stop); accept then fails with
     EINVAL, which also means: exit.
 """
 
@@ -53,25 +53,11 @@ from forkserve.parent.listeners import (
     ACCEPT_RETRY,
     accept_action,
 )
+from forkserve.prefork.wire import encode
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
     from types import FrameType
-
-
-def encode(kind: str, pid: int, detail: str = "") -> bytes:
-    """One status datagram: ``KIND PID DETAIL``."""
-    return f"{kind} {pid} {detail}".encode("utf-8", "backslashreplace")
-
-
-def decode(data: bytes) -> tuple[str, int, str]:
-    """Split a status datagram into ``(kind, pid, detail)``.
-
-    Raises:
-        ValueError: not a datagram ``encode`` wrote.
-    """
-    kind, pid, detail = data.decode("utf-8", "replace").split(" ", 2)
-    return kind, int(pid), detail
 
 
 def _die_now(signum: int, frame: FrameType | None) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +135,25 @@ def end_of_data(sock: ssl.SSLSocket) -> bytes:
     return data
 
 
+def release(fifo: Path) -> None:
+    """Write one line to ``fifo`` once its reader (the program) has it open, within
+    WAIT: a blocking open would hang the test if the program never got there."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: no reader yet
+            assert exc.errno == errno.ENXIO, exc
+            assert time.monotonic() < deadline, f"the program never opened {fifo}"
+            time.sleep(0.01)  # polling a fifo for a reader: there is no event to wait on
+            continue
+        try:
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+        return
+
+
 def test_a_program_ends_its_output_over_tls_by_closing_fd_0_and_1(
     start_server: ServerFactory, certs: dict[str, tuple[Path, Path]], tmp_path: Path
 ) -> None:
@@ -149,12 +170,10 @@ def test_a_program_ends_its_output_over_tls_by_closing_fd_0_and_1(
         with pytest.raises(TimeoutError):
             sock.recv(1)  # fd 1 closed, fd 0 open: nothing
         sock.settimeout(WAIT)
-        with fifo.open("w") as go:
-            go.write("\n")  # now fd 0 too
+        release(fifo)  # now fd 0 too
         assert end_of_data(sock) == b""
         assert server.events("end") == []  # the program still runs
-        with fifo.open("w") as go:
-            go.write("\n")
+        release(fifo)
     server.wait_event("end", exit=0)
 
 

@@ -52,19 +52,6 @@ LINGER = 30.0
 # came from it for this long (nginx's lingering_timeout).
 LINGER_IDLE = 5.0
 
-SSL_NAMES = (
-    "SSL_PROTOCOL",
-    "SSL_CIPHER",
-    "SSL_CIPHER_USEKEYSIZE",
-    "SSL_TLS_SNI",
-    "SSL_CLIENT_S_DN",
-    "SSL_CLIENT_S_DN_CN",
-    "SSL_CLIENT_I_DN",
-    "SSL_CLIENT_M_SERIAL",
-    "SSL_CLIENT_V_START",
-    "SSL_CLIENT_V_END",
-)
-
 
 def load_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
     """A server SSLContext: TLS 1.2 or newer, the certificate chain and its key, and

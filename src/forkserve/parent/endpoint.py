@@ -33,7 +33,13 @@ from collections.abc import Callable
 
 from forkserve.core.errnames import errno_name
 from forkserve.core.metrics import MAX_REQUEST, request_complete
-from forkserve.parent.listeners import ACCEPT_PAUSE, CAPACITY_ERRNOS, CONNECTION_ERRNOS, Listener
+from forkserve.parent.listeners import (
+    ACCEPT_BACK_OFF,
+    ACCEPT_PAUSE,
+    ACCEPT_RETRY,
+    Listener,
+    accept_action,
+)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -147,10 +153,11 @@ class MetricsEndpoint:
         except BlockingIOError:
             return None
         except OSError as exc:
-            if exc.errno in CAPACITY_ERRNOS:
+            action = accept_action(exc.errno)
+            if action == ACCEPT_BACK_OFF:
                 self.pause(errno_name(exc.errno))
                 return None
-            if exc.errno in CONNECTION_ERRNOS:
+            if action == ACCEPT_RETRY:
                 return None  # that one is gone; the listener says if more wait
             raise
         if self.burst is not None:

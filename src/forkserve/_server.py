@@ -13,8 +13,8 @@ from forkserve.child.exec import describe as describe_program
 from forkserve.child.handler import Handler, echo
 from forkserve.config.values import Settings
 from forkserve.core.address import parse_listen_address
+from forkserve.core.names import ASYNC, PREFORK
 from forkserve.core.names import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
-from forkserve.core.names import PREFORK
 from forkserve.parent.assemble import (
     bind_metrics,
     check_settings,
@@ -264,6 +264,12 @@ class Server:
         )
         if settings.mode == PREFORK:
             loop.use(Pool(loop, self.listener, self.service, PoolPolicy(*settings.pool)))
+        elif settings.mode == ASYNC:
+            from forkserve.asyncmode.pool import AsyncPool
+
+            workers = settings.workers or os.cpu_count() or 1
+            model = AsyncPool(loop, self.listener, self.service, workers, settings.max_conns)  # type: ignore[arg-type]
+            loop.use(model)
         else:
             loop.use(ForkModel(loop, self.listener, self.service, settings.max_conns))
         return loop
@@ -287,6 +293,9 @@ class Server:
             fields["upgraded_from"] = self.handover.from_pid
         if mode == "prefork":
             fields["max_workers"] = self.settings.max_workers
+        elif mode == ASYNC:
+            fields["workers"] = self.settings.workers or os.cpu_count() or 1
+            fields["max_conns"] = self.settings.max_conns
         else:
             fields["max_conns"] = self.settings.max_conns
         fields["pid"] = os.getpid()

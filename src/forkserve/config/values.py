@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         max_spare: int
         max_workers: int
         max_requests: int
+        workers: int
         backlog: int
         grace: float
         upgrade_timeout: float
@@ -77,6 +78,7 @@ DEFAULTS: dict[str, object] = {
     "max_spare": DEFAULT_MAX_SPARE,
     "max_workers": DEFAULT_MAX_WORKERS,
     "max_requests": 0,
+    "workers": 0,
     "backlog": DEFAULT_BACKLOG,
     "grace": DEFAULT_GRACE,
     "upgrade_timeout": DEFAULT_UPGRADE_TIMEOUT,
@@ -143,6 +145,7 @@ class Settings:
     max_spare: int
     max_workers: int
     max_requests: int
+    workers: int
     backlog: int
     grace: float
     upgrade_timeout: float

@@ -196,3 +196,44 @@ def test_handler_of_the_other_kind_is_a_usage_error(args: list[str], message: st
     assert result.returncode == 100
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_a_handler_that_blocks_its_loop_is_logged(start_server: ServerFactory) -> None:
+    server = start_server(*async_args("--handler", f"{HANDLERS}:nap", workers=1))
+    with connect(server.port) as sock:
+        sock.sendall(b"sleep\n")
+        assert recv_exactly(sock, 5) == b"woke\n"
+    (blocked,) = server.wait_event("loop-blocked")
+    assert float(blocked["seconds"]) >= 0.9  # the handler's time.sleep(1)
+    assert blocked["pid"] == server.events("accept")[0]["pid"]
+
+
+def test_per_ip_holds_across_workers(start_server: ServerFactory) -> None:
+    server = start_server(*async_args("--per-ip", "2", "--reject-message", "busy\\n"))
+    held = [connect(server.port) for _ in range(2)]
+    for sock in held:
+        sock.sendall(b"x")
+        assert recv_exactly(sock, 1) == b"x"
+    for _ in range(3):  # whichever worker takes it, the supervisor counts both
+        with connect(server.port) as extra:
+            assert recv_all(extra) == b"busy\n"
+    rejects = server.wait_event("reject", count=3)
+    assert all(r["reason"] == "per-ip" for r in rejects)
+    held[0].close()
+    server.wait_event("end")
+    assert echo_roundtrip(server.port, b"room again") == b"room again"
+    held[1].close()
+
+
+def test_sigttin_and_sigttou_move_the_worker_count(start_server: ServerFactory) -> None:
+    server = start_server(*async_args(workers=2))
+    wait_until(lambda: len(server.children()) == 2, what="two workers")
+    server.send_signal(signal.SIGTTIN)
+    (pool,) = server.wait_event("pool")
+    assert pool["workers"] == "3"
+    wait_until(lambda: len(server.children()) == 3, what="a third worker")
+    server.send_signal(signal.SIGTTOU)
+    server.send_signal(signal.SIGTTOU)
+    server.wait_event("pool", count=3)
+    wait_until(lambda: len(server.children()) == 1, what="one worker left")
+    assert echo_roundtrip(server.port, b"one") == b"one"

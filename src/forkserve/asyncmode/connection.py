@@ -18,7 +18,8 @@ import os
 import traceback
 
 from forkserve.child.handler import EXIT_HANDLER_OK, EXIT_HANDLER_RAISED, tls_peer_gone
-from forkserve.child.prelude import EXIT_IDLE_TIMEOUT
+from forkserve.child.prelude import EXIT_HANDSHAKE_TIMEOUT, EXIT_IDLE_TIMEOUT
+from forkserve.core.address import format_address
 from forkserve.core.logline import escape_controls
 
 TYPE_CHECKING = False
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from typing import Any, Protocol
 
     from forkserve._log import Log
+    from forkserve.child.edge import Edge
+    from forkserve.core.proxy import ProxyHeader
 
     class AsyncService(Protocol):
         """What ``serve`` reads of asyncmode.service's ``AsyncService`` (a Protocol,
@@ -37,7 +40,9 @@ if TYPE_CHECKING:
         handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, Any]]
         banner: bytes
         idle_timeout: float
+        handshake_timeout: float
         log: Log
+        edge: Edge | None
 
         @property
         def tls(self) -> ssl.SSLContext | None: ...
@@ -45,8 +50,6 @@ if TYPE_CHECKING:
 
 # The stream's buffer: asyncio's default (64 KiB). Reading pauses when it is full.
 STREAM_LIMIT = 64 * 1024
-# With TLS, the handshake must finish within this long (asyncio's default is 60 s).
-TLS_HANDSHAKE_TIMEOUT = 10.0
 # An exit code for a connection whose TLS handshake failed (as child.edge's).
 EXIT_EDGE_FAILED = 0
 
@@ -78,12 +81,18 @@ async def serve(service: AsyncService, sock: socket.socket, peer: Any, number: i
         else asyncio.StreamReaderProtocol(reader, loop=loop)
     )
     context = service.tls
+    banner = service.banner
+    if service.handshake_timeout:
+        if not await first_byte(service, sock, peer):
+            sock.close()
+            return EXIT_HANDSHAKE_TIMEOUT
+        banner = b""  # sent already
     try:
         transport, _ = await loop.connect_accepted_socket(
             lambda: protocol,
             sock,
             ssl=context,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context is not None else None,
+            ssl_handshake_timeout=service.edge.deadline if service.edge and context else None,
         )
     except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
         sock.close()
@@ -91,24 +100,28 @@ async def serve(service: AsyncService, sock: socket.socket, peer: Any, number: i
         return EXIT_EDGE_FAILED
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     try:
-        return await run_handler(service, reader, writer, protocol, number)
+        return await run_handler(
+            service, banner, reader=reader, writer=writer, protocol=protocol, peer=peer
+        )
     finally:
         transport.close()
 
 
 async def run_handler(
     service: AsyncService,
+    banner: bytes,
+    *,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     protocol: asyncio.StreamReaderProtocol,
-    number: int,
+    peer: Any,
 ) -> int:
     """The banner, then the handler (within the idle timeout); its exit code."""
     try:
-        if service.banner:
-            writer.write(service.banner)
+        if banner:
+            writer.write(banner)
         if isinstance(protocol, IdleProtocol):
-            await idle_bounded(service, reader, writer, protocol, number)
+            await idle_bounded(service, reader, writer, protocol, peer)
         else:
             await service.handler(reader, writer)
         if writer.transport.get_write_buffer_size():
@@ -120,7 +133,7 @@ async def run_handler(
     except Exception as exc:  # noqa: BLE001 - a handler's bug ends its connection only
         if tls_peer_gone(exc):
             return EXIT_HANDLER_OK
-        report_error(service, number)
+        report_error(service, format_address(peer))
         return EXIT_HANDLER_RAISED
     return EXIT_HANDLER_OK
 
@@ -130,7 +143,7 @@ async def idle_bounded(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     protocol: IdleProtocol,
-    number: int,
+    peer: Any,
 ) -> None:
     """Run the handler; end it with TimeoutError once nothing arrived for the idle
     timeout (checked once per timeout, not per read: no timer moves on each byte)."""
@@ -149,18 +162,105 @@ async def idle_bounded(
             return
         if loop.time() - protocol.last >= idle:
             task.cancel()
-            service.log.info("idle-timeout", pid=os.getpid(), conn=number, after=f"{idle:g}s")
+            log_timeout(service, peer, "idle", idle)
             raise TimeoutError
 
 
-def report_error(service: AsyncService, number: int) -> None:
+async def read_proxy(
+    edge: Edge, sock: socket.socket, peer: Any, number: int
+) -> tuple[Any, Any] | None:
+    """Read the PROXY header (core.proxy's parser), never a byte past it: return
+    the client and the address it connected to (None, None for a LOCAL header), or
+    None when the connection ends here (untrusted, malformed, closed, too slow:
+    logged as child.edge logs them; ``sock`` is then closed).
+    """
+    from forkserve._errors import ProxyProtocolError
+    from forkserve.core.proxy import ProxyReader
+    from forkserve.core.proxynet import in_networks
+
+    loop = asyncio.get_running_loop()
+    balancer = format_address(peer)
+    host = peer[0] if isinstance(peer, tuple) else ""
+    reader = ProxyReader(edge.proxy)
+    reason = ""
+    if edge.trusted and not in_networks(host, edge.trusted):
+        reason = f"untrusted source {balancer} (see --proxy-from)"
+    try:
+        async with asyncio.timeout(edge.deadline):
+            while reader.result is None and not reason:
+                data = await loop.sock_recv(sock, reader.wanted())
+                if not data:
+                    sock.close()
+                    return None  # a TCP check or a scan: nothing to log
+                reader.feed(data)
+    except ProxyProtocolError as exc:
+        reason = str(exc)
+    except TimeoutError:
+        sock.close()
+        after = f"{edge.deadline:g}s"
+        edge.log.info("timeout", pid=os.getpid(), peer=balancer, kind="handshake", after=after)
+        return None
+    except OSError as exc:
+        reason = type(exc).__name__
+    header = reader.result
+    if header is None:
+        sock.close()
+        edge.log.info("reject", pid=os.getpid(), peer=balancer, reason="proxy", detail=reason)
+        return None
+    log_header(edge, header, balancer, number)
+    return header.source, header.destination
+
+
+def log_header(edge: Edge, header: ProxyHeader, balancer: str, number: int) -> None:
+    """The ``proxy`` line, as child.edge writes it."""
+    fields: dict[str, object] = {"pid": os.getpid(), "conn": number}
+    fields["peer"] = format_address(header.source) if header.source is not None else balancer
+    fields.update(via=balancer, version=header.version)
+    if header.source is None:
+        fields["command"] = header.command if header.version == 2 else header.family
+    if header.authority is not None:
+        fields["authority"] = header.authority
+    edge.log.info("proxy", **fields)
+
+
+async def first_byte(service: AsyncService, sock: socket.socket, peer: Any) -> bool:
+    """--handshake-timeout (without PROXY or TLS): the banner, then wait until the
+    client has sent something; False (logged) when the time ran out first."""
+    loop = asyncio.get_running_loop()
+    if service.banner:
+        await loop.sock_sendall(sock, service.banner)
+    readable = loop.create_future()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(True)
+
+    loop.add_reader(sock.fileno(), ready)
+    try:
+        async with asyncio.timeout(service.handshake_timeout):
+            await readable
+    except TimeoutError:
+        log_timeout(service, peer, "handshake", service.handshake_timeout)
+        return False
+    finally:
+        loop.remove_reader(sock.fileno())
+    return True
+
+
+def log_timeout(service: AsyncService, peer: Any, kind: str, seconds: float) -> None:
+    """The ``timeout`` line, as child.prelude writes it."""
+    after = f"{seconds:g}s"
+    service.log.info("timeout", pid=os.getpid(), peer=format_address(peer), kind=kind, after=after)
+
+
+def report_error(service: AsyncService, peer: str) -> None:
     """The handler's traceback, as a ``handler-error`` event (its text escaped; with
     JSON logs, the traceback is a field of the one line)."""
     text = traceback.format_exc()
     error = text.rstrip("\n").rpartition("\n")[2]
     log = service.log
     if log.format == "json":
-        log.warning("handler-error", pid=os.getpid(), conn=number, error=error, traceback=text)
+        log.warning("handler-error", pid=os.getpid(), peer=peer, error=error, traceback=text)
         return
-    log.warning("handler-error", pid=os.getpid(), conn=number, error=error)
+    log.warning("handler-error", pid=os.getpid(), peer=peer, error=error)
     log.raw(escape_controls(text))

@@ -13,13 +13,16 @@ docs/performance.md ("Async mode").
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import resource
 import signal
 
-from forkserve.asyncmode.connection import serve
+from forkserve.asyncmode.connection import read_proxy, serve
+from forkserve.child.ask import refuse
 from forkserve.core.address import format_address, host_of
 from forkserve.core.errnames import errno_name
+from forkserve.core.gate import QUESTION_SIZE, decode_answer, encode_question
 from forkserve.parent.listeners import (
     ACCEPT_BACK_OFF,
     ACCEPT_CLOSED,
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
         pid: int
         pending: list[int]
         use_uvloop: bool
+        channel: socket.socket | None
+        max_conns: int
 
         @property
         def service(self) -> AsyncService: ...
@@ -64,6 +69,9 @@ ACCEPT_BATCH = 64
 # ``loop-blocked`` by the supervisor.
 TICK = 0.25
 BLOCKED = 0.5
+# Descriptors a worker needs beside its connections: the listener, the status
+# socket, the alive pipe, the eventfd, the loop's own, a handler's files.
+NOFILE_SPARE = 64
 # At SIGQUIT, how long cancelled handlers get to run their cleanup.
 CANCEL_WAIT = 1.0
 
@@ -80,20 +88,74 @@ def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def raise_nofile() -> None:
-    """A worker holds a descriptor per connection: lift the soft limit to the hard one."""
+def raise_nofile(needed: int) -> None:
+    """A worker holds a descriptor per connection: lift the soft limit to ``needed``
+    (--max-conns, and some to spare), the hard one too where it may (root, or
+    CAP_SYS_RESOURCE: up to fs.nr_open); else as far as the hard limit goes."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if soft >= needed or soft == resource.RLIM_INFINITY:
+        return
+    if needed > hard != resource.RLIM_INFINITY:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+        except (ValueError, PermissionError):
+            pass  # not ours to raise: as far as the hard limit goes
+        else:
+            return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
 
 
 def run_worker(worker: AsyncWorker) -> int:
     """The worker's life: serve until told to stop and every connection has ended."""
-    raise_nofile()
+    raise_nofile(worker.max_conns + NOFILE_SPARE)
     loop = new_loop(worker.use_uvloop)
     asyncio.set_event_loop(loop)
     served = Served(worker, loop)
     return loop.run_until_complete(served.main())
+
+
+class Asking:
+    """Questions to the supervisor about the per-source limits (see child.ask), on
+    the worker's channel: sent at once, answered in order, each a future.
+
+    Resource handling: the channel is the worker's (non-blocking from here on).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, channel: socket.socket) -> None:
+        self.loop = loop
+        self.channel = channel
+        channel.setblocking(False)
+        self.waiting: collections.deque[asyncio.Future[int]] = collections.deque()
+        loop.add_reader(channel.fileno(), self.on_answer)
+
+    def ask(self, question: bytes) -> asyncio.Future[int]:
+        """Send ``question``; the future's result is the answer (0: refused).
+
+        A datagram this small fits the channel's buffer unless thousands of
+        questions wait unanswered: the supervisor is gone or stuck, and the worker
+        leaves, as a prefork worker does (child.ask, ``Asker.ask``).
+        """
+        try:
+            self.channel.send(question)
+        except (BlockingIOError, ConnectionError):
+            os._exit(0)
+        future: asyncio.Future[int] = self.loop.create_future()
+        self.waiting.append(future)
+        return future
+
+    def on_answer(self) -> None:
+        while self.waiting:
+            try:
+                data = self.channel.recv(QUESTION_SIZE)
+            except BlockingIOError:
+                return
+            except ConnectionError:
+                data = b""
+            if not data:
+                os._exit(0)  # the supervisor is gone: no one to serve for
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_result(decode_answer(data))
 
 
 class Served:
@@ -110,6 +172,7 @@ class Served:
         self.listen_fd = worker.listener.fileno()
         self.tokens = worker.tokens
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.expired: set[int] = set()  # cancelled at --max-lifetime
         self.number = 0
         self.watching = ""  # "listener", "tokens" or "" (paused, or leaving)
         self.paused: str | None = None  # the errno name while accept lacks a resource
@@ -117,6 +180,8 @@ class Served:
         self.dying = False
         self.done: asyncio.Future[int] = loop.create_future()
         self.due = 0.0
+        channel = worker.channel
+        self.asking = Asking(loop, channel) if channel is not None else None
 
     async def main(self) -> int:
         loop = self.loop
@@ -188,34 +253,108 @@ class Served:
         raise exc
 
     def start(self, sock: socket.socket, peer: Any) -> None:
-        """Admit (the rules are the worker's own) and serve one connection as a task."""
-        peer_text = format_address(peer)
-        gate = self.worker.policy.gate
-        if gate.rules is not None:
-            verdict = gate.check_rules(host_of(peer))
-            if not verdict.allowed:
-                sock.close()
-                os.eventfd_write(self.tokens, 1)
-                self.worker.log.info("deny", pid=self.worker.pid, peer=peer_text, rule=verdict.rule)
-                self.worker.report("D", peer_text)
-                return
+        """Admit (the rules here; the per-source limits by asking the supervisor;
+        behind PROXY, for the client its header names) and serve it as a task."""
         self.number += 1
         number = self.number
+        edge = self.worker.service.edge
+        if (edge is not None and edge.proxy) or self.asking is not None:
+            task = self.loop.create_task(self.admit(sock, peer, number))
+        elif self.allowed(sock, peer):
+            self.worker.report("A", f"{number} {format_address(peer)}")
+            task = self.loop.create_task(self.serve(sock, peer, number))
+        else:
+            return
+        self.tasks[number] = task
+
+    def allowed(self, sock: socket.socket, peer: Any) -> bool:
+        """The rules, applied here; a denied client is closed, logged and reported."""
+        gate = self.worker.policy.gate
+        if gate.rules is None:
+            return True
+        verdict = gate.check_rules(host_of(peer))
+        if verdict.allowed:
+            return True
+        sock.close()
+        os.eventfd_write(self.tokens, 1)
+        peer_text = format_address(peer)
+        self.worker.log.info("deny", pid=self.worker.pid, peer=peer_text, rule=verdict.rule)
+        self.worker.report("D", peer_text)
+        return False
+
+    async def admit(self, sock: socket.socket, peer: Any, number: int) -> None:
+        """The slow way in: the PROXY header first, then the rules, then the question."""
+        edge = self.worker.service.edge
+        if edge is not None and edge.proxy:
+            named = await read_proxy(edge, sock, peer, number)
+            if named is None:
+                self.forget(number)
+                return
+            peer = named[0] if named[0] is not None else peer
+        if not self.allowed(sock, peer):
+            self.forget(number, token=False)
+            return
+        peer_text = format_address(peer)
+        if self.asking is not None:
+            gate = self.worker.policy.gate
+            source = gate.source(host_of(peer))
+            if not await self.asking.ask(encode_question(source, peer_text)):
+                refuse(sock, self.worker.policy.reject_message)  # the supervisor logged it
+                self.forget(number)
+                return
         self.worker.report("A", f"{number} {peer_text}")
-        self.tasks[number] = self.loop.create_task(self.serve(sock, peer, number))
+        await self.serve(sock, peer, number)
+
+    def forget(self, number: int, token: bool = True) -> None:
+        """A connection that ended before it was served."""
+        del self.tasks[number]
+        if token:
+            os.eventfd_write(self.tokens, 1)
+        self.done_if_left()
 
     async def serve(self, sock: socket.socket, peer: Any, number: int) -> None:
+        lifetime = self.worker.policy.max_lifetime
+        timer = self.loop.call_later(lifetime, self.expire, number, peer) if lifetime else None
         try:
             code = await serve(self.worker.service, sock, peer, number)
         except asyncio.CancelledError:
-            raise  # SIGQUIT: the supervisor logs it with the worker's status
+            if number not in self.expired:
+                raise  # SIGQUIT: the supervisor logs it with the worker's status
+            self.expired.discard(number)
+            code = -signal.SIGTERM  # reported as fork mode's child would end
         except Exception:  # noqa: BLE001 - a bug of ours: this connection only
             code = 1
+        if timer is not None:
+            timer.cancel()
         del self.tasks[number]
-        os.eventfd_write(self.tokens, 1)
+        # The report first, then the token: a connection another worker accepts
+        # with it is reported after this end, and the count never reads over the limit.
         self.worker.report("E", f"{number} {code}")
+        os.eventfd_write(self.tokens, 1)
+        self.done_if_left()
+
+    def done_if_left(self) -> None:
         if self.leaving and not self.tasks and not self.done.done():
             self.done.set_result(0)
+
+    def expire(self, number: int, peer: Any) -> None:
+        """--max-lifetime: cancel the connection's handler (its end line says
+        SIGTERM, as a fork-mode child's would)."""
+        task = self.tasks.get(number)
+        if task is None:
+            return
+        self.expired.add(number)
+        after = f"{self.worker.policy.max_lifetime:g}s"
+        peer_text = format_address(peer)
+        self.worker.log.info(
+            "max-lifetime",
+            pid=self.worker.pid,
+            conn=number,
+            peer=peer_text,
+            after=after,
+            signal="SIGTERM",
+        )
+        task.cancel()
 
     # -- the loop's health ----------------------------------------------------------
 
@@ -236,8 +375,7 @@ class Served:
         self.leaving = True
         self.watch("")
         self.loop.remove_reader(self.worker.alive_fd)
-        if not self.tasks and not self.done.done():
-            self.done.set_result(0)
+        self.done_if_left()
 
     def die(self) -> None:
         """End now: cancel every handler, give them CANCEL_WAIT, then die by SIGTERM."""

@@ -19,10 +19,13 @@ tokens of ``--max-conns``: see asyncmode.worker) never blocks below its maximum.
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 
 from forkserve.asyncmode.worker import AsyncWorker
+from forkserve.parent.admission import read_question, send_answer
+from forkserve.parent.children import describe_signal
 from forkserve.parent.listeners import ACCEPT_PAUSE
 from forkserve.prefork.policy import PoolPolicy
 from forkserve.prefork.pool import Pool
@@ -51,7 +54,7 @@ class Open:
 class AsyncPool(Pool):
     """The async supervisor's process model. See the module docstring."""
 
-    __slots__ = ("debt", "max_conns", "open", "tokens", "use_uvloop")
+    __slots__ = ("admitted", "debt", "max_conns", "open", "tokens", "use_uvloop")
 
     def __init__(
         self,
@@ -69,6 +72,9 @@ class AsyncPool(Pool):
         self.open: dict[tuple[int, int], Open] = {}
         self.tokens = os.eventfd(max_conns, os.EFD_SEMAPHORE | os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.debt = 0  # tokens to take back after --max-conns was lowered
+        # Per-source limits: sources counted when a worker's question was answered
+        # yes, by worker, in order, until its next A report takes each one.
+        self.admitted: dict[int, collections.deque[int]] = {}
 
     def in_use(self) -> int:
         """Connections open: in the workers, and in children forked at a stop."""
@@ -94,6 +100,7 @@ class AsyncPool(Pool):
             self.alive_r,
             self.tokens,
             self.service,  # type: ignore[arg-type]
+            max_conns=self.max_conns,
             policy=self.admission.policy,
             log=self.log,
             channel=channel,  # type: ignore[arg-type]
@@ -126,7 +133,11 @@ class AsyncPool(Pool):
                 number, _, code = detail.partition(" ")
                 self.policy.crash_free()
                 worker.served += 1
-                self.ended((pid, int(number)), now, {"exit": int(code)})
+                status = int(code)  # below 0: cancelled as if by that signal
+                fields: dict[str, object] = {"exit": status}
+                if status < 0:
+                    fields = {"signal": describe_signal(-status)}
+                self.ended((pid, int(number)), now, fields)
             elif kind == "R":
                 worker.state, worker.since = "idle", now
             else:
@@ -145,8 +156,28 @@ class AsyncPool(Pool):
             self.log.warning("loop-blocked", pid=pid, seconds=detail)
             self.loop.metrics.operation("loop-blocked")
 
+    def on_channel(self, pid: int) -> None:
+        """A worker asks whether the per-source limits admit a connection (see
+        child.ask): judged and answered at once; a yes counts it against its source
+        from now on (the worker's next ``A`` report names it)."""
+        channel = self.table.channels.get(pid)
+        now = time.monotonic()
+        while channel is not None and pid in self.workers:
+            question = read_question(channel)
+            if not question:
+                return  # nothing more yet; or the worker died: on_exit closes it
+            source, _, answer = self.admission.judge(question, now, pid)
+            if source is not None:
+                self.table.counts.add(source)
+                self.admitted.setdefault(pid, collections.deque()).append(source)
+            if answer:
+                send_answer(channel, answer)
+
     def opened(self, pid: int, number: int, peer: str, now: float) -> None:
-        self.open[(pid, number)] = Open(peer, now)
+        conn = self.open[(pid, number)] = Open(peer, now)
+        sources = self.admitted.get(pid)
+        if sources:
+            conn.source = sources.popleft()
         self.loop.metrics.accepted()
         self.loop.events.accept(peer, pid, conn=number)
 
@@ -154,6 +185,8 @@ class AsyncPool(Pool):
         conn = self.open.pop(key, None)
         if conn is None:
             return
+        if conn.source is not None:
+            self.table.counts.remove(conn.source)
         if self.debt:
             self.take_back()
         self.loop.metrics.ended(now - conn.since)
@@ -167,6 +200,8 @@ class AsyncPool(Pool):
             self.ended(key, now, ended.status_fields())
         if lost:
             os.eventfd_write(self.tokens, len(lost))
+        for source in self.admitted.pop(ended.pid, ()):  # admitted, never reported
+            self.table.counts.remove(source)
         super().on_exit(ended, now)
         self.waited = False  # an async worker never strands a client: see Pool.hand_on_wakeup
 

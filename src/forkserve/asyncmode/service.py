@@ -55,7 +55,7 @@ class AsyncService:
     """The handler and what runs around it: the banner, the idle timeout, TLS and
     the PROXY header (the edge), and the log a handler's traceback goes to."""
 
-    __slots__ = ("banner", "edge", "handler", "idle_timeout", "log")
+    __slots__ = ("banner", "edge", "handler", "handshake_timeout", "idle_timeout", "log")
 
     def __init__(
         self, handler: AsyncHandler, prelude: Prelude, edge: Edge | None, log: Log
@@ -68,6 +68,7 @@ class AsyncService:
         self.handler = handler
         self.banner = prelude.banner
         self.idle_timeout = prelude.idle_timeout
+        self.handshake_timeout = prelude.handshake_timeout  # 0 with an edge: its own
         self.edge = edge
         self.log = log
 

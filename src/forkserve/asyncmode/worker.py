@@ -58,6 +58,7 @@ class AsyncWorker:
         "channel",
         "listener",
         "log",
+        "max_conns",
         "pending",
         "pid",
         "policy",
@@ -75,6 +76,7 @@ class AsyncWorker:
         tokens: int,
         service: AsyncService,
         *,
+        max_conns: int,
         policy: Policy,
         log: Log,
         channel: socket.socket | None = None,
@@ -84,6 +86,7 @@ class AsyncWorker:
         self.status = status
         self.alive_fd = alive_fd
         self.tokens = tokens
+        self.max_conns = max_conns  # its descriptors' limit is raised to hold them
         self.service = service
         self.policy = policy
         self.log = log

@@ -221,10 +221,12 @@ def probe(config: Config) -> None:
 
 
 def raise_fd_limit(needed: int) -> None:
-    """Raise the soft RLIMIT_NOFILE to ``needed`` if it is lower.
+    """Raise the soft RLIMIT_NOFILE to ``needed`` if it is lower, and the hard limit
+    too when it is lower and the process may (CAP_SYS_RESOURCE, e.g. root: up to
+    fs.nr_open), as ``ulimit -Hn`` would.
 
     Raises:
-        UsageError: the hard limit is lower than ``needed``.
+        UsageError: the hard limit is lower than ``needed`` and cannot be raised.
     """
     import resource
 
@@ -232,10 +234,14 @@ def raise_fd_limit(needed: int) -> None:
     if soft != resource.RLIM_INFINITY and soft >= needed:
         return
     if hard != resource.RLIM_INFINITY and hard < needed:
-        raise UsageError(
-            f"hold needs {needed} file descriptors but the hard limit is {hard} "
-            "(ulimit -Hn): use a smaller -c or raise the limit"
-        )
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+        except (ValueError, PermissionError):
+            raise UsageError(
+                f"hold needs {needed} file descriptors but the hard limit is {hard} "
+                "(ulimit -Hn): use a smaller -c or raise the limit"
+            ) from None
+        return
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 

@@ -268,7 +268,14 @@ class Server:
             from forkserve.asyncmode.pool import AsyncPool
 
             workers = settings.workers or os.cpu_count() or 1
-            model = AsyncPool(loop, self.listener, self.service, workers, settings.max_conns)  # type: ignore[arg-type]
+            model = AsyncPool(
+                loop,
+                self.listener,
+                self.service,  # type: ignore[arg-type]
+                workers,
+                settings.max_conns,
+                use_uvloop=settings.loop != "asyncio",
+            )
             loop.use(model)
         else:
             loop.use(ForkModel(loop, self.listener, self.service, settings.max_conns))
@@ -296,6 +303,7 @@ class Server:
         elif mode == ASYNC:
             fields["workers"] = self.settings.workers or os.cpu_count() or 1
             fields["max_conns"] = self.settings.max_conns
+            fields["loop"] = self.settings.loop
         else:
             fields["max_conns"] = self.settings.max_conns
         fields["pid"] = os.getpid()

@@ -33,6 +33,7 @@ from forkserve.parent.listeners import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import mmap
     import socket
     from typing import Any, Protocol
 
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
         use_uvloop: bool
         channel: socket.socket | None
         max_conns: int
+        epoch: mmap.mmap
+        generation: bytes
 
         @property
         def service(self) -> AsyncService: ...
@@ -215,6 +218,9 @@ class Served:
             self.loop.add_reader(self.tokens, self.watch, "listener")
 
     def on_listener(self) -> None:
+        if self.worker.epoch[:8] != self.worker.generation:
+            self.leave()  # a reload replaces this worker: its SIGTERM is on its way
+            return
         for _ in range(ACCEPT_BATCH):
             try:
                 os.eventfd_read(self.tokens)

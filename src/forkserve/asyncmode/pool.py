@@ -20,6 +20,7 @@ tokens of ``--max-conns``: see asyncmode.worker) never blocks below its maximum.
 from __future__ import annotations
 
 import collections
+import mmap
 import os
 import time
 
@@ -27,7 +28,7 @@ from forkserve.asyncmode.worker import AsyncWorker
 from forkserve.parent.admission import read_question, send_answer
 from forkserve.parent.children import describe_signal
 from forkserve.parent.listeners import ACCEPT_PAUSE
-from forkserve.prefork.policy import PoolPolicy
+from forkserve.prefork.policy import SUPERVISOR_SETTINGS, PoolPolicy
 from forkserve.prefork.pool import Pool
 from forkserve.prefork.wire import STATUS_SIZE, decode
 
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
     from forkserve.parent.children import Exited
     from forkserve.parent.listeners import Listener
     from forkserve.parent.loop import Loop
+
+
+# The shared page's generation counter: 8 bytes.
+EPOCH_SIZE = 8
 
 
 class Open:
@@ -54,7 +59,7 @@ class Open:
 class AsyncPool(Pool):
     """The async supervisor's process model. See the module docstring."""
 
-    __slots__ = ("admitted", "debt", "max_conns", "open", "tokens", "use_uvloop")
+    __slots__ = ("admitted", "debt", "epoch", "max_conns", "open", "tokens", "use_uvloop")
 
     def __init__(
         self,
@@ -72,6 +77,11 @@ class AsyncPool(Pool):
         self.open: dict[tuple[int, int], Open] = {}
         self.tokens = os.eventfd(max_conns, os.EFD_SEMAPHORE | os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.debt = 0  # tokens to take back after --max-conns was lowered
+        # The settings' generation, in a shared page every worker reads before it
+        # accepts: a reload that replaces the workers moves it first, so a worker
+        # never accepts with the old settings once the reload is logged (the
+        # SIGTERM that retires it reaches its loop a moment later).
+        self.epoch = mmap.mmap(-1, EPOCH_SIZE)
         # Per-source limits: sources counted when a worker's question was answered
         # yes, by worker, in order, until its next A report takes each one.
         self.admitted: dict[int, collections.deque[int]] = {}
@@ -101,6 +111,7 @@ class AsyncPool(Pool):
             self.tokens,
             self.service,  # type: ignore[arg-type]
             max_conns=self.max_conns,
+            epoch=self.epoch,
             policy=self.admission.policy,
             log=self.log,
             channel=channel,  # type: ignore[arg-type]
@@ -233,6 +244,10 @@ class AsyncPool(Pool):
             self.retune(plan.max_conns)
         if plan.workers and plan.workers != self.policy.max_workers:
             self.set_workers(plan.workers)
+        asking = self.admission.policy.gate.limits_sources
+        if plan.changed - SUPERVISOR_SETTINGS or asking != self.asking:
+            generation = int.from_bytes(self.epoch[:EPOCH_SIZE], "little") + 1
+            self.epoch[:EPOCH_SIZE] = generation.to_bytes(EPOCH_SIZE, "little")
         super().apply_reload(plan)
 
     def retune(self, max_conns: int) -> None:
@@ -262,3 +277,4 @@ class AsyncPool(Pool):
     def close(self) -> None:
         super().close()
         os.close(self.tokens)
+        self.epoch.close()

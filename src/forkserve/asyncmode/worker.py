@@ -37,6 +37,7 @@ from forkserve.prefork.wire import encode
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
+    import mmap
     import socket
     from types import FrameType
 
@@ -56,6 +57,8 @@ class AsyncWorker:
     __slots__ = (
         "alive_fd",
         "channel",
+        "epoch",
+        "generation",
         "listener",
         "log",
         "max_conns",
@@ -77,6 +80,7 @@ class AsyncWorker:
         service: AsyncService,
         *,
         max_conns: int,
+        epoch: mmap.mmap,
         policy: Policy,
         log: Log,
         channel: socket.socket | None = None,
@@ -87,6 +91,8 @@ class AsyncWorker:
         self.alive_fd = alive_fd
         self.tokens = tokens
         self.max_conns = max_conns  # its descriptors' limit is raised to hold them
+        self.epoch = epoch  # the settings' generation, shared (see asyncmode.pool)
+        self.generation = bytes(epoch[:8])  # the one it was forked with
         self.service = service
         self.policy = policy
         self.log = log

@@ -183,18 +183,17 @@ def mode_options(values: Mapping[str, object]) -> dict[str, int]:
     """
     given = [name for name in POOL_SETTINGS if values.get(name) is not None]
     mode = values["mode"]
-    if mode != ASYNC and values.get("workers") is not None:
-        raise UsageError("--workers needs --mode async")
+    for flag, given_here in (("--workers", values.get("workers")), ("--loop", values["loop"])):
+        if mode != ASYNC and given_here not in (None, "auto"):
+            raise UsageError(f"{flag} needs --mode async")
     if mode in (FORK, ASYNC):
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise UsageError(f"{flag} needs --mode prefork")
         if mode == FORK:
             return {"max_conns": count(values, "max_conns") or DEFAULT_MAX_CONNS}
-        return {
-            "max_conns": count(values, "max_conns") or DEFAULT_ASYNC_MAX_CONNS,
-            "workers": count(values, "workers"),
-        }
+        conns = count(values, "max_conns") or DEFAULT_ASYNC_MAX_CONNS
+        return {"max_conns": conns, "workers": count(values, "workers")}
     if values["max_conns"] is not None:
         raise UsageError("--max-conns is fork mode's limit; in prefork mode use --max-workers")
     numbers = {name: count(values, name) for name in POOL_SETTINGS}
@@ -307,7 +306,16 @@ def server_settings(values: Mapping[str, object]) -> Settings:
     Raises:
         UsageError: a bad rules file, or an option of the other mode.
     """
-    same = ("mode", "backlog", "grace", "upgrade_timeout", "banner", "metrics", "log_format")
+    same = (
+        "mode",
+        "loop",
+        "backlog",
+        "grace",
+        "upgrade_timeout",
+        "banner",
+        "metrics",
+        "log_format",
+    )
     settings = Settings(log_level=log_level(values))
     settings.update({name: values[name] for name in same})
     settings.update(mode_options(values))

@@ -112,6 +112,16 @@ SERVE = (
         default_text="the number of CPUs",
     ),
     Setting(
+        "loop",
+        choice("auto", "uvloop", "asyncio"),
+        "auto",
+        "the workers' event loop: uvloop (faster here: see docs/performance.md) or "
+        "asyncio's own; auto: uvloop when it is installed",
+        group=LISTENING,
+        metavar="{auto,uvloop,asyncio}",
+        mode="async",
+    ),
+    Setting(
         "backlog",
         COUNT,
         DEFAULT_BACKLOG,

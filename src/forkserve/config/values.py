@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         max_workers: int
         max_requests: int
         workers: int
+        loop: str
         backlog: int
         grace: float
         upgrade_timeout: float
@@ -79,6 +80,7 @@ DEFAULTS: dict[str, object] = {
     "max_workers": DEFAULT_MAX_WORKERS,
     "max_requests": 0,
     "workers": 0,
+    "loop": "auto",
     "backlog": DEFAULT_BACKLOG,
     "grace": DEFAULT_GRACE,
     "upgrade_timeout": DEFAULT_UPGRADE_TIMEOUT,
@@ -146,6 +148,7 @@ class Settings:
     max_workers: int
     max_requests: int
     workers: int
+    loop: str
     backlog: int
     grace: float
     upgrade_timeout: float

@@ -40,6 +40,7 @@ def check_settings(settings: Settings) -> None:
     level (the rest is checked as it is built: see make_policy and
     make_settings_prelude)."""
     check_arguments(settings.mode, settings.max_conns, settings.pool, settings.workers)
+    check_loop(settings.loop)
     if settings.backlog < 1:
         raise UsageError(f"backlog must be at least 1, not {settings.backlog}")
     check_seconds("grace", settings.grace)
@@ -70,6 +71,17 @@ def check_arguments(
         raise UsageError(f"max_requests must be 0 (no limit) or more, not {max_requests}")
     if workers < 0:
         raise UsageError(f"workers must be 0 (the number of CPUs) or more, not {workers}")
+
+
+def check_loop(loop: str) -> None:
+    """Raises UsageError for an unknown event loop, or uvloop asked for and missing."""
+    if loop not in ("auto", "uvloop", "asyncio"):
+        raise UsageError(f"loop must be auto, uvloop or asyncio, not {loop!r}")
+    if loop == "uvloop":
+        import importlib.util
+
+        if importlib.util.find_spec("uvloop") is None:
+            raise UsageError("--loop uvloop: uvloop is not installed (pip install uvloop)")
 
 
 def take_handover() -> Handover | None:

@@ -127,8 +127,10 @@ def test_killed_worker_ends_its_connections_and_is_replaced(start_server: Server
     (gone,) = server.wait_event("worker-exit", pid=victim)
     assert gone["reason"] == "crashed"
     wait_until(lambda: len(server.children()) == 2, what="a replacement worker")
-    for sock, accept in zip(socks, accepts, strict=True):
-        if accept["pid"] != victim:  # the other worker's connections live on
+    served_by = {a["peer"]: a["pid"] for a in accepts}
+    for sock in socks:
+        host, port = sock.getsockname()[:2]
+        if served_by[f"{host}:{port}"] != victim:  # the other worker's connections live on
             sock.sendall(b"b")
             assert recv_exactly(sock, 1) == b"b"
         sock.close()

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         banner: bytes
         idle_timeout: float
         handshake_timeout: float
+        plain_echo: bool
         log: Log
         edge: Edge | None
 
@@ -67,12 +68,63 @@ class IdleProtocol(asyncio.StreamReaderProtocol):
         super().data_received(data)
 
 
+class EchoProtocol(asyncio.Protocol):
+    """The built-in echo without streams (``AsyncService.plain_echo``): what arrives
+    is written back from the callback, reading pauses while the client does not
+    read, and the client's end of file closes the connection once every byte is
+    back (the half-close a stream-based echo keeps, at a third of its cost per
+    message: docs/performance.md)."""
+
+    def __init__(self, done: asyncio.Future[int]) -> None:
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment] # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        return False  # close, once the write buffer is flushed
+
+    def pause_writing(self) -> None:
+        assert self.transport is not None
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        assert self.transport is not None
+        self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(EXIT_HANDLER_OK)  # a reset is the client's choice
+
+
+async def serve_echo(sock: socket.socket) -> int:
+    """The built-in echo on a plain connection (see EchoProtocol)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    try:
+        transport, _ = await loop.connect_accepted_socket(lambda: EchoProtocol(done), sock)
+    except OSError:
+        sock.close()
+        return EXIT_HANDLER_OK
+    try:
+        return await done
+    finally:
+        transport.close()
+
+
 async def serve(service: AsyncService, sock: socket.socket, peer: Any, number: int) -> int:
     """Serve ``sock`` with ``service``'s handler; return the connection's exit code.
 
     Resource handling: ``sock`` is closed whatever happens (the transport owns it
     once made).
     """
+    if service.plain_echo:
+        return await serve_echo(sock)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
     protocol = (

@@ -55,7 +55,15 @@ class AsyncService:
     """The handler and what runs around it: the banner, the idle timeout, TLS and
     the PROXY header (the edge), and the log a handler's traceback goes to."""
 
-    __slots__ = ("banner", "edge", "handler", "handshake_timeout", "idle_timeout", "log")
+    __slots__ = (
+        "banner",
+        "edge",
+        "handler",
+        "handshake_timeout",
+        "idle_timeout",
+        "log",
+        "plain_echo",
+    )
 
     def __init__(
         self, handler: AsyncHandler, prelude: Prelude, edge: Edge | None, log: Log
@@ -71,6 +79,15 @@ class AsyncService:
         self.handshake_timeout = prelude.handshake_timeout  # 0 with an edge: its own
         self.edge = edge
         self.log = log
+        # The built-in echo with nothing around it runs as a protocol, without
+        # streams (asyncmode.connection.EchoProtocol).
+        self.plain_echo = (
+            handler is BUILTINS["echo"]
+            and not self.banner
+            and not self.idle_timeout
+            and not self.handshake_timeout
+            and (edge is None or edge.tls is None)
+        )
 
     @property
     def tls(self) -> ssl.SSLContext | None:

@@ -33,7 +33,7 @@ def start_server() -> Iterator[ServerFactory]:
 # Most use a plain (sync) handler from tests/data, which async mode refuses (exit
 # 100) by design; the rest are left undone in async mode so far (see issue 16).
 SYNC_HANDLER = "a plain (sync) handler: async mode needs an async def"
-ASYNC_PENDING = {
+ASYNC_PENDING: dict[str, str] = {
     "test_rule_environment_reaches_a_python_handler": SYNC_HANDLER,
     "test_a_child_never_hangs_on_a_full_log": SYNC_HANDLER,
     "test_a_traceback_never_hangs_a_child_on_a_full_log": SYNC_HANDLER,
@@ -54,12 +54,15 @@ ASYNC_PENDING = {
     "connection at the client's TCP half-close",
     "test_user_nobody_runs_parent_and_children_as_nobody": "not yet in async mode",
     "test_a_tls_key_only_root_can_read_is_reported_and_reload_keeps_the_old": "not yet",
-    "test_plaintext_and_stalled_clients_are_cut_without_stalling_others": "not yet",
     "test_sighup_reloads_the_certificate": "not yet in async mode",
-    "test_forkserve_client_tls_gets_every_byte_of_10mib": "not yet in async mode",
+    "test_forkserve_client_tls_gets_every_byte_of_10mib": "not yet: the client "
+    "sees no close_notify",
     "test_a_handlers_client_slow_to_read_gets_every_byte": SYNC_HANDLER,
     "test_python_handler_sends_close_notify": SYNC_HANDLER,
-    "test_builtins_over_tls_with_client_input": "not yet in async mode",
+    "test_builtins_over_tls_with_client_input": "asyncio's TLS transport ends the "
+    "connection at the client's TCP half-close",
+    "test_chargen_over_tls_with_client_input": "not yet: over TLS, chargen does not "
+    "always see the client go (a hang seen in 2 of 3 runs)",
 }
 
 

@@ -44,7 +44,9 @@ async def chargen(reader: StreamReader, writer: StreamWriter) -> None:
     """RFC 864: the rotating 72-character lines until the client goes away (its
     input is left in the stream's buffer, which stops reading once full)."""
     block = chargen_block()
-    while True:
+    # A closing transport takes writes and drain() returns at once (asyncio), so
+    # without this check the loop would spin on a client that has gone.
+    while not writer.is_closing():
         writer.write(block)
         await writer.drain()
 

@@ -17,6 +17,7 @@ import asyncio
 import os
 import traceback
 
+from forkserve.child.edge import EXIT_EDGE_FAILED
 from forkserve.child.handler import EXIT_HANDLER_OK, EXIT_HANDLER_RAISED, tls_peer_gone
 from forkserve.child.prelude import EXIT_HANDSHAKE_TIMEOUT, EXIT_IDLE_TIMEOUT
 from forkserve.core.address import format_address
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
 
 # The stream's buffer: asyncio's default (64 KiB). Reading pauses when it is full.
 STREAM_LIMIT = 64 * 1024
-# An exit code for a connection whose TLS handshake failed (as child.edge's).
-EXIT_EDGE_FAILED = 0
 
 
 class IdleProtocol(asyncio.StreamReaderProtocol):
@@ -148,7 +147,7 @@ async def serve(service: AsyncService, sock: socket.socket, peer: Any, number: i
         )
     except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
         sock.close()
-        service.log.info("tls-failed", pid=os.getpid(), conn=number, error=type(exc).__name__)
+        log_failed_handshake(service, peer, exc)
         return EXIT_EDGE_FAILED
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     try:
@@ -297,6 +296,19 @@ async def first_byte(service: AsyncService, sock: socket.socket, peer: Any) -> b
     finally:
         loop.remove_reader(sock.fileno())
     return True
+
+
+def log_failed_handshake(service: AsyncService, peer: Any, exc: Exception) -> None:
+    """A TLS handshake that failed, as child.edge logs one: ``timeout`` or ``reject``."""
+    # asyncio (and uvloop) abort a handshake past ssl_handshake_timeout with
+    # ConnectionAbortedError("SSL handshake is taking longer than ...").
+    timed_out = isinstance(exc, (TimeoutError, ConnectionAbortedError))
+    if timed_out and service.edge is not None:
+        log_timeout(service, peer, "handshake", service.edge.deadline)
+        return
+    detail = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    peer_text = format_address(peer)
+    service.log.info("reject", pid=os.getpid(), peer=peer_text, reason="tls", detail=detail)
 
 
 def log_timeout(service: AsyncService, peer: Any, kind: str, seconds: float) -> None:

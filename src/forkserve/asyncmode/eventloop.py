@@ -6,8 +6,10 @@ one listener. With SO_REUSEPORT (a socket per worker) the kernel hashes each
 connection to a worker, which balances well only while no worker is ever blocked:
 a worker stalled by a blocking handler keeps its share of new connections waiting,
 while with one queue the other workers take them. A shared socket also serves an
-inherited one (socket activation, an upgrade) as it is. Measured in
-docs/performance.md ("Async mode").
+inherited one (socket activation, an upgrade) as it is. Measured with
+benchmarks/async_reuseport.py: alike with every loop free; with one loop blocked,
+SO_REUSEPORT stalled clients a second and more, the shared socket none
+(docs/performance.md, "Async mode").
 """
 
 from __future__ import annotations

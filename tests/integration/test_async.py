@@ -239,3 +239,20 @@ def test_sigttin_and_sigttou_move_the_worker_count(start_server: ServerFactory) 
     server.wait_event("pool", count=3)
     wait_until(lambda: len(server.children()) == 1, what="one worker left")
     assert echo_roundtrip(server.port, b"one") == b"one"
+
+
+def test_proxy_header_names_the_client_in_lines_and_limits(start_server: ServerFactory) -> None:
+    server = start_server(*async_args("--proxy-protocol", "v1", "--per-ip", "1"))
+    header = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\n"
+    with connect(server.port) as first:
+        first.sendall(header + b"after the header")
+        assert recv_exactly(first, 16) == b"after the header"  # not a byte of it echoed
+        (accept,) = server.wait_event("accept")
+        assert accept["peer"] == "192.0.2.7:5555"
+        with connect(server.port) as second:  # the same advertised client: over --per-ip
+            second.sendall(header.replace(b"5555", b"5556"))
+            assert recv_all(second) == b""
+        (reject,) = server.wait_event("reject")
+        assert (reject["peer"], reject["reason"]) == ("192.0.2.7:5556", "per-ip")
+    (end,) = server.wait_event("end")
+    assert end["peer"] == "192.0.2.7:5555"

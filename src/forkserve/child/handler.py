@@ -183,7 +183,7 @@ def run_handler(
         return exc.code if isinstance(exc.code, int) else EXIT_HANDLER_RAISED
     except BaseException as exc:  # noqa: BLE001 - a handler bug must not escape the child
         if not tls_peer_gone(exc):  # else the client went away: exit 0
-            _report_exception(log)
+            report_exception(log)
             return EXIT_HANDLER_RAISED
     finally:
         conn.close()
@@ -197,7 +197,7 @@ def tls_peer_gone(exc: BaseException) -> bool:
     return ssl is not None and isinstance(exc, (ssl.SSLZeroReturnError, ssl.SSLEOFError))
 
 
-def _report_exception(log: Log | None) -> None:
+def report_exception(log: Log | None) -> None:
     """Write the handler's traceback to the log: as Python prints it (control
     characters escaped), or as one JSON event."""
     try:

@@ -14,6 +14,7 @@ from forkserve._log import DEBUG, FORMATS, INFO, QUIET, Log
 from forkserve.child.exec import ExecService, Program
 from forkserve.child.handler import Handler, PythonService, Service
 from forkserve.child.prelude import Prelude
+from forkserve.child.requesthandler import handler_for
 from forkserve.core.address import parse_listen_address
 from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT, Gate, Policy
 from forkserve.core.names import MODES, RLIMIT_NAMES
@@ -123,8 +124,11 @@ def make_service(
 ) -> tuple[Handler | Program, Service]:
     """Load a handler name, and wrap the handler or program as what children run.
 
+    A socketserver request handler class (by name or not) is wrapped in a
+    ``RequestHandler`` here, once.
+
     Raises:
-        HandlerError: a handler name that does not load.
+        HandlerError: a handler name that does not load, or a class that is no handler.
         UsageError: a program in prefork mode: exec replaces the process, so a
             worker could serve only one connection; fork mode is exec's model. Or
             an idle timeout for a program, which owns its socket.
@@ -144,6 +148,8 @@ def make_service(
                 "(use --max-lifetime)"
             )
         return handler, ExecService(handler, log, prelude, edge)
+    if isinstance(handler, type):  # Server(address, SimpleHTTPRequestHandler): decided once
+        handler = handler_for(handler, handler.__name__)
     return handler, PythonService(handler, prelude, edge)
 
 

@@ -32,6 +32,7 @@ from forkserve.prefork.pool import Pool
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
+    from socketserver import BaseRequestHandler
     from typing import Unpack
 
     from forkserve.config.values import Options
@@ -49,7 +50,9 @@ class Server:
 
     ``handler`` is a Python callable, the name of one (``"pkg.module:function"``,
     ``"path/file.py:function"`` or a built-in: ``"echo"``, ``"discard"``,
-    ``"daytime"``, ``"chargen"``), or a ``forkserve.Program`` to exec (exec mode).
+    ``"daytime"``, ``"chargen"``), a ``socketserver.BaseRequestHandler`` subclass
+    (run as socketserver runs it: see ``forkserve.RequestHandler``), or a
+    ``forkserve.Program`` to exec (exec mode).
 
     Binds when constructed, so ``address`` is known (port 0 picks a free port) and a
     bind failure raises here, before anything else starts.
@@ -61,7 +64,8 @@ class Server:
     Args:
         address: ``(host, port)`` or ``"[HOST:]PORT"`` text (``"[::1]:9000"``).
         handler: called as ``handler(conn, peer)`` in the child (see ``Handler``); a
-            name, loaded now; or a ``Program``, executed with the connection on fd
+            request handler class, or its name, run as ``Class(conn, peer, server)``;
+            a name, loaded now; or a ``Program``, executed with the connection on fd
             0 and 1 and the UCSPI environment.
         settings: all the settings below at once (log, fd, metrics_fd and reload
             excepted).
@@ -135,7 +139,7 @@ class Server:
     def __init__(
         self,
         address: tuple[str, int] | str | None = ("127.0.0.1", 0),
-        handler: Handler | Program | str = echo,
+        handler: Handler | Program | str | type[BaseRequestHandler] = echo,
         *,
         settings: Settings | None = None,
         log: Log | None = None,

@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import xmlrpc.client
 from pathlib import Path
 from typing import cast
@@ -134,3 +135,29 @@ def test_a_class_that_is_no_handler_exits_100_with_one_line(spec: str, message: 
     assert result.stdout == b""
     assert stderr.count("\n") == 1, stderr
     assert message in stderr
+
+
+def test_the_example_serves_its_class_through_the_python_api(
+    start_server: ServerFactory,
+) -> None:
+    example = ROOT / "examples" / "stream_upper.py"
+    server = start_server(command=[sys.executable, str(example), "127.0.0.1:0"])
+    with connect(server.port) as sock:
+        sock.sendall(b"hello\nworld\n")
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == b"HELLO\nWORLD\n"
+    assert server.wait_event("end")[0]["exit"] == "0"
+    assert server.stop() == 0
+
+
+def test_a_partial_of_a_handler_class_through_the_python_api(
+    start_server: ServerFactory, site: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    script = DATA / "api_server.py"
+    env = {**os.environ, "SITE": str(site)}
+    server = start_server(
+        command=[sys.executable, str(script), "http_site", "127.0.0.1:0"], env=env
+    )
+    out = tmp_path_factory.mktemp("got") / "blob.bin"
+    assert curl(f"http://127.0.0.1:{server.port}/blob.bin", out) == "200"
+    assert out.read_bytes() == (site / "blob.bin").read_bytes()

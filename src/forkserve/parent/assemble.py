@@ -24,6 +24,7 @@ from forkserve.parent.listeners import Listener
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from socketserver import BaseRequestHandler
 
     from forkserve.child.edge import Edge
     from forkserve.config.values import Settings
@@ -116,7 +117,7 @@ def serve_metrics(loop: Loop, endpoint: MetricsEndpoint, mode: str, log: Log) ->
 
 
 def make_service(
-    handler: Handler | Program | str,
+    handler: Handler | Program | str | type[BaseRequestHandler],
     prelude: Prelude,
     log: Log,
     mode: str,
@@ -148,8 +149,8 @@ def make_service(
                 "(use --max-lifetime)"
             )
         return handler, ExecService(handler, log, prelude, edge)
-    if isinstance(handler, type):  # Server(address, SimpleHTTPRequestHandler): decided once
-        handler = handler_for(handler, handler.__name__)
+    # Server(address, SimpleHTTPRequestHandler), or a partial of it: decided here, once.
+    handler = handler_for(handler, getattr(handler, "__name__", repr(handler)))
     return handler, PythonService(handler, prelude, edge)
 
 

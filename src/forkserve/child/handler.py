@@ -4,7 +4,9 @@ A handler is any callable ``handler(conn, peer)``: ``conn`` is the connected,
 blocking ``socket.socket``; ``peer`` is the client's address as ``getpeername()``
 returns it (``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6).
 It runs in a process of its own: in fork mode a fresh child per connection, in prefork
-mode a reusable worker. Whatever it does cannot touch other connections.
+mode a reusable worker. Whatever it does cannot touch other connections. (A
+``socketserver.BaseRequestHandler`` subclass becomes such a callable when it is loaded:
+``child.requesthandler.RequestHandler``.)
 
 When it returns the connection is closed and the child exits 0. If it raises, the
 traceback goes to the log and the child exits 1. A peer that resets the connection

@@ -8,7 +8,9 @@ mode a reusable worker. Whatever it does cannot touch other connections. (A
 ``socketserver.BaseRequestHandler`` subclass becomes such a callable when it is loaded:
 ``child.requesthandler.RequestHandler``.)
 
-When it returns the connection is closed and the child exits 0. If it raises, the
+When it returns the connection is closed and the child exits 0; input it left
+unread is drained first, so that the close sends no reset that would cut its reply
+short (a lingering close, bounded: see child.linger). If it raises, the
 traceback goes to the log and the child exits 1. A peer that resets the connection
 or goes away mid-write (ConnectionResetError, BrokenPipeError; over TLS also
 SSLZeroReturnError and SSLEOFError) ends it quietly with exit 0: that is the client's
@@ -23,6 +25,7 @@ import socket
 import sys
 
 from forkserve.child.connection import Connection
+from forkserve.child.linger import finish_plain
 from forkserve.child.prelude import EXIT_IDLE_TIMEOUT, Prelude
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is what we avoid
@@ -90,7 +93,7 @@ class PythonService:
         if isinstance(started, int):
             return started
         saved = set_environment(info.env) if info.env else None
-        finish: Callable[[Any], None] | None = None
+        finish: Callable[[Any], None] = finish_plain  # unread input: a FIN, then drained
         if self.edge is not None and self.edge.tls is not None:
             from forkserve.child.tls import finish_tls
 

@@ -12,7 +12,7 @@ from forkserve.child.exec import Program
 from forkserve.child.exec import describe as describe_program
 from forkserve.child.handler import Handler, echo
 from forkserve.config.values import Settings
-from forkserve.core.address import parse_listen_address
+from forkserve.core.address import is_unix_address, parse_listen_address
 from forkserve.core.names import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
 from forkserve.core.names import PREFORK
 from forkserve.parent.assemble import (
@@ -59,7 +59,8 @@ class Server:
     given too override its values); an unknown keyword raises TypeError.
 
     Args:
-        address: ``(host, port)`` or ``"[HOST:]PORT"`` text (``"[::1]:9000"``).
+        address: ``(host, port)`` or ``"[HOST:]PORT"`` text (``"[::1]:9000"``), or a
+            Unix-domain socket: ``"unix:PATH"``, ``"unix:@NAME"`` (abstract).
         handler: called as ``handler(conn, peer)`` in the child (see ``Handler``); a
             name, loaded now; or a ``Program``, executed with the connection on fd
             0 and 1 and the UCSPI environment.
@@ -107,6 +108,9 @@ class Server:
         tls_client_ca: PEM CA file: require client certificates it signed.
         metrics: ``(host, port)`` or ``"[HOST:]PORT"`` where to serve Prometheus
             metrics (``/metrics``) and a health check (``/healthz``); None for none.
+        socket_mode: a Unix socket file's permissions (an int: ``0o660``); None:
+            0666 less the umask, as ucspi-unix's unixserver.
+        socket_user, socket_group: chown a Unix socket file to them (names or ids).
         fd: serve on this inherited listening socket instead of binding
             ``address`` (socket activation: see ``forkserve.parent.systemd``).
         metrics_fd: serve metrics on this inherited listening socket.
@@ -210,16 +214,34 @@ class Server:
     ) -> Listener:
         """Adopt ``fd`` (socket activation, an upgrade), or bind ``address``."""
         if fd is not None:
+            from forkserve.parent.unixlistener import adopt_listener
+
             owned = self.handover is not None and self.handover.owned
-            return Listener.from_fd(fd, owned=owned)
+            return adopt_listener(fd, owned)
         if address is None:
             raise UsageError("no address to listen on, and no socket passed (LISTEN_FDS)")
+        if is_unix_address(address):
+            assert isinstance(address, str)
+            return self.bind_unix(address, backlog)
         host, port = parse_listen_address(address) if isinstance(address, str) else address
         return Listener.bind(host, port, backlog)
 
+    def bind_unix(self, address: str, backlog: int) -> Listener:
+        """``unix:PATH`` or ``unix:@NAME``, with --socket-mode/-user/-group."""
+        from forkserve.core.address import parse_unix_address
+        from forkserve.parent.privileges import resolve_owner
+        from forkserve.parent.unixlistener import UnixListener
+
+        settings = self.settings
+        owner = resolve_owner(settings.socket_user, settings.socket_group)
+        where = parse_unix_address(address)
+        if isinstance(where, bytes) and (owner is not None or settings.socket_mode is not None):
+            raise UsageError("--socket-mode/--socket-user/--socket-group need a socket file")
+        return UnixListener.bind_unix(where, backlog, settings.socket_mode, owner)
+
     @property
     def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)``."""
+        """The bound ``(host, port)`` (``("unix:PATH", 0)`` for a Unix socket)."""
         return self.listener.address
 
     @property
@@ -249,6 +271,10 @@ class Server:
         finally:
             loop.close()
             self.log.stopping()
+        # A socket file is removed at a stop, unless a new master took it over
+        # (SIGUSR2) or may still take it (an upgrade under way): it is the new one's.
+        if loop.upgrading.current is None and self.listener.remove_file():
+            self.log.info("socket-removed", path=self.listener.printable())
         self.log.notice("stopped", pid=os.getpid())
 
     def make_loop(self, announce: Callable[[], None]) -> Loop:

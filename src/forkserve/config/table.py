@@ -252,7 +252,8 @@ SERVE = (
         "allow",
         rules_kind("allow"),
         None,
-        "allow clients in PREFIX (10.0.0.0/8, 192.0.2.7, 2001:db8::/32); repeatable; "
+        "allow clients in PREFIX (10.0.0.0/8, 192.0.2.7, 2001:db8::/32; on a Unix socket "
+        "uid:N or gid:N); repeatable; "
         "rules apply in order, the first match wins. In a file: a list, and deny's "
         "entries come before allow's (for another order use a rules file)",
         group=ACCESS,
@@ -277,7 +278,8 @@ SERVE = (
         TEXT,
         None,
         "more rules, after the command line's: ADDRESS[/LEN]:allow[,NAME=VALUE]... or "
-        "ADDRESS[/LEN]:deny, one a line; SIGHUP re-reads it",
+        "ADDRESS[/LEN]:deny (uid:N, gid:N for a Unix socket's clients), one a line; "
+        "SIGHUP re-reads it",
         group=ACCESS,
         metavar="FILE",
         reload=RELOAD,
@@ -297,7 +299,7 @@ SERVE = (
         "per-ip",
         COUNT,
         0,
-        "connections at once from one IPv4 address or IPv6 prefix",
+        "connections at once from one IPv4 address or IPv6 prefix (on a Unix socket: from one uid)",
         group=ACCESS,
         metavar="N",
         reload=RELOAD,

@@ -213,31 +213,16 @@ class Server:
         self, address: tuple[str, int] | str | None, fd: int | None, backlog: int
     ) -> Listener:
         """Adopt ``fd`` (socket activation, an upgrade), or bind ``address``."""
-        if fd is not None:
-            from forkserve.parent.unixlistener import adopt_listener
+        settings = self.settings
+        if fd is not None or is_unix_address(address) or settings.socket_file_options:
+            from forkserve.parent.unixlistener import open_unix
 
             owned = self.handover is not None and self.handover.owned
-            return adopt_listener(fd, owned)
+            return open_unix(address, backlog, settings, fd, owned)
         if address is None:
             raise UsageError("no address to listen on, and no socket passed (LISTEN_FDS)")
-        if is_unix_address(address):
-            assert isinstance(address, str)
-            return self.bind_unix(address, backlog)
         host, port = parse_listen_address(address) if isinstance(address, str) else address
         return Listener.bind(host, port, backlog)
-
-    def bind_unix(self, address: str, backlog: int) -> Listener:
-        """``unix:PATH`` or ``unix:@NAME``, with --socket-mode/-user/-group."""
-        from forkserve.core.address import parse_unix_address
-        from forkserve.parent.privileges import resolve_owner
-        from forkserve.parent.unixlistener import UnixListener
-
-        settings = self.settings
-        owner = resolve_owner(settings.socket_user, settings.socket_group)
-        where = parse_unix_address(address)
-        if isinstance(where, bytes) and (owner is not None or settings.socket_mode is not None):
-            raise UsageError("--socket-mode/--socket-user/--socket-group need a socket file")
-        return UnixListener.bind_unix(where, backlog, settings.socket_mode, owner)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -273,7 +258,9 @@ class Server:
             self.log.stopping()
         # A socket file is removed at a stop, unless a new master took it over
         # (SIGUSR2) or may still take it (an upgrade under way): it is the new one's.
-        if loop.upgrading.current is None and self.listener.remove_file():
+        if loop.upgrading.current is not None:
+            self.listener.disown()
+        elif self.listener.remove_file():
             self.log.info("socket-removed", path=self.listener.printable())
         self.log.notice("stopped", pid=os.getpid())
 
@@ -378,7 +365,11 @@ class Server:
         return True
 
     def close(self) -> None:
+        """Close the sockets; a Unix socket's file goes too (a start that failed after
+        binding), unless a new master took it over (see serve_forever) or it is
+        systemd's."""
         self.listener.close()
+        self.listener.remove_file()
         if self.endpoint is not None:
             self.endpoint.close()
         if self.notifier is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import ServerFactory
-from tests.support import WAIT, recv_all, run_cli, wait_until
+from tests.support import WAIT, raw_listener, recv_all, run_cli, wait_until
 
 needs_socat = pytest.mark.skipif(shutil.which("socat") is None, reason="socat not installed")
 
@@ -235,3 +235,46 @@ def test_abstract_socket_environment_names_it_with_an_at(
     with unix_connect(b"\0" + name.encode()) as sock:
         text = recv_all(sock).decode()
     assert f"UNIXLOCALPATH=@{name}" in text.splitlines()
+
+
+def test_proxy_from_is_refused_on_a_unix_socket(tmp_path: Path) -> None:
+    path = tmp_path / "p.sock"
+    result = run_cli(
+        ["serve", f"unix:{path}", "--proxy-protocol", "v1", "--proxy-from", "10.0.0.0/8"]
+    )
+    assert result.returncode == 100
+    assert result.stderr.decode().splitlines() == [
+        "forkserve serve: --proxy-from lists IP networks, and a Unix socket's clients have "
+        "none: its file's permissions (--socket-mode) say who may connect"
+    ]
+    assert not path.exists()
+
+
+def test_proxy_protocol_on_a_unix_socket(start_server: ServerFactory, tmp_path: Path) -> None:
+    # A balancer on the same machine (haproxy's send-proxy to a unix@ server).
+    path = tmp_path / "behind.sock"
+    server = start_server("--proxy-protocol", "v1", address=f"unix:{path}")
+    header = b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n"
+    assert unix_roundtrip(str(path), header + b"proxied") == b"proxied"
+    proxy = server.wait_event("proxy")[0]
+    assert (proxy["peer"], proxy["via"]) == ("192.0.2.1:1234", me())
+
+
+def test_a_failed_start_leaves_no_socket_file(tmp_path: Path) -> None:
+    path = tmp_path / "failed.sock"
+    with raw_listener() as taken:
+        port = taken.getsockname()[1]
+        result = run_cli(["serve", f"unix:{path}", "--metrics", f"127.0.0.1:{port}"])
+    assert result.returncode == 111, result.stderr
+    assert "address already in use" in result.stderr.decode()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:0", "unix:@abstract-x"])
+def test_socket_file_options_need_a_socket_file(address: str) -> None:
+    result = run_cli(["serve", address, "--socket-group", "0"])
+    assert result.returncode == 100
+    assert result.stderr.decode().splitlines() == [
+        "forkserve serve: --socket-mode/--socket-user/--socket-group apply to a socket file "
+        "forkserve creates: serve unix:PATH"
+    ]

@@ -197,6 +197,13 @@ class Settings:
             setattr(self, name, value)
 
     @property
+    def socket_file_options(self) -> bool:
+        """Whether --socket-mode, --socket-user or --socket-group is given."""
+        return any(
+            value is not None for value in (self.socket_mode, self.socket_user, self.socket_group)
+        )
+
+    @property
     def pool(self) -> tuple[int, int, int, int]:
         """The prefork pool's ``(min_spare, max_spare, max_workers, max_requests)``."""
         return (self.min_spare, self.max_spare, self.max_workers, self.max_requests)

@@ -136,6 +136,7 @@ class Listener:
             raise BindError(f"cannot listen on {where}: {exc.strerror}") from None
         return cls(sock)
 
+    unix = False  # a Unix-domain socket (UnixListener)
     # The address families from_fd adopts (UnixListener: AF_UNIX).
     FAMILIES: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
 
@@ -193,6 +194,9 @@ class Listener:
     def remove_file(self) -> bool:
         """A TCP socket has no file to remove at a stop (see UnixListener)."""
         return False
+
+    def disown(self) -> None:
+        """A new master took the socket over: nothing here is this one's to remove."""
 
     def close(self) -> None:
         self.sock.close()

@@ -33,6 +33,10 @@ from forkserve._errors import BindError, UsageError
 from forkserve.core.address import format_unix_address
 from forkserve.parent.listeners import Listener, peer_credentials
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
+if TYPE_CHECKING:
+    from forkserve.config.values import Settings
+
 # What unixserver creates its socket with, less the umask (its -p default).
 DEFAULT_SOCKET_MODE = 0o666
 
@@ -49,6 +53,7 @@ class UnixListener(Listener):
     """
 
     __slots__ = ("file_id", "path", "text")
+    unix = True
     FAMILIES: tuple[int, ...] = (socket.AF_UNIX,)
 
     def __init__(self, sock: socket.socket, owned: bool = True) -> None:
@@ -116,6 +121,10 @@ class UnixListener(Listener):
         """
         conn, _ = self.sock.accept()
         return conn, peer_credentials(conn)
+
+    def disown(self) -> None:
+        """A new master took the socket over (SIGUSR2): its file is the new one's."""
+        self.file_id = None
 
     def remove_file(self) -> bool:
         """Remove the socket file if it is still the one bound here; whether it was.
@@ -224,6 +233,50 @@ def set_file_mode(path: str, mode: int | None, owner: tuple[int, int] | None) ->
         os.unlink(path)  # noqa: PTH108 - no pathlib in the parent
         what = "chown" if owner is not None and exc.errno == errno.EPERM else "chmod"
         raise BindError(f"cannot {what} {path}: {exc.strerror}") from None
+
+
+SOCKET_FILE_OPTIONS = (
+    "--socket-mode/--socket-user/--socket-group apply to a socket file forkserve "
+    "creates: serve unix:PATH"
+)
+PROXY_FROM_UNIX = (
+    "--proxy-from lists IP networks, and a Unix socket's clients have none: its file's "
+    "permissions (--socket-mode) say who may connect"
+)
+
+
+def open_unix(
+    address: object, backlog: int, settings: Settings, fd: int | None, owned: bool
+) -> Listener:
+    """Adopt ``fd`` (either family: see ``adopt_listener``), or bind ``unix:PATH`` or
+    ``unix:@NAME`` with --socket-mode/-user/-group.
+
+    Raises:
+        UsageError: a socket file option with no socket file to apply it to (a TCP
+            address, an abstract name, an inherited socket); an unknown user or
+            group; --proxy-from on a Unix socket.
+        BindError: see ``UnixListener.bind_unix``.
+    """
+    from forkserve.core.address import is_unix_address, parse_unix_address
+    from forkserve.parent.privileges import resolve_owner
+
+    where = None
+    if fd is None and isinstance(address, str) and is_unix_address(address):
+        where = parse_unix_address(address)
+    if settings.socket_file_options and not isinstance(where, str):
+        raise UsageError(SOCKET_FILE_OPTIONS)
+    if where is None:
+        if fd is None:
+            raise UsageError("no address to listen on, and no socket passed (LISTEN_FDS)")
+        listener = adopt_listener(fd, owned)
+    else:
+        owner = resolve_owner(settings.socket_user, settings.socket_group)
+        listener = UnixListener.bind_unix(where, backlog, settings.socket_mode, owner)
+    if settings.proxy_from and listener.unix:
+        listener.close()
+        listener.remove_file()
+        raise UsageError(PROXY_FROM_UNIX)
+    return listener
 
 
 def adopt_listener(fd: int, owned: bool) -> Listener:

@@ -12,7 +12,7 @@ from forkserve.child.exec import Program
 from forkserve.child.exec import describe as describe_program
 from forkserve.child.handler import Handler, echo
 from forkserve.config.values import Settings
-from forkserve.core.address import parse_listen_address
+from forkserve.core.address import is_unix_address, parse_listen_address
 from forkserve.core.names import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
 from forkserve.core.names import PREFORK
 from forkserve.parent.assemble import (
@@ -62,7 +62,8 @@ class Server:
     given too override its values); an unknown keyword raises TypeError.
 
     Args:
-        address: ``(host, port)`` or ``"[HOST:]PORT"`` text (``"[::1]:9000"``).
+        address: ``(host, port)`` or ``"[HOST:]PORT"`` text (``"[::1]:9000"``), or a
+            Unix-domain socket: ``"unix:PATH"``, ``"unix:@NAME"`` (abstract).
         handler: called as ``handler(conn, peer)`` in the child (see ``Handler``); a
             request handler class, or its name, run as ``Class(conn, peer, server)``;
             a name, loaded now; or a ``Program``, executed with the connection on fd
@@ -111,6 +112,9 @@ class Server:
         tls_client_ca: PEM CA file: require client certificates it signed.
         metrics: ``(host, port)`` or ``"[HOST:]PORT"`` where to serve Prometheus
             metrics (``/metrics``) and a health check (``/healthz``); None for none.
+        socket_mode: a Unix socket file's permissions (an int: ``0o660``); None:
+            0666 less the umask, as ucspi-unix's unixserver.
+        socket_user, socket_group: chown a Unix socket file to them (names or ids).
         fd: serve on this inherited listening socket instead of binding
             ``address`` (socket activation: see ``forkserve.parent.systemd``).
         metrics_fd: serve metrics on this inherited listening socket.
@@ -213,9 +217,12 @@ class Server:
         self, address: tuple[str, int] | str | None, fd: int | None, backlog: int
     ) -> Listener:
         """Adopt ``fd`` (socket activation, an upgrade), or bind ``address``."""
-        if fd is not None:
+        settings = self.settings
+        if fd is not None or is_unix_address(address) or settings.socket_file_options:
+            from forkserve.parent.unixlistener import open_unix
+
             owned = self.handover is not None and self.handover.owned
-            return Listener.from_fd(fd, owned=owned)
+            return open_unix(address, backlog, settings, fd, owned)
         if address is None:
             raise UsageError("no address to listen on, and no socket passed (LISTEN_FDS)")
         host, port = parse_listen_address(address) if isinstance(address, str) else address
@@ -223,7 +230,7 @@ class Server:
 
     @property
     def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)``."""
+        """The bound ``(host, port)`` (``("unix:PATH", 0)`` for a Unix socket)."""
         return self.listener.address
 
     @property
@@ -253,6 +260,12 @@ class Server:
         finally:
             loop.close()
             self.log.stopping()
+        # A socket file is removed at a stop, unless a new master took it over
+        # (SIGUSR2) or may still take it (an upgrade under way): it is the new one's.
+        if loop.upgrading.current is not None:
+            self.listener.disown()
+        elif self.listener.remove_file():
+            self.log.info("socket-removed", path=self.listener.printable())
         self.log.notice("stopped", pid=os.getpid())
 
     def make_loop(self, announce: Callable[[], None]) -> Loop:
@@ -356,7 +369,11 @@ class Server:
         return True
 
     def close(self) -> None:
+        """Close the sockets; a Unix socket's file goes too (a start that failed after
+        binding), unless a new master took it over (see serve_forever) or it is
+        systemd's."""
         self.listener.close()
+        self.listener.remove_file()
         if self.endpoint is not None:
             self.endpoint.close()
         if self.notifier is not None:

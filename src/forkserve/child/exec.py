@@ -17,9 +17,9 @@ from forkserve.child.connection import Connection
 from forkserve.child.fresh import reset_process
 from forkserve.child.handler import start_connection
 from forkserve.child.prelude import Prelude
-from forkserve.core.address import format_address
+from forkserve.core.address import format_address, format_unix_address
 from forkserve.core.errnames import errno_name
-from forkserve.core.ucspi import endpoint, ucspi_environment
+from forkserve.core.ucspi import endpoint, ucspi_environment, unix_environment
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -180,6 +180,14 @@ class ExecService:
         """
         local = info.local if info.local is not None else conn.getsockname()
         remote = info.peer
+        if conn.family == socket.AF_UNIX and info.local is None:
+            return unix_environment(
+                os.environ,
+                format_unix_address(local).removeprefix("unix:"),
+                (os.getpid(), os.getuid(), os.getgid()),
+                remote,
+                extra=info.env,
+            )
         local_host, remote_host = self.program.local_host, None
         if self.program.lookup_hosts:
             remote_host = reverse_lookup(remote)

@@ -3,6 +3,9 @@
 A handler is any callable ``handler(conn, peer)``: ``conn`` is the connected,
 blocking ``socket.socket``; ``peer`` is the client's address as ``getpeername()``
 returns it (``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6).
+On a Unix-domain socket (``unix:PATH``), which has no client address, ``peer`` is the
+client's credentials from ``SO_PEERCRED``: ``(pid, uid, gid)``, three ints, the client
+process's when it called connect(2).
 It runs in a process of its own: in fork mode a fresh child per connection, in prefork
 mode a reusable worker. Whatever it does cannot touch other connections. (A
 ``socketserver.BaseRequestHandler`` subclass becomes such a callable when it is loaded:

@@ -178,11 +178,14 @@ class ExecService:
         env.update(tls_environment(conn))
         return run_relayed(conn, self.program.path, self.program.argv, env, self.log.fd)
 
-    def environment(self, conn: socket.socket, info: Connection) -> dict[str, str]:
+    def environment(
+        self, conn: socket.socket, info: Connection, inherited: dict[str, str] | None = None
+    ) -> dict[str, str]:
         """The program's environment: ours, minus stale UCSPI names, plus this connection's.
 
         Behind a PROXY header the addresses are the header's (``info.peer`` and
-        ``info.local``), not the balancer's.
+        ``info.local``), not the balancer's. ``inherited``: ours, filtered already
+        (core.ucspi.inherited_environment), as the supervisor keeps it.
         """
         local = info.local if info.local is not None else conn.getsockname()
         remote = info.peer
@@ -192,13 +195,14 @@ class ExecService:
             if local_host is None:
                 local_host = reverse_lookup(local)
         return ucspi_environment(
-            os.environ,
+            os.environ if inherited is None else inherited,
             endpoint(local),
             endpoint(remote),
             connnum=info.connnum,
             local_host=local_host,
             remote_host=remote_host,
             extra=info.env,
+            inherited=inherited is not None,
         )
 
 

@@ -20,7 +20,8 @@ The program gets the process ``child.fresh.reset_process`` gives it after a fork
   the handled ones) and none blocked (``setsigmask``);
 - a process group of its own (``setpgroup=0``, set in the child before exec: no race
   with a signal from the supervisor);
-- the same environment, built here by the service itself.
+- the same environment, built here by the service itself (from ``os.environ``
+  filtered once, when the Spawner is made: at start and at each reload).
 
 Failures: glibc reports a failed exec as posix_spawn's error (it reaps the child it
 made itself). EAGAIN and ENOMEM are a failed fork (see parent.forkmodel's
@@ -39,6 +40,7 @@ import signal
 
 from forkserve.child.exec import ExecService  # parent.assemble has it loaded already
 from forkserve.core.errnames import errno_name
+from forkserve.core.ucspi import inherited_environment
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
@@ -65,7 +67,7 @@ class Spawner:
     its own copies on fd 0 and 1.
     """
 
-    __slots__ = ("argv", "closes", "loop", "path", "service", "sigdef")
+    __slots__ = ("argv", "closes", "inherited", "loop", "path", "service", "sigdef")
 
     def __init__(self, service: ExecService, loop: Any) -> None:
         self.service = service
@@ -75,6 +77,10 @@ class Spawner:
         # valid_signals() leaves out the real-time signals glibc reserves (32, 33).
         self.sigdef = tuple(sig for sig in signal.valid_signals() if sig not in UNCATCHABLE)
         self.closes = tuple((os.POSIX_SPAWN_CLOSE, fd) for fd in inheritable_fds())
+        # The environment every program inherits, filtered once: the server changes
+        # its own only while it starts (NOTIFY_SOCKET, LISTEN_FDS and an upgrade's
+        # variables are taken out before the loop, hence before this).
+        self.inherited = inherited_environment(os.environ)
 
     def __call__(self, conn: socket.socket, info: Connection, peer_text: str) -> int | None:
         """Start the program on ``conn``; return its pid, or None when it could not
@@ -84,7 +90,7 @@ class Spawner:
             OSError: EAGAIN or ENOMEM: no process could be made (as fork(2)).
         """
         try:
-            env = self.service.environment(conn, info)
+            env = self.service.environment(conn, info, self.inherited)
         except OSError as exc:  # getsockname on a connection the client reset
             error = errno_name(exc.errno)
             self.loop.log.debug("closed", peer=peer_text, before="exec", error=error)

@@ -324,3 +324,20 @@ def test_a_reload_decides_again(start_server: ServerFactory, tmp_path: Path) -> 
         assert server.wait_event("reload", count=count)[-1]["start"] == start
         with connect(server.port) as sock:
             assert recv_all(sock) == greeting + b"there\n"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_server_started_without_stdin_still_gives_0_1_2(
+    start_server: ServerFactory, path: str
+) -> None:
+    """fd 0 closed when forkserve starts: its own descriptors take the low numbers,
+    and the program must still get the connection on 0 and 1 and nothing else."""
+
+    def no_stdin() -> None:
+        os.close(0)
+
+    server = start_server(*PATHS[path], "--", "ls", "/proc/self/fd", preexec_fn=no_stdin)
+    assert server.wait_event("listen")[0]["start"] == path
+    with connect(server.port) as sock:
+        data = recv_all(sock)
+    assert data.removeprefix(BANNER).split() == [b"0", b"1", b"2", b"3"]

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import ServerFactory
+from tests.integration.test_metrics import METRICS, scrape
 from tests.support import WAIT, ServerProcess, connect, process_alive, recv_all, wait_until
 
 BANNER = b"banner\n"
@@ -214,6 +215,24 @@ def test_a_spawn_that_cannot_exec_logs_one_line_and_serving_goes_on(
     assert [a["pid"] for a in server.events("accept")] == [end["pid"]]
     assert server.events("fork-failed") == []
     assert server.events("accept-paused") == []
+
+
+def test_a_spawn_that_cannot_exec_counts_as_rejected(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """In the metrics too: rejected for ``exec-failed``, never accepted or active."""
+    program = tmp_path / "hello"
+    program.write_text("#!/bin/sh\necho hello\n")
+    program.chmod(0o755)
+    server = start_server(*METRICS, "--", str(program))
+    program.unlink()
+    with connect(server.port) as sock:
+        assert recv_all(sock) == b""
+    server.wait_event("exec-failed")
+    found = scrape(server)
+    assert found["forkserve_connections_rejected_total", "reason=exec-failed"] == 1
+    assert found["forkserve_connections_accepted_total", ""] == 0
+    assert found["forkserve_connections_active", ""] == 0
 
 
 def test_a_forked_child_that_cannot_exec_exits_111(

@@ -8,7 +8,7 @@ from types import TracebackType
 
 from forkserve._errors import UsageError
 from forkserve._log import Log
-from forkserve.child.exec import Program
+from forkserve.child.exec import ExecService, Program
 from forkserve.child.exec import describe as describe_program
 from forkserve.child.handler import Handler, echo
 from forkserve.config.values import Settings
@@ -309,6 +309,8 @@ class Server:
         fields["pid"] = os.getpid()
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)
+            if isinstance(self.service, ExecService):  # posix_spawn, or fork then exec
+                fields["start"] = "spawn" if self.service.spawnable else "fork"
         if self.edge is not None:
             fields.update(self.edge.describe())
         self.log.notice("listen", **fields)

@@ -12,6 +12,7 @@ from forkserve.core.ucspi import (
     TLS_NAMES,
     UCSPI_NAMES,
     endpoint,
+    inherited_environment,
     ucspi_environment,
     unix_environment,
 )
@@ -85,6 +86,18 @@ def test_stale_inherited_names_go_and_others_stay() -> None:
     assert env["PATH"] == "/bin"
     assert env["TCPTIMEOUT"] == "9"  # not a UCSPI name: a rules file's, say
     assert base["TCPREMOTEHOST"] == "stale"  # the input is not modified
+
+
+def test_an_environment_filtered_once_gives_the_same_result() -> None:
+    """The supervisor filters its environment once (parent.spawn) and passes it on
+    with ``inherited=True``: the same environment as filtering it each time."""
+    base = {name: "stale" for name in UCSPI_NAMES} | {"PATH": "/bin", "SSL_CLIENT_S_DN": "x"}
+    ends = endpoint(("127.0.0.1", 1)), endpoint(("127.0.0.1", 2))
+    once = inherited_environment(base)
+    assert once == {"PATH": "/bin"}
+    each = ucspi_environment(base, *ends, connnum=2, extra={"A": "1"})
+    assert ucspi_environment(once, *ends, connnum=2, extra={"A": "1"}, inherited=True) == each
+    assert once == {"PATH": "/bin"}  # not modified: the next connection uses it again
 
 
 def test_stale_tls_names_go_and_openssl_configuration_stays() -> None:

@@ -200,6 +200,8 @@ class Server:
             metrics_fd = passed_metrics if metrics_fd is None else metrics_fd
         self.inherited = fd is not None
         self.listener = self.open_listener(address, fd, backlog)
+        if self.listener.unix and isinstance(self.service, ExecService):
+            self.service.on_unix_socket()
         self.endpoint: MetricsEndpoint | None = None
         self.notifier: Notifier | None = None
         try:

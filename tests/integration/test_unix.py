@@ -193,6 +193,9 @@ def test_exec_mode_gets_the_ucspi_unix_environment(
     path = tmp_path / "env.sock"
     env = {**os.environ, **STALE_UNIX, **STALE_TCP}
     server = start_server("--", UNIX_ENV, address=f"unix:{path}", env=env)
+    # UNIXLOCALPID is the program's own pid, as unixserver sets it: known only in a
+    # forked child, so a Unix socket's programs are never spawned (parent.spawn).
+    assert server.wait_event("listen")[0]["start"] == "fork"
     got = read_unix_env(path)
     served_by = got.pop("PID")
     assert got == {

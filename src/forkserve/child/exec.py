@@ -141,6 +141,11 @@ class ExecService:
         self.edge = edge
         self.spawnable = edge is None and not program.lookup_hosts and self.prelude.runs_nothing()
 
+    def on_unix_socket(self) -> None:
+        """Served on a Unix socket: never spawned, since the program's ``UNIXLOCALPID``
+        is its own pid (as unixserver sets it), known only in a forked child."""
+        self.spawnable = False
+
     def __call__(self, conn: socket.socket, info: Connection) -> int:
         started = start_connection(conn, info, self.edge, self.prelude)
         if isinstance(started, int):

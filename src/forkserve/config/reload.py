@@ -146,4 +146,6 @@ def rebuild(server: Server, new: Settings) -> tuple[Policy, Service]:
     # With PROXY or TLS the edge keeps its own deadline (set at start-up).
     prelude = make_settings_prelude(new, server.log, server.edge)
     _, service = make_service(server.handler, prelude, server.log, new.mode, server.edge)
+    if server.listener.unix and isinstance(service, ExecService):
+        service.on_unix_socket()
     return policy, service

@@ -1,7 +1,8 @@
 """Exec mode without a fork: the supervisor starts the program with posix_spawn(3).
 
 When nothing Python must run in the connection's process before the program (see
-``ExecService.spawnable``), forking a copy of the supervisor only to exec at once
+``ExecService.spawnable``; never on a Unix socket, whose program's ``UNIXLOCALPID`` is
+its own pid), forking a copy of the supervisor only to exec at once
 costs what docs/performance.md measures: fork(2) copies the page tables of the
 biggest process, every page the supervisor writes while the child still shares it
 is copied, and the exit tears the copy down again. glibc's posix_spawn creates the

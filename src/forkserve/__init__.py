@@ -26,6 +26,7 @@ from forkserve._log import Log
 from forkserve._server import Server
 from forkserve.child.exec import Program
 from forkserve.child.handler import Handler, echo
+from forkserve.child.requesthandler import RequestHandler
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "Log",
     "Program",
     "ProgramError",
+    "RequestHandler",
     "Server",
     "TemporaryError",
     "UsageError",

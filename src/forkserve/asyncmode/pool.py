@@ -35,7 +35,9 @@ from forkserve.prefork.wire import STATUS_SIZE, decode
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
     from forkserve.asyncmode.service import AsyncService
+    from forkserve.child.handler import Service
     from forkserve.config.reload import ReloadPlan
+    from forkserve.config.values import Settings
     from forkserve.parent.children import Exited
     from forkserve.parent.listeners import Listener
     from forkserve.parent.loop import Loop
@@ -54,6 +56,18 @@ class Open:
         self.peer = peer
         self.since = since
         self.source: int | None = None
+
+
+def make_async_pool(
+    loop: Loop, listener: Listener, service: Service, settings: Settings
+) -> AsyncPool:
+    """The pool ``settings`` ask for (``--workers`` 0: one per CPU)."""
+    from forkserve.asyncmode.service import AsyncService
+
+    assert isinstance(service, AsyncService)  # make_service's, in async mode
+    workers = settings.workers or os.cpu_count() or 1
+    use_uvloop = settings.loop != "asyncio"
+    return AsyncPool(loop, listener, service, workers, settings.max_conns, use_uvloop=use_uvloop)
 
 
 class AsyncPool(Pool):

@@ -3,8 +3,13 @@
 A handler is any callable ``handler(conn, peer)``: ``conn`` is the connected,
 blocking ``socket.socket``; ``peer`` is the client's address as ``getpeername()``
 returns it (``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6).
+On a Unix-domain socket (``unix:PATH``), which has no client address, ``peer`` is the
+client's credentials from ``SO_PEERCRED``: ``(pid, uid, gid)``, three ints, the client
+process's when it called connect(2).
 It runs in a process of its own: in fork mode a fresh child per connection, in prefork
-mode a reusable worker. Whatever it does cannot touch other connections.
+mode a reusable worker. Whatever it does cannot touch other connections. (A
+``socketserver.BaseRequestHandler`` subclass becomes such a callable when it is loaded:
+``child.requesthandler.RequestHandler``.)
 
 When it returns the connection is closed and the child exits 0; input it left
 unread is drained first, so that the close sends no reset that would cut its reply
@@ -186,7 +191,7 @@ def run_handler(
         return exc.code if isinstance(exc.code, int) else EXIT_HANDLER_RAISED
     except BaseException as exc:  # noqa: BLE001 - a handler bug must not escape the child
         if not tls_peer_gone(exc):  # else the client went away: exit 0
-            _report_exception(log)
+            report_exception(log)
             return EXIT_HANDLER_RAISED
     finally:
         conn.close()
@@ -217,7 +222,7 @@ def tls_peer_gone(exc: BaseException) -> bool:
     return ssl is not None and isinstance(exc, (ssl.SSLZeroReturnError, ssl.SSLEOFError))
 
 
-def _report_exception(log: Log | None) -> None:
+def report_exception(log: Log | None) -> None:
     """Write the handler's traceback to the log: as Python prints it (control
     characters escaped), or as one JSON event."""
     try:

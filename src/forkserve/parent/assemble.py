@@ -14,6 +14,7 @@ from forkserve._log import DEBUG, FORMATS, INFO, QUIET, Log
 from forkserve.child.exec import ExecService, Program
 from forkserve.child.handler import Handler, PythonService, Service, is_coroutine_function
 from forkserve.child.prelude import Prelude
+from forkserve.child.requesthandler import handler_for
 from forkserve.core.address import parse_listen_address
 from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT, Gate, Policy
 from forkserve.core.names import ASYNC, MODES, RLIMIT_NAMES
@@ -23,6 +24,7 @@ from forkserve.parent.listeners import Listener
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from socketserver import BaseRequestHandler
 
     from forkserve.child.edge import Edge
     from forkserve.config.values import Settings
@@ -131,7 +133,7 @@ def serve_metrics(loop: Loop, endpoint: MetricsEndpoint, mode: str, log: Log) ->
 
 
 def make_service(
-    handler: Handler | Program | str,
+    handler: Handler | Program | str | type[BaseRequestHandler],
     prelude: Prelude,
     log: Log,
     mode: str,
@@ -139,8 +141,11 @@ def make_service(
 ) -> tuple[Handler | Program, Service]:
     """Load a handler name, and wrap the handler or program as what children run.
 
+    A socketserver request handler class (by name or not) is wrapped in a
+    ``RequestHandler`` here, once.
+
     Raises:
-        HandlerError: a handler name that does not load.
+        HandlerError: a handler name that does not load, or a class that is no handler.
         UsageError: an async handler outside async mode, or a sync one in it; a
             program in prefork or async mode: exec replaces the process, so a
             worker could serve only one connection; fork mode is exec's model. Or
@@ -153,7 +158,8 @@ def make_service(
     if mode == ASYNC and not isinstance(handler, Program):
         from forkserve.asyncmode.service import AsyncService, as_async_handler
 
-        return handler, AsyncService(as_async_handler(handler), prelude, edge, log)
+        service = AsyncService(as_async_handler(handler), prelude, edge, log)
+        return handler, service  # type: ignore[return-value] # a class was refused
     if is_coroutine_function(handler):
         name = getattr(handler, "__qualname__", type(handler).__name__)
         raise UsageError(f"handler {name} is an async def: it needs --mode async")
@@ -168,6 +174,8 @@ def make_service(
                 "(use --max-lifetime)"
             )
         return handler, ExecService(handler, log, prelude, edge)
+    # Server(address, SimpleHTTPRequestHandler), or a partial of it: decided here, once.
+    handler = handler_for(handler, getattr(handler, "__name__", repr(handler)))
     return handler, PythonService(handler, prelude, edge)
 
 

@@ -28,6 +28,7 @@ from forkserve.parent.listeners import (
     Listener,
     accept_action,
 )
+from forkserve.parent.spawn import spawner_for
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
@@ -108,19 +109,21 @@ class Connections:
     a stop while every slot was taken.
     """
 
-    __slots__ = ("acceptor", "admission", "close_in_child", "loop", "pending", "service")
+    __slots__ = ("acceptor", "admission", "close_in_child", "loop", "pending", "service", "spawn")
 
     def __init__(self, loop: Loop, acceptor: Acceptor, service: Service) -> None:
         self.loop = loop
         self.admission = loop.admission
         self.acceptor = acceptor
         self.service = service
+        self.spawn = spawner_for(service, loop)  # a program started without a fork
         self.close_in_child = loop.close_in_child
         self.pending: collections.deque[tuple[socket.socket, Any]] = collections.deque()
 
     def use(self, service: Service) -> None:
         """A reload's service: children forked from now on run it."""
         self.service = service
+        self.spawn = spawner_for(service, self.loop)
 
     def fork(self, conn: socket.socket, peer: Any) -> None:
         """Admit ``conn`` and fork a child that serves it; the parent's copy is closed
@@ -177,10 +180,17 @@ class Connections:
         close_in_child: Callable[[], None],
     ) -> int | None:
         """Fork the child that serves ``conn`` (closed here, in the parent), counted
-        against ``source``; return its pid, or None when fork failed."""
+        against ``source``; return its pid, or None when fork failed. A program
+        nothing must run before is spawned instead (parent.spawn): None when it
+        could not run (logged there)."""
         service = self.service
         try:
-            pid = fork_child(lambda: service(conn, info), close_in_child)
+            if self.spawn is not None:
+                pid = self.spawn(conn, info, peer_text)
+                if pid is None:
+                    return None
+            else:
+                pid = fork_child(lambda: service(conn, info), close_in_child)
         except OSError as exc:
             self.fork_failed(peer_text, exc)
             return None

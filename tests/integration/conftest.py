@@ -48,6 +48,13 @@ ASYNC_PENDING: dict[str, str] = {
     "test_rate_spent_by_one_client_refuses_no_other": SYNC_HANDLER,
     "test_health_check_without_a_client_is_judged_on_the_balancer": SYNC_HANDLER,
     "test_advertised_ipv6_clients_count_by_prefix": SYNC_HANDLER,
+    "test_simple_http_request_handler_serves_files_to_curl": SYNC_HANDLER,
+    "test_ab_loses_nothing": SYNC_HANDLER,
+    "test_stream_request_handler_from_a_file": SYNC_HANDLER,
+    "test_the_class_timeout_ends_a_silent_client_with_exit_124": SYNC_HANDLER,
+    "test_an_exception_in_a_handler_class_is_a_handler_error": SYNC_HANDLER,
+    "test_xmlrpc_request_handler_answers_xmlrpc_client": SYNC_HANDLER,
+    "test_handler_gets_the_peer_credentials": SYNC_HANDLER,
     "test_cpu_limit_ends_a_spinning_handler": "--limit-* is per connection's process: "
     "async mode refuses it",
     "test_python_client_echo_with_half_close": "asyncio's TLS transport ends the "

@@ -31,6 +31,7 @@ from forkserve.parent.listeners import (
     ACCEPT_PAUSE,
     ACCEPT_RETRY,
     accept_action,
+    peer_credentials,
 )
 
 TYPE_CHECKING = False
@@ -197,6 +198,8 @@ class Served:
             if self.paused is not None:
                 self.worker.report("U", self.paused)
                 self.paused = None
+            if type(peer) is not tuple:  # a Unix socket's: the peer is its credentials
+                peer = peer_credentials(sock)
             self.start(sock, peer)
 
     def accept_failed(self, exc: OSError) -> None:

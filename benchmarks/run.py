@@ -56,7 +56,7 @@ START_WAIT = 15.0
 STOP_WAIT = 15.0
 WORKLOADS = ("rate", "pingpong", "bulk", "hold")
 # Each mode's own flag for "serve this many connections at once" (hold needs them all).
-CAPACITY_FLAGS = {"fork": "--max-conns", "prefork": "--max-workers"}
+CAPACITY_FLAGS = {"fork": "--max-conns", "prefork": "--max-workers", "async": "--max-conns"}
 
 
 @dataclass

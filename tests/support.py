@@ -360,6 +360,8 @@ def find_promtool() -> str | None:
 
 
 def mode_args(mode: str) -> list[str]:
+    if mode == "async":
+        return ["--mode", "async", "--workers", "2"]
     return ["--mode", "prefork"] if mode == "prefork" else []
 
 
@@ -367,4 +369,4 @@ def limit_args(mode: str, n: int) -> list[str]:
     """Serve at most ``n`` connections at once, in either mode."""
     if mode == "prefork":
         return ["--max-workers", str(n), "--min-spare", "1", "--max-spare", str(n)]
-    return ["--max-conns", str(n)]
+    return ["--max-conns", str(n)]  # fork mode's, and async mode's across its workers

@@ -13,8 +13,8 @@ from forkserve.child.exec import describe as describe_program
 from forkserve.child.handler import Handler, echo
 from forkserve.config.values import Settings
 from forkserve.core.address import is_unix_address, parse_listen_address
+from forkserve.core.names import ASYNC, PREFORK
 from forkserve.core.names import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
-from forkserve.core.names import PREFORK
 from forkserve.parent.assemble import (
     bind_metrics,
     check_settings,
@@ -283,6 +283,10 @@ class Server:
         )
         if settings.mode == PREFORK:
             loop.use(Pool(loop, self.listener, self.service, PoolPolicy(*settings.pool)))
+        elif settings.mode == ASYNC:
+            from forkserve.asyncmode.pool import make_async_pool
+
+            loop.use(make_async_pool(loop, self.listener, self.service, settings))
         else:
             loop.use(ForkModel(loop, self.listener, self.service, settings.max_conns))
         return loop
@@ -304,10 +308,10 @@ class Server:
             fields["fd"] = self.listener.fileno()
         if self.handover is not None:
             fields["upgraded_from"] = self.handover.from_pid
-        if mode == "prefork":
-            fields["max_workers"] = self.settings.max_workers
-        else:
-            fields["max_conns"] = self.settings.max_conns
+        limit = "max_workers" if mode == "prefork" else "max_conns"
+        fields[limit] = self.settings.max_workers if mode == "prefork" else self.settings.max_conns
+        if mode == ASYNC:
+            fields.update(workers=self.settings.workers or os.cpu_count(), loop=self.settings.loop)
         fields["pid"] = os.getpid()
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)

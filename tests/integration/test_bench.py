@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.integration.conftest import ServerFactory
-from tests.support import WAIT, run_cli
+from tests.support import FORKSERVE, WAIT, run_cli
 
 # Small and short: the whole file runs in seconds. The machine is shared, so waits
 # that should not expire get the default 5 s; only tests that wait for a fault to
@@ -238,3 +238,15 @@ def test_bad_targets_exit_100(target: list[str]) -> None:
     done = run_cli(["bench", *target])
     assert done.returncode == 100, done
     assert b"Traceback" not in done.stderr
+
+
+def test_hold_beyond_the_descriptor_limit_is_held_by_shards(start_server: ServerFactory) -> None:
+    """More connections than one process may open (a hard RLIMIT_NOFILE that cannot
+    be raised): hold splits them over processes, and every one is verified."""
+    server = start_server("-q", "--mode", "async", "--workers", "2")
+    command = ["prlimit", "--nofile=300:300", *FORKSERVE]
+    argv = ["bench", "127.0.0.1", str(server.port), *QUICK, "-m", "hold", "-c", "500", "--json"]
+    done = run_cli(argv, timeout=60, command=command)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["established"] == data["verified_start"] == data["verified_end"] == 500

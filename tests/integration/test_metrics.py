@@ -202,7 +202,8 @@ def test_every_family_has_its_type_and_samples(serve: ServerFactory, mode: str) 
     status, body = http_get(metrics_port(server), "/metrics")
     assert status == 200
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
-    expected = FAMILIES | ({"forkserve_workers": "gauge"} if mode == "prefork" else {})
+    pooled = mode in ("prefork", "async")
+    expected = FAMILIES | ({"forkserve_workers": "gauge"} if pooled else {})
     assert {name: f.type for name, f in families.items()} == expected
     for family in families.values():
         assert family.samples, f"{family.name} has no samples"

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.soak.scenarios import FAST, FULL, SCENARIOS, Result
+from tests.soak.scenarios import ASYNC_SCENARIOS, FAST, FULL, SCENARIOS, Result
 
 DOC = Path(__file__).parents[2] / "docs" / "reliability.md"
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
@@ -43,7 +43,8 @@ def main() -> int:
     began = time.monotonic()
     results = []
     for name in args.scenarios or list(SCENARIOS):
-        for mode in ("fork", "prefork"):
+        modes = ("fork", "prefork", "async") if name in ASYNC_SCENARIOS else ("fork", "prefork")
+        for mode in modes:
             start = time.monotonic()
             result = SCENARIOS[name](mode, size)
             result.seconds = time.monotonic() - start

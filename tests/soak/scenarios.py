@@ -37,6 +37,11 @@ from tests.support import (
 )
 
 CHAOS = str(Path(__file__).parents[1] / "data" / "chaos_handler.py") + ":handle"
+ASYNC_CHAOS = str(Path(__file__).parents[1] / "data" / "async_chaos_handler.py") + ":handle"
+# The scenarios async mode runs too. Its chaos injects what ends one connection
+# (a handler's exception, a client's reset): a SIGKILL or a segfault ends a whole
+# worker with all its connections, by design (tests/integration/test_async.py).
+ASYNC_SCENARIOS = ("churn", "integrity", "chaos", "stop")
 
 
 @dataclass(frozen=True)
@@ -229,7 +234,8 @@ def scenario_chaos(mode: str, size: Size) -> Result:
     the other connections lose nothing."""
     result = Result("chaos", mode, f"integrity load for {size.chaos_seconds:g} s")
     limit = ["--max-workers", "64"] if mode == "prefork" else []
-    with server(result, "--handler", CHAOS, *limit) as proc:
+    handler = ASYNC_CHAOS if mode == "async" else CHAOS
+    with server(result, "--handler", handler, *limit) as proc:
         stop = threading.Event()
         totals = Tally()
 
@@ -251,7 +257,7 @@ def scenario_chaos(mode: str, size: Size) -> Result:
 
         loader = threading.Thread(target=load)
         loader.start()
-        injected = inject_faults(proc, size.chaos_seconds)
+        injected = inject_faults(proc, size.chaos_seconds, per_connection=mode == "async")
         stop.set()
         loader.join(300)
         result.count(totals)
@@ -261,13 +267,17 @@ def scenario_chaos(mode: str, size: Size) -> Result:
     return result
 
 
-def inject_faults(proc: ServerProcess, seconds: float) -> dict[str, int]:
-    """Open chaos connections in a random order for ``seconds``; count each kind."""
+def inject_faults(
+    proc: ServerProcess, seconds: float, *, per_connection: bool = False
+) -> dict[str, int]:
+    """Open chaos connections in a random order for ``seconds``; count each kind
+    (``per_connection``: only the faults that end one connection, not a process)."""
     rng = random.Random(42)
     injected = {"SIGKILL": 0, "SIGSEGV": 0, "raise": 0, "MemoryError": 0, "reset": 0}
+    kinds = ["raise", "reset"] if per_connection else list(injected)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        kind = rng.choice(list(injected))
+        kind = rng.choice(kinds)
         if kind == "SIGKILL":
             kill_a_held_child(proc)
         elif kind == "reset":

@@ -24,6 +24,7 @@ KNOWN_TYPE_ONLY_CYCLES: dict[frozenset[str], str] = {
     frozenset(
         {
             "forkserve._server",
+            "forkserve.asyncmode.pool",
             "forkserve.config.reload",
             "forkserve.parent.admission",
             "forkserve.parent.assemble",

@@ -43,7 +43,7 @@ def test_good_values_are_converted() -> None:
         ({"max-conns": "5"}, "max-conns: expected a whole number, 1 or more, not str"),
         ({"max-conns": True}, "max-conns: expected a whole number, 1 or more, not a boolean"),
         ({"grace": -1}, "grace: expected 0 or more seconds"),
-        ({"mode": "spawn"}, "mode: expected one of fork, prefork, not 'spawn'"),
+        ({"mode": "spawn"}, "mode: expected one of fork, prefork, async, not 'spawn'"),
         ({"quiet": "yes"}, "quiet: expected true or false, not str"),
         ({"banner": "\\q"}, "banner: invalid escape"),
         ({"listen": "[::1"}, "listen: invalid address"),

@@ -198,6 +198,23 @@ def run_handler(
     return EXIT_HANDLER_OK
 
 
+# code.co_flags: an ``async def`` (CO_COROUTINE), or a generator-based coroutine
+# (CO_ITERABLE_COROUTINE); inspect's own test, without importing inspect.
+COROUTINE_FLAGS = 0x80 | 0x100
+
+
+def is_coroutine_function(obj: object) -> bool:
+    """Whether calling ``obj`` returns a coroutine: an ``async def`` function or
+    method, a ``functools.partial`` of one, or an object whose ``__call__`` is one."""
+    while hasattr(obj, "func") and hasattr(obj, "args"):  # functools.partial
+        obj = obj.func
+    code = getattr(obj, "__code__", None)
+    if code is None:
+        call = type(obj).__dict__.get("__call__")  # an instance with an async __call__
+        code = getattr(call, "__code__", None)
+    return code is not None and bool(code.co_flags & COROUTINE_FLAGS)
+
+
 def tls_peer_gone(exc: BaseException) -> bool:
     """Whether ``exc`` is how a TLS client's going away shows: a write after its
     close_notify (SSLZeroReturnError), or a FIN without one (SSLEOFError)."""

@@ -8,6 +8,9 @@ The names they share (the modes, the pool's settings) are in core.names.
 from __future__ import annotations
 
 DEFAULT_MAX_CONNS = 1000
+# Async mode's --max-conns when not given: an async worker holds a connection in a few
+# KiB (docs/performance.md), so its limit is the descriptors, not the memory.
+DEFAULT_ASYNC_MAX_CONNS = 10000
 # The kernel queues completed handshakes here while forkserve is at --max-conns or busy
 # forking; it is the only queue forkserve has (no accept-then-close). 1024 holds about
 # half a second of the fork mode's accept rate measured on a 2-core machine, so a

@@ -13,6 +13,7 @@ import argparse
 from forkserve._errors import UsageError
 from forkserve._log import DEBUG, INFO, QUIET
 from forkserve.config.defaults import (
+    DEFAULT_ASYNC_MAX_CONNS,
     DEFAULT_MAX_CONNS,
     DEFAULT_MAX_SPARE,
     DEFAULT_MAX_WORKERS,
@@ -21,7 +22,7 @@ from forkserve.config.defaults import (
 from forkserve.config.settings import UPGRADE, Setting, changes, validate_table
 from forkserve.config.table import EXCLUSIVE, GROUP_TEXT, RLIMITS, SERVE, SERVE_BY_KEY
 from forkserve.config.values import Settings
-from forkserve.core.names import POOL_SETTINGS
+from forkserve.core.names import ASYNC, FORK, POOL_SETTINGS
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -178,14 +179,21 @@ def mode_options(values: Mapping[str, object]) -> dict[str, int]:
     """The limits of the chosen mode, with its defaults, checked against it.
 
     Raises:
-        UsageError: an option of the other mode was given.
+        UsageError: an option of another mode was given.
     """
     given = [name for name in POOL_SETTINGS if values.get(name) is not None]
-    if values["mode"] == "fork":
+    mode = values["mode"]
+    for flag, given_here in (("--workers", values.get("workers")), ("--loop", values["loop"])):
+        if mode != ASYNC and given_here not in (None, "auto"):
+            raise UsageError(f"{flag} needs --mode async")
+    if mode in (FORK, ASYNC):
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise UsageError(f"{flag} needs --mode prefork")
-        return {"max_conns": count(values, "max_conns") or DEFAULT_MAX_CONNS}
+        if mode == FORK:
+            return {"max_conns": count(values, "max_conns") or DEFAULT_MAX_CONNS}
+        conns = count(values, "max_conns") or DEFAULT_ASYNC_MAX_CONNS
+        return {"max_conns": conns, "workers": count(values, "workers")}
     if values["max_conns"] is not None:
         raise UsageError("--max-conns is fork mode's limit; in prefork mode use --max-workers")
     numbers = {name: count(values, name) for name in POOL_SETTINGS}
@@ -299,8 +307,8 @@ def server_settings(values: Mapping[str, object]) -> Settings:
         UsageError: a bad rules file, or an option of the other mode.
     """
     same = (
-        *("mode", "backlog", "grace", "upgrade_timeout", "banner", "metrics", "log_format"),
-        *("socket_mode", "socket_user", "socket_group"),
+        *("mode", "loop", "backlog", "grace", "upgrade_timeout", "banner", "metrics"),
+        *("log_format", "socket_mode", "socket_user", "socket_group"),
     )
     settings = Settings(log_level=log_level(values))
     settings.update({name: values[name] for name in same})

@@ -50,6 +50,7 @@ class ReloadPlan:
         "pool",
         "service",
         "upgrade_timeout",
+        "workers",
     )
 
     def __init__(
@@ -76,6 +77,7 @@ class ReloadPlan:
             else None
         )
         self.max_conns = None if prefork else settings.max_conns
+        self.workers = settings.workers if settings.mode == "async" else 0  # 0: as it is
         self.log_format = settings.log_format
         self.log_level = settings.log_level
 

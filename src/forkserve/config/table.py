@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from forkserve._log import FORMATS
 from forkserve.config.defaults import (
+    DEFAULT_ASYNC_MAX_CONNS,
     DEFAULT_BACKLOG,
     DEFAULT_GRACE,
     DEFAULT_MAX_CONNS,
@@ -113,7 +114,8 @@ SERVE = (
         choice(*MODES),
         "fork",
         "fork: a fresh process per connection; prefork: a dynamic pool of reusable "
-        "worker processes",
+        "worker processes; async: --workers processes with an event loop each, for "
+        "async def handler(reader, writer)",
         group=LISTENING,
         metavar="{" + ",".join(MODES) + "}",
     ),
@@ -121,12 +123,34 @@ SERVE = (
         "max-conns",
         COUNT,
         None,
-        "connections served at once; more wait in the kernel backlog",
+        "connections served at once (async mode: in all workers together); more wait "
+        "in the kernel backlog",
         group=LISTENING,
         metavar="N",
-        mode="fork",
+        mode="fork or async",
         reload=RELOAD,
-        default_text=str(DEFAULT_MAX_CONNS),
+        default_text=f"{DEFAULT_MAX_CONNS}; async mode {DEFAULT_ASYNC_MAX_CONNS}",
+    ),
+    Setting(
+        "workers",
+        COUNT,
+        None,
+        "worker processes, each running an event loop (SIGTTIN/SIGTTOU: one more, one less)",
+        group=LISTENING,
+        metavar="N",
+        mode="async",
+        reload=RELOAD,
+        default_text="the number of CPUs",
+    ),
+    Setting(
+        "loop",
+        choice("auto", "uvloop", "asyncio"),
+        "auto",
+        "the workers' event loop: uvloop (faster here: see docs/performance.md) or "
+        "asyncio's own; auto: uvloop when it is installed",
+        group=LISTENING,
+        metavar="{auto,uvloop,asyncio}",
+        mode="async",
     ),
     Setting(
         "backlog",

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
         max_spare: int
         max_workers: int
         max_requests: int
+        workers: int
+        loop: str
         backlog: int
         grace: float
         upgrade_timeout: float
@@ -80,6 +82,8 @@ DEFAULTS: dict[str, object] = {
     "max_spare": DEFAULT_MAX_SPARE,
     "max_workers": DEFAULT_MAX_WORKERS,
     "max_requests": 0,
+    "workers": 0,
+    "loop": "auto",
     "backlog": DEFAULT_BACKLOG,
     "grace": DEFAULT_GRACE,
     "upgrade_timeout": DEFAULT_UPGRADE_TIMEOUT,
@@ -149,6 +153,8 @@ class Settings:
     max_spare: int
     max_workers: int
     max_requests: int
+    workers: int
+    loop: str
     backlog: int
     grace: float
     upgrade_timeout: float

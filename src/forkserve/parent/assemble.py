@@ -12,12 +12,12 @@ import os
 from forkserve._errors import UsageError
 from forkserve._log import DEBUG, FORMATS, INFO, QUIET, Log
 from forkserve.child.exec import ExecService, Program
-from forkserve.child.handler import Handler, PythonService, Service
+from forkserve.child.handler import Handler, PythonService, Service, is_coroutine_function
 from forkserve.child.prelude import Prelude
 from forkserve.child.requesthandler import handler_for
 from forkserve.core.address import parse_listen_address
 from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT, Gate, Policy
-from forkserve.core.names import MODES, RLIMIT_NAMES
+from forkserve.core.names import ASYNC, MODES, RLIMIT_NAMES
 from forkserve.core.rules import RuleSet
 from forkserve.parent.listeners import Listener
 
@@ -41,7 +41,8 @@ def check_settings(settings: Settings) -> None:
     time out of range, a banner that is not bytes, or an unknown log format or
     level (the rest is checked as it is built: see make_policy and
     make_settings_prelude)."""
-    check_arguments(settings.mode, settings.max_conns, settings.pool)
+    check_arguments(settings.mode, settings.max_conns, settings.pool, settings.workers)
+    check_loop(settings.loop)
     if settings.backlog < 1:
         raise UsageError(f"backlog must be at least 1, not {settings.backlog}")
     check_seconds("grace", settings.grace)
@@ -54,7 +55,9 @@ def check_settings(settings: Settings) -> None:
         raise UsageError(f"log_level must be {QUIET}, {INFO} or {DEBUG}")
 
 
-def check_arguments(mode: str, max_conns: int, pool: tuple[int, int, int, int]) -> None:
+def check_arguments(
+    mode: str, max_conns: int, pool: tuple[int, int, int, int], workers: int = 0
+) -> None:
     """Raises UsageError for a mode, a limit or a pool out of range."""
     min_spare, max_spare, max_workers, max_requests = pool
     if mode not in MODES:
@@ -68,6 +71,19 @@ def check_arguments(mode: str, max_conns: int, pool: tuple[int, int, int, int]) 
         )
     if max_requests < 0:
         raise UsageError(f"max_requests must be 0 (no limit) or more, not {max_requests}")
+    if workers < 0:
+        raise UsageError(f"workers must be 0 (the number of CPUs) or more, not {workers}")
+
+
+def check_loop(loop: str) -> None:
+    """Raises UsageError for an unknown event loop, or uvloop asked for and missing."""
+    if loop not in ("auto", "uvloop", "asyncio"):
+        raise UsageError(f"loop must be auto, uvloop or asyncio, not {loop!r}")
+    if loop == "uvloop":
+        import importlib.util
+
+        if importlib.util.find_spec("uvloop") is None:
+            raise UsageError("--loop uvloop: uvloop is not installed (pip install uvloop)")
 
 
 def take_handover() -> Handover | None:
@@ -130,7 +146,8 @@ def make_service(
 
     Raises:
         HandlerError: a handler name that does not load, or a class that is no handler.
-        UsageError: a program in prefork mode: exec replaces the process, so a
+        UsageError: an async handler outside async mode, or a sync one in it; a
+            program in prefork or async mode: exec replaces the process, so a
             worker could serve only one connection; fork mode is exec's model. Or
             an idle timeout for a program, which owns its socket.
     """
@@ -138,6 +155,14 @@ def make_service(
         from forkserve.config.handler import load_handler
 
         handler = load_handler(handler)
+    if mode == ASYNC and not isinstance(handler, Program):
+        from forkserve.asyncmode.service import AsyncService, as_async_handler
+
+        service = AsyncService(as_async_handler(handler), prelude, edge, log)
+        return handler, service  # type: ignore[return-value] # a class was refused
+    if is_coroutine_function(handler):
+        name = getattr(handler, "__qualname__", type(handler).__name__)
+        raise UsageError(f"handler {name} is an async def: it needs --mode async")
     if isinstance(handler, Program):
         if mode != "fork":
             raise UsageError(

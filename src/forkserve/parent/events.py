@@ -26,12 +26,26 @@ class Events:
         self.log = log
         self.active = active
 
-    def accept(self, peer: str, pid: int) -> None:
-        self.log.info("accept", peer=peer, pid=pid, conns=self.active())
+    def accept(self, peer: str, pid: int, conn: int | None = None) -> None:
+        """``conn``: async mode's connection number in worker ``pid``."""
+        if conn is None:
+            self.log.info("accept", peer=peer, pid=pid, conns=self.active())
+        else:
+            self.log.info("accept", peer=peer, pid=pid, conn=conn, conns=self.active())
 
-    def end(self, pid: int, peer: str, status: dict[str, object], seconds: float) -> None:
-        """``status``: the exit's fields (``exit=N`` or ``signal=...``, see Exited)."""
+    def end(
+        self,
+        pid: int,
+        peer: str,
+        status: dict[str, object],
+        seconds: float,
+        conn: int | None = None,
+    ) -> None:
+        """``status``: the exit's fields (``exit=N`` or ``signal=...``, see Exited);
+        ``conn``: async mode's connection number in worker ``pid``."""
         fields: dict[str, object] = {"pid": pid, "peer": peer}
+        if conn is not None:
+            fields["conn"] = conn
         fields.update(status)
         fields["duration"] = f"{seconds:.3f}s"
         fields["conns"] = self.active()

@@ -24,8 +24,12 @@ BACKOFF_MAX = 10.0
 # and resource limits), the access rules and --reject-message, its --max-requests,
 # the log's level and format, the TLS context. --per-ip and --rate are counted by the
 # supervisor, but turning them on or off gives workers a channel or takes it away.
+# Async mode's pool (asyncmode.pool) moves --max-conns and --workers itself.
 SUPERVISOR_SETTINGS = frozenset(
-    {"grace", "upgrade-timeout", "min-spare", "max-spare", "max-workers", "per-ip", "rate"}
+    {
+        *("grace", "upgrade-timeout", "min-spare", "max-spare", "max-workers"),
+        *("per-ip", "rate", "max-conns", "workers"),
+    }
 )
 POOL_SETTINGS = ("min_spare", "max_spare", "max_workers", "max_requests")
 

@@ -186,8 +186,7 @@ class Pool:
             if theirs is not None:
                 theirs.close()
             if worker is not None:
-                worker.wake_r.close()
-                worker.wake_w.close()
+                worker.close_in_parent()
         return pid, ours
 
     def make_worker(self, channel: socket.socket | None) -> Worker:

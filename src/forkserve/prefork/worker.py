@@ -112,6 +112,11 @@ class Worker:
         if self.channel is not None:
             self.channel.settimeout(ASK_TIMEOUT)
 
+    def close_in_parent(self) -> None:
+        """In the supervisor, once forked (or not): the wakeup pair is the worker's."""
+        self.wake_r.close()
+        self.wake_w.close()
+
     def _retire(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM: set the flag at once, not only through the wakeup pipe. The
         handler runs as soon as poll() returns, so a worker woken by a connection

@@ -11,9 +11,11 @@ Resource handling: every socket is closed on every path by the coroutine that ow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable
 
+from forkserve._errors import UsageError
 from forkserve.cli.bench.stats import Tally
 from forkserve.cli.bench.verify import (
     TIMEOUT,
@@ -27,12 +29,95 @@ from forkserve.cli.bench.verify import (
 )
 from forkserve.cli.bench.work import Config, Counters, check_not_self, os_problem
 
+# Descriptors hold needs beyond one per connection (stdio, the event loop, imports).
+FD_SPARE = 64
+# A shard's descriptors beside its connections: the standard ones, asyncio's.
+SHARD_FD_SPARE = 32
+
 
 def hold(config: Config, counters: Counters, on_held: Callable[[Tally], None]) -> Tally:
     """Open ``config.conns`` connections at once, verify an echo on each, hold them
     ``config.duration`` seconds, verify an echo on each again, then half-close and
-    expect EOF. ``on_held`` runs while they are held (the memory measurement)."""
+    expect EOF. ``on_held`` runs while they are held (the memory measurement).
+
+    More connections than one process's hard RLIMIT_NOFILE allows (and it cannot be
+    raised) are held by several forked processes (see ``hold_sharded``).
+
+    Raises:
+        UsageError: not enough descriptors, and the hard limit cannot be raised.
+    """
+    needed = config.conns + FD_SPARE
+    shards = hold_shards(needed)
+    if shards > 1:
+        return hold_sharded(config, on_held, shards)
+    raise_fd_limit(needed)
     return asyncio.run(_hold(config, counters, on_held))
+
+
+def hold_sharded(config: Config, on_held: Callable[[Tally], None], shards: int) -> Tally:
+    """``hold`` split over ``shards`` forked processes: each opens its share and
+    reports on a pipe; once all have, ``on_held`` runs and they are told to go on;
+    each then sends its tally back (pickled) and exits.
+
+    Resource handling: every pipe is closed on every path; the children are reaped.
+    """
+    import os
+    import pickle
+    from dataclasses import replace
+
+    shares = [config.conns // shards + (i < config.conns % shards) for i in range(shards)]
+    go_r, go_w = os.pipe()
+    children: list[tuple[int, int]] = []
+    try:
+        for share in shares:
+            report_r, report_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the shard: never returns
+                os.close(report_r)
+                os.close(go_w)
+                _shard(replace(config, conns=share), report_w, go_r)
+            os.close(report_w)
+            children.append((pid, report_r))
+        with contextlib.ExitStack() as stack:
+            readers = [stack.enter_context(os.fdopen(fd, "rb")) for _, fd in children]
+            opened = Tally()
+            for reader in readers:
+                opened.merge(pickle.load(reader))  # noqa: S301 - our own children's
+            on_held(opened)
+            os.close(go_w)
+            go_w = -1
+            total = Tally()
+            for reader in readers:
+                total.merge(pickle.load(reader))  # noqa: S301 - our own children's
+    finally:
+        os.close(go_r)
+        if go_w >= 0:
+            os.close(go_w)
+        for pid, _ in children:
+            os.waitpid(pid, 0)
+    return total
+
+
+def _shard(config: Config, report_w: int, go_r: int) -> None:
+    """One shard's life (see hold_sharded): ends in os._exit."""
+    import os
+    import pickle
+
+    status = 1
+    try:
+        raise_fd_limit(config.conns + SHARD_FD_SPARE)
+        with os.fdopen(report_w, "wb") as out:
+
+            def held(tally: Tally) -> None:
+                pickle.dump(tally, out)
+                out.flush()
+                os.read(go_r, 1)  # end of file: every shard is open, go on
+
+            tally = asyncio.run(_hold(config, Counters([0, 0, 0], 0), held))
+            pickle.dump(tally, out)
+        status = 0
+    finally:
+        os._exit(status)
 
 
 async def _hold(config: Config, counters: Counters, on_held: Callable[[Tally], None]) -> Tally:
@@ -136,3 +221,44 @@ async def _async_eof(config: Config, sock: socket.socket, conn: str, offset: int
         raise VerifyError(os_problem(exc, conn, offset)) from None
     if data:
         raise VerifyError(extra_bytes(conn, offset, data))
+
+
+def hold_shards(needed: int) -> int:
+    """How many processes hold needs: one, unless ``needed`` descriptors are more
+    than the hard RLIMIT_NOFILE allows one process (and it cannot be raised: no
+    CAP_SYS_RESOURCE); then enough processes that each stays under it."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or needed <= hard:
+        return 1
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+    except (ValueError, PermissionError):
+        return -(-needed // (hard - FD_SPARE))
+    return 1
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Raise the soft RLIMIT_NOFILE to ``needed`` if it is lower, and the hard limit
+    too when it is lower and the process may (CAP_SYS_RESOURCE, e.g. root: up to
+    fs.nr_open), as ``ulimit -Hn`` would.
+
+    Raises:
+        UsageError: the hard limit is lower than ``needed`` and cannot be raised.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+        except (ValueError, PermissionError):
+            raise UsageError(
+                f"hold needs {needed} file descriptors but the hard limit is {hard} "
+                "(ulimit -Hn): use a smaller -c or raise the limit"
+            ) from None
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))

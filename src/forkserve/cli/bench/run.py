@@ -50,8 +50,6 @@ DEFAULT_TIMEOUT = 5.0
 # Each rate, pingpong or bulk worker is a process: more than this is a typo.
 MAX_WORKERS = 1024
 MAX_SIZE = 64 << 20
-# Descriptors hold needs beyond one per connection (stdio, the event loop, imports).
-FD_SPARE = 64
 _SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 # (operations, verified bytes, problems, seconds since the start)
@@ -235,25 +233,6 @@ def probe(config: Config) -> None:
         ) from None
 
 
-def raise_fd_limit(needed: int) -> None:
-    """Raise the soft RLIMIT_NOFILE to ``needed`` if it is lower.
-
-    Raises:
-        UsageError: the hard limit is lower than ``needed``.
-    """
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft >= needed:
-        return
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        raise UsageError(
-            f"hold needs {needed} file descriptors but the hard limit is {hard} "
-            "(ulimit -Hn): use a smaller -c or raise the limit"
-        )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-
-
 def execute(
     config: Config,
     on_progress: ProgressFn | None = None,
@@ -275,7 +254,6 @@ def execute(
     from forkserve.cli.bench.workers import run_workers
 
     if config.mode == "hold":
-        raise_fd_limit(config.conns + FD_SPARE)
         began = time.monotonic()
 
         class Live(Counters):

@@ -6,8 +6,9 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use as real peers: command:package pairs. tcpserver comes
 # from ucspi-tcp-ipv6 (the same tcpserver plus IPv6, which exec mode's environment is
 # compared against); a machine that has plain ucspi-tcp keeps it and the IPv6
-# comparison is skipped (the two packages conflict).
-DEBIAN_PEERS := socat:socat tcpserver:ucspi-tcp-ipv6 ncat:ncat curl:curl haproxy:haproxy openssl:openssl
+# comparison is skipped (the two packages conflict). unixserver (ucspi-unix) is what
+# exec mode's environment on a Unix socket is compared against.
+DEBIAN_PEERS := socat:socat tcpserver:ucspi-tcp-ipv6 unixserver:ucspi-unix ncat:ncat curl:curl haproxy:haproxy openssl:openssl ab:apache2-utils
 
 # promtool lints /metrics (tests/integration/test_metrics.py). Only its binary is taken
 # from Debian's prometheus package, into the venv: installing the package brings 12

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from run import Outcome
 
 THROUGHPUT = {"rate": "connections/s", "pingpong": "messages/s", "bulk": "MB/s"}
-COLORS = {"forkserve": "#1f77b4", "peer": "#7f7f7f", "ceiling": "#2ca02c"}
+COLORS = {"forkserve": "#1f77b4", "peer": "#7f7f7f", "reference": "#ff7f0e", "ceiling": "#2ca02c"}
+# The comparisons the targets name (issue 14): each forkserve row against its yardstick.
+PAIRS = (("forkserve fork", "Python floor"), ("forkserve exec cat", "tcpserver cat"))
 
 
 def throughput(report: Report) -> float:
@@ -89,6 +91,29 @@ def results_table(outcomes: list[Outcome]) -> list[str]:
                 f"| {ratio(ours, best_p99)} | {report.tally.error_count} |"
             )
     return lines
+
+
+def pairs_table(outcomes: list[Outcome]) -> list[str]:
+    """Each forkserve row against its own yardstick (PAIRS), from this run."""
+    by_name = {o.server.name: o for o in outcomes}
+    lines = [
+        "| ours | against | "
+        + " | ".join(f"{w} (p99)" for w in THROUGHPUT)
+        + " | hold: PSS per connection |",
+        "|---|---|" + "--:|" * (len(THROUGHPUT) + 1),
+    ]
+    for ours, theirs in PAIRS:
+        if ours not in by_name or theirs not in by_name:
+            continue
+        cells = []
+        for workload in THROUGHPUT:
+            mine, other = by_name[ours], by_name[theirs]
+            value = ratio(_throughput(mine, workload), _throughput(other, workload))
+            p99 = ratio(_latency(mine, workload, "p99"), _latency(other, workload, "p99"))
+            cells.append(value if p99 == "-" else f"{value} ({p99})")
+        cells.append(ratio(by_name[ours].kib_per_conn, by_name[theirs].kib_per_conn))
+        lines.append(f"| {ours} | {theirs} | {' | '.join(cells)} |")
+    return lines if len(lines) > 2 else ["(neither pair was run)"]
 
 
 def hold_table(outcomes: list[Outcome]) -> list[str]:
@@ -274,10 +299,13 @@ def write(
         "- Every server listens on 127.0.0.1 and runs alone, one after another; the client",
         "  shares the machine's cores with it. Latency is measured by the client.",
         "- Servers: " + "; ".join(f"{o.server.name}: `{_argv(o)}`" for o in outcomes) + ".",
+        "- What each row is for:",
+        *[f"  - {o.server.name}: {o.server.purpose}." for o in outcomes if o.server.purpose],
         "- Ratios are against the best of the three peers (stdlib, socat, tcpserver) for that",
         "  measure; above 1.00x is better for throughput, below 1.00x better for latency and",
         "  memory. The uvloop echo row is the client's own ceiling, not a peer: a server",
-        "  measured near it is limited by the client, not by itself.",
+        "  measured near it is limited by the client, not by itself. The Python floor is",
+        "  a reference, not a peer: it does nothing a server needs beyond echoing.",
         "- Memory: PSS summed over the server's whole process tree (smaps_rollup, children",
         "  found through their parent pid), while hold holds its connections, minus the idle",
         "  tree just before hold, divided by the connections verified at the start.",
@@ -285,6 +313,13 @@ def write(
         "## Results",
         "",
         *results_table(outcomes),
+        "",
+        "### Against their yardsticks",
+        "",
+        "Throughput ratios in this run (p99 latency and memory ratios: below 1.00x is",
+        "better): fork mode against the Python floor, exec mode against tcpserver+cat.",
+        "",
+        *pairs_table(outcomes),
         "",
         "### Client ceiling",
         "",

@@ -7,10 +7,13 @@ the same code the CLI uses (``forkserve.cli.bench.run.execute``), measures the s
 while hold holds its connections, stops it, and goes on. At the end it writes
 docs/benchmarks.md and PNG plots beside it.
 
-Servers: forkserve in every mode ``forkserve._server.MODES`` lists; the peers
+Servers: forkserve in every mode ``forkserve._server.MODES`` lists, and its exec mode
+running ``cat`` (the tcpserver replacement, beside ``tcpserver ... cat``); the peers
 ``socketserver.ForkingTCPServer`` (benchmarks/echo_stdlib.py), ``socat ... fork PIPE``
-and ``tcpserver ... cat``; and, as the client's own ceiling rather than a peer, a
-one-process uvloop echo server (benchmarks/echo_uvloop.py).
+and ``tcpserver ... cat``; as a reference rather than a peer, the least a Python
+fork-per-connection server can do (benchmarks/echo_floor.py, "the Python floor");
+and, as the client's own ceiling, a one-process uvloop echo server
+(benchmarks/echo_uvloop.py). Each row's purpose is in the report.
 
 Usage: ``python benchmarks/run.py [--duration S] [--hold N] [--bulk BYTES] [--out DIR]``
 (``make bench BENCH_ARGS='--hold 5000'``). Exit status 0 even when a server fails a
@@ -58,13 +61,15 @@ CAPACITY_FLAGS = {"fork": "--max-conns", "prefork": "--max-workers"}
 
 @dataclass
 class Server:
-    """How to start one server and what it is: "forkserve", "peer" or "ceiling"."""
+    """How to start one server and what it is: "forkserve", "peer", "reference" (a
+    yardstick, not a competitor) or "ceiling"; ``purpose``: what its row is for."""
 
     name: str
     kind: str
     argv: list[str]
     port_from: str  # "stdout": prints its port; "connect": we chose it, poll by connecting
     port: int = 0
+    purpose: str = ""
 
 
 @dataclass
@@ -111,16 +116,35 @@ def servers(hold: int) -> list[Server]:
         flag = CAPACITY_FLAGS.get(mode)
         if flag and flag in help_text:
             argv += [flag, str(hold + 64)]
-        lineup.append(Server(f"forkserve {mode}", "forkserve", argv, "stdout"))
+        purpose = PURPOSES.get(mode, "")
+        lineup.append(Server(f"forkserve {mode}", "forkserve", argv, "stdout", purpose=purpose))
+    if "fork" in MODES:  # exec mode: a program per connection, as tcpserver runs one
+        argv = [python, "-m", "forkserve", "serve", f"{HOST}:0", "--print-port"]
+        argv += ["--max-conns", str(hold + 64), "--", "cat"]
+        lineup.append(Server("forkserve exec cat", "forkserve", argv, "stdout", purpose=EXEC))
     socat_port = free_port()
     lineup += [
-        Server("stdlib ForkingTCPServer", "peer", [python, str(HERE / "echo_stdlib.py")], "stdout"),
+        Server(
+            "Python floor",
+            "reference",
+            [python, str(HERE / "echo_floor.py")],
+            "stdout",
+            purpose=FLOOR,
+        ),
+        Server(
+            "stdlib ForkingTCPServer",
+            "peer",
+            [python, str(HERE / "echo_stdlib.py")],
+            "stdout",
+            purpose=STDLIB,
+        ),
         Server(
             "socat fork",
             "peer",
             ["socat", f"TCP-LISTEN:{socat_port},bind={HOST},fork,reuseaddr", "PIPE"],
             "connect",
             socat_port,
+            purpose="the common C fork-per-connection relay: a peer",
         ),
         # -H -R -l0: no DNS or ident lookup per connection. djb's resolver ignores
         # /etc/hosts; without -H, some connections here waited 3 s for a reverse
@@ -130,12 +154,34 @@ def servers(hold: int) -> list[Server]:
             "peer",
             ["tcpserver", "-1", "-HR", "-l0", "-c", "100000", HOST, "0", "cat"],
             "stdout",
+            purpose="djb's C fork-and-exec server with cat: the peer forkserve exec mode replaces",
         ),
         Server(
-            "uvloop echo (ceiling)", "ceiling", [python, str(HERE / "echo_uvloop.py")], "stdout"
+            "uvloop echo (ceiling)",
+            "ceiling",
+            [python, str(HERE / "echo_uvloop.py")],
+            "stdout",
+            purpose="one process, no fork: what the client itself can reach, not a peer",
         ),
     ]
     return lineup
+
+
+PURPOSES = {
+    "fork": "Python handlers, a process forked per connection: against the Python floor, "
+    "what forkserve's features cost a connection",
+    "prefork": "Python handlers in a pool of reused workers: against the uvloop ceiling",
+}
+EXEC = (
+    "exec mode, `-- cat`: a program per connection (posix_spawn when nothing runs before "
+    "it), apples to apples with tcpserver cat"
+)
+FLOOR = (
+    "the least a Python fork-per-connection server can do (selector, accept, fork, echo, "
+    "os._exit; nothing else), on forkserve's interpreter: the floor fork mode is measured "
+    "against, not a peer"
+)
+STDLIB = "socketserver.ForkingTCPServer as a Python developer would write it: a peer"
 
 
 # -- processes and memory, from /proc -----------------------------------------------------

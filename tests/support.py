@@ -104,6 +104,9 @@ class ServerProcess:
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         if not unread_log:
             self._reader.start()
+        # What --print-port printed: the port, or a Unix socket's path (``self.port``
+        # is then 0).
+        self.printed = ""
         self.port = self._read_port() if print_port else 0
         self.descendants_seen: set[int] = set()
 
@@ -136,7 +139,8 @@ class ServerProcess:
                     f"{self.log_text()}"
                 )
             data += chunk
-        return int(data)
+        self.printed = data.decode().strip()
+        return int(self.printed) if self.printed.isdigit() else 0
 
     # -- the log ------------------------------------------------------------------
 

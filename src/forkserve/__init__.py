@@ -25,6 +25,7 @@ from forkserve._errors import (
 from forkserve._log import Log
 from forkserve.child.exec import Program
 from forkserve.child.handler import Handler, echo
+from forkserve.child.requesthandler import RequestHandler
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,7 @@ __all__ = [
     "Log",
     "Program",
     "ProgramError",
+    "RequestHandler",
     "Server",
     "TemporaryError",
     "UsageError",

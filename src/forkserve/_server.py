@@ -8,11 +8,11 @@ from types import TracebackType
 
 from forkserve._errors import UsageError
 from forkserve._log import Log
-from forkserve.child.exec import Program
+from forkserve.child.exec import ExecService, Program
 from forkserve.child.exec import describe as describe_program
 from forkserve.child.handler import Handler, echo
 from forkserve.config.values import Settings
-from forkserve.core.address import parse_listen_address
+from forkserve.core.address import is_unix_address, parse_listen_address
 from forkserve.core.names import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
 from forkserve.core.names import PREFORK
 from forkserve.parent.assemble import (
@@ -30,6 +30,7 @@ from forkserve.prefork.pool import Pool
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
+    from socketserver import BaseRequestHandler
     from typing import Unpack
 
     from forkserve.config.values import Options
@@ -47,7 +48,9 @@ class Server:
 
     ``handler`` is a Python callable, the name of one (``"pkg.module:function"``,
     ``"path/file.py:function"`` or a built-in: ``"echo"``, ``"discard"``,
-    ``"daytime"``, ``"chargen"``), or a ``forkserve.Program`` to exec (exec mode).
+    ``"daytime"``, ``"chargen"``), a ``socketserver.BaseRequestHandler`` subclass
+    (run as socketserver runs it: see ``forkserve.RequestHandler``), or a
+    ``forkserve.Program`` to exec (exec mode).
 
     Binds when constructed, so ``address`` is known (port 0 picks a free port) and a
     bind failure raises here, before anything else starts.
@@ -57,9 +60,11 @@ class Server:
     given too override its values); an unknown keyword raises TypeError.
 
     Args:
-        address: ``(host, port)`` or ``"[HOST:]PORT"`` text (``"[::1]:9000"``).
+        address: ``(host, port)`` or ``"[HOST:]PORT"`` text (``"[::1]:9000"``), or a
+            Unix-domain socket: ``"unix:PATH"``, ``"unix:@NAME"`` (abstract).
         handler: called as ``handler(conn, peer)`` in the child (see ``Handler``); a
-            name, loaded now; or a ``Program``, executed with the connection on fd
+            request handler class, or its name, run as ``Class(conn, peer, server)``;
+            a name, loaded now; or a ``Program``, executed with the connection on fd
             0 and 1 and the UCSPI environment.
         settings: all the settings below at once (log, fd, metrics_fd and reload
             excepted).
@@ -105,6 +110,9 @@ class Server:
         tls_client_ca: PEM CA file: require client certificates it signed.
         metrics: ``(host, port)`` or ``"[HOST:]PORT"`` where to serve Prometheus
             metrics (``/metrics``) and a health check (``/healthz``); None for none.
+        socket_mode: a Unix socket file's permissions (an int: ``0o660``); None:
+            0666 less the umask, as ucspi-unix's unixserver.
+        socket_user, socket_group: chown a Unix socket file to them (names or ids).
         fd: serve on this inherited listening socket instead of binding
             ``address`` (socket activation: see ``forkserve.parent.systemd``).
         metrics_fd: serve metrics on this inherited listening socket.
@@ -133,7 +141,7 @@ class Server:
     def __init__(
         self,
         address: tuple[str, int] | str | None = ("127.0.0.1", 0),
-        handler: Handler | Program | str = echo,
+        handler: Handler | Program | str | type[BaseRequestHandler] = echo,
         *,
         settings: Settings | None = None,
         log: Log | None = None,
@@ -180,6 +188,8 @@ class Server:
             metrics_fd = passed_metrics if metrics_fd is None else metrics_fd
         self.inherited = fd is not None
         self.listener = self.open_listener(address, fd, backlog)
+        if self.listener.unix and isinstance(self.service, ExecService):
+            self.service.on_unix_socket()
         self.endpoint: MetricsEndpoint | None = None
         self.notifier: Notifier | None = None
         try:
@@ -197,9 +207,12 @@ class Server:
         self, address: tuple[str, int] | str | None, fd: int | None, backlog: int
     ) -> Listener:
         """Adopt ``fd`` (socket activation, an upgrade), or bind ``address``."""
-        if fd is not None:
+        settings = self.settings
+        if fd is not None or is_unix_address(address) or settings.socket_file_options:
+            from forkserve.parent.unixlistener import open_unix
+
             owned = self.handover is not None and self.handover.owned
-            return Listener.from_fd(fd, owned=owned)
+            return open_unix(address, backlog, settings, fd, owned)
         if address is None:
             raise UsageError("no address to listen on, and no socket passed (LISTEN_FDS)")
         host, port = parse_listen_address(address) if isinstance(address, str) else address
@@ -207,7 +220,7 @@ class Server:
 
     @property
     def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)``."""
+        """The bound ``(host, port)`` (``("unix:PATH", 0)`` for a Unix socket)."""
         return self.listener.address
 
     @property
@@ -238,6 +251,12 @@ class Server:
         finally:
             loop.close()
             self.log.stopping()
+        # A socket file is removed at a stop, unless a new master took it over
+        # (SIGUSR2) or may still take it (an upgrade under way): it is the new one's.
+        if loop.upgrading.current is not None:
+            self.listener.disown()
+        elif self.listener.remove_file():
+            self.log.info("socket-removed", path=self.listener.printable())
         self.log.notice("stopped", pid=os.getpid())
 
     def make_loop(self, announce: Callable[[], None]) -> Loop:
@@ -297,6 +316,8 @@ class Server:
         fields["pid"] = os.getpid()
         if isinstance(self.handler, Program):
             fields["program"] = describe_program(self.handler.argv)
+            if isinstance(self.service, ExecService):  # posix_spawn, or fork then exec
+                fields["start"] = "spawn" if self.service.spawnable else "fork"
         if self.edge is not None:
             fields.update(self.edge.describe())
         self.log.notice("listen", **fields)
@@ -357,7 +378,11 @@ class Server:
         return True
 
     def close(self) -> None:
+        """Close the sockets; a Unix socket's file goes too (a start that failed after
+        binding), unless a new master took it over (see serve_forever) or it is
+        systemd's."""
         self.listener.close()
+        self.listener.remove_file()
         if self.endpoint is not None:
             self.endpoint.close()
         if self.notifier is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import socket
 import sys
@@ -29,13 +31,20 @@ def peer_echo(conn: socket.socket, peer: Any) -> None:
     forkserve.echo(conn, peer)
 
 
-HANDLERS = {"raises": raises, "exits_7": exits_7, "peer_and_pid": peer_and_pid}
+HANDLERS: dict[str, forkserve.Handler] = {
+    "raises": raises,
+    "exits_7": exits_7,
+    "peer_and_pid": peer_and_pid,
+}
 
 if __name__ == "__main__":
     service: forkserve.Handler | forkserve.Program
     banner = b""
     if sys.argv[1] == "program":  # exec mode through the API, with a banner
         service, banner = forkserve.Program(["cat"]), b"banner\n"
+    elif sys.argv[1] == "http_site":  # a partial of a socketserver handler class
+        site = os.environ["SITE"]
+        service = functools.partial(http.server.SimpleHTTPRequestHandler, directory=site)
     else:
         service = HANDLERS[sys.argv[1]]
     with forkserve.Server(sys.argv[2], service, banner=banner) as server:

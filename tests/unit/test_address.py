@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from forkserve._errors import AddressError
-from forkserve.core.address import format_address, parse_listen_address, parse_port
+from forkserve.core.address import (
+    format_address,
+    format_unix_address,
+    host_of,
+    parse_listen,
+    parse_listen_address,
+    parse_port,
+    parse_unix_address,
+)
 
 
 @pytest.mark.parametrize(
@@ -67,3 +77,43 @@ def test_format_address() -> None:
     assert format_address(("::1", 5, 0, 0)) == "[::1]:5"
     assert format_address("/run/x.sock") == "/run/x.sock"
     assert format_address(b"") == "unix"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("unix:/run/x.sock", "/run/x.sock"),
+        (" unix:relative.sock ", "relative.sock"),
+        ("unix:@name", b"\0name"),
+        ("unix:/" + "p" * 106, "/" + "p" * 106),  # 107 bytes: sun_path less its NUL
+        ("unix:@" + "n" * 107, b"\0" + b"n" * 107),
+    ],
+)
+def test_unix_addresses(text: str, expected: str | bytes) -> None:
+    assert parse_unix_address(text) == expected
+    assert parse_listen(text) == text.strip()
+    assert format_unix_address(expected) == text.strip()
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("unix:", "empty Unix socket address"),
+        ("unix:@", "empty Unix socket address"),
+        ("unix:/" + "p" * 107, "too long (108 bytes, at most 107)"),
+        ("unix:@" + "é" * 54, "too long (108 bytes"),  # bytes, not characters, count
+        ("unix:/a\0b", "NUL byte"),
+    ],
+)
+def test_bad_unix_addresses(text: str, reason: str) -> None:
+    with pytest.raises(AddressError, match=re.escape(reason)):
+        parse_unix_address(text)
+    with pytest.raises(AddressError, match=re.escape(reason)):
+        parse_listen(text)
+
+
+def test_unix_peers_are_credentials() -> None:
+    assert format_address((4242, 1000, 100)) == "pid:4242,uid:1000,gid:100"
+    assert host_of((4242, 1000, 100)) == "pid:4242,uid:1000,gid:100"
+    assert host_of(("10.0.0.1", 5)) == "10.0.0.1"
+    assert format_address(("10.0.0.1", 5)) == "10.0.0.1:5"

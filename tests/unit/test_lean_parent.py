@@ -14,6 +14,7 @@ HEAVY = [
     "ipaddress",
     "pathlib",
     "prometheus_client",  # only with --metrics
+    "socketserver",  # only for a socketserver handler class (child/requesthandler.py)
 ]
 
 SCRIPT = f"""
@@ -40,6 +41,8 @@ import forkserve.config.reload
 import forkserve.parent.upgrade
 # What `forkserve serve` itself runs before it forks: the whole parser is built.
 forkserve.cli.main.build_parser().parse_args(["serve", "0"])
+forkserve.config.handler.load_handler("echo")
+forkserve.parent.assemble.make_service(forkserve.echo, None, None, "fork")
 heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
 print(" ".join(heavy))
 """

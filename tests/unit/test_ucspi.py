@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forkserve.core.ucspi import TLS_NAMES, UCSPI_NAMES, endpoint, ucspi_environment
+from forkserve.core.ucspi import (
+    TLS_NAMES,
+    UCSPI_NAMES,
+    endpoint,
+    inherited_environment,
+    ucspi_environment,
+    unix_environment,
+)
 
 ports = st.integers(min_value=0, max_value=65535)
 ipv4 = st.ip_addresses(v=4).map(str)
@@ -81,6 +88,18 @@ def test_stale_inherited_names_go_and_others_stay() -> None:
     assert base["TCPREMOTEHOST"] == "stale"  # the input is not modified
 
 
+def test_an_environment_filtered_once_gives_the_same_result() -> None:
+    """The supervisor filters its environment once (parent.spawn) and passes it on
+    with ``inherited=True``: the same environment as filtering it each time."""
+    base = {name: "stale" for name in UCSPI_NAMES} | {"PATH": "/bin", "SSL_CLIENT_S_DN": "x"}
+    ends = endpoint(("127.0.0.1", 1)), endpoint(("127.0.0.1", 2))
+    once = inherited_environment(base)
+    assert once == {"PATH": "/bin"}
+    each = ucspi_environment(base, *ends, connnum=2, extra={"A": "1"})
+    assert ucspi_environment(once, *ends, connnum=2, extra={"A": "1"}, inherited=True) == each
+    assert once == {"PATH": "/bin"}  # not modified: the next connection uses it again
+
+
 def test_stale_tls_names_go_and_openssl_configuration_stays() -> None:
     stale = {name: "stale" for name in TLS_NAMES} | {
         "SSL_CLIENT_S_DN": "CN=mallory",
@@ -141,3 +160,37 @@ def test_every_variable_set_is_a_ucspi_name_or_inherited(base: dict[str, str]) -
     env = ucspi_environment(base, endpoint(("::1", 1)), endpoint(("::1", 2)), connnum=1)
     for name, value in env.items():
         assert name in UCSPI_NAMES or base[name] == value
+
+
+def test_unix_connection_as_unixserver_writes_it() -> None:
+    base = {
+        "PATH": "/bin",
+        "TCPREMOTEIP": "192.0.2.1",  # from a tcpserver that started forkserve
+        "UNIXREMOTEPID": "1",
+        "PROTO": "TCP",
+        "SSL_CLIENT_S_DN": "stale",
+    }
+    env = unix_environment(
+        base, "/run/x.sock", (10, 20, 30), (4242, 1000, 100), extra={"ROLE": "ops"}
+    )
+    assert env == {
+        "PATH": "/bin",
+        "PROTO": "UNIX",
+        "UNIXLOCALPATH": "/run/x.sock",
+        "UNIXLOCALPID": "10",
+        "UNIXLOCALUID": "20",
+        "UNIXLOCALGID": "30",
+        "UNIXREMOTEPID": "4242",
+        "UNIXREMOTEEUID": "1000",
+        "UNIXREMOTEEGID": "100",
+        "ROLE": "ops",
+    }
+    assert set(env) - {"PATH", "ROLE"} <= UCSPI_NAMES
+    assert base["UNIXREMOTEPID"] == "1"  # not modified
+
+
+def test_a_tcp_program_never_sees_a_stale_unix_name() -> None:
+    env = ucspi_environment(
+        {"UNIXREMOTEEUID": "0"}, endpoint(("127.0.0.1", 1)), endpoint(("127.0.0.1", 2)), connnum=1
+    )
+    assert "UNIXREMOTEEUID" not in env

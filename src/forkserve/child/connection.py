@@ -17,7 +17,9 @@ class Connection:
     """What the parent knows about a connection when it forks the child for it.
 
     Attributes:
-        peer: the client's address, as ``getpeername()`` returns it.
+        peer: the client's address, as ``getpeername()`` returns it; on a Unix
+            socket its credentials, ``(pid, uid, gid)`` (plain ints: see
+            parent.unixlistener).
         connnum: connections open from the client's address, this one included
             (UCSPI's ``TCPCONNNUM``).
         env: extra environment variables for this connection's program or handler.

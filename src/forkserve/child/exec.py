@@ -17,9 +17,9 @@ from forkserve.child.connection import Connection
 from forkserve.child.fresh import reset_process
 from forkserve.child.handler import start_connection
 from forkserve.child.prelude import Prelude
-from forkserve.core.address import format_address
+from forkserve.core.address import format_address, format_unix_address
 from forkserve.core.errnames import errno_name
-from forkserve.core.ucspi import endpoint, ucspi_environment
+from forkserve.core.ucspi import endpoint, ucspi_environment, unix_environment
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -115,13 +115,18 @@ class Program:
 class ExecService:
     """The Service of exec mode: the child becomes ``program``.
 
-    Before exec the child runs the prelude (limits, banner, handshake timeout), then
-    undoes everything a parent changed that the program would inherit (see
-    ``reset_process``); if exec fails, it logs ``exec-failed`` and returns 111, so
-    the ``end`` line shows ``exit=111``.
+    Before exec the child runs the edge (PROXY, TLS) and the prelude (limits,
+    banner, handshake timeout), then undoes everything a parent changed that the
+    program would inherit (see ``reset_process``); if exec fails, it logs
+    ``exec-failed`` and returns 111, so the ``end`` line shows ``exit=111``.
+
+    ``spawnable`` says, once, whether nothing Python must run in the connection's
+    process before the program: no edge, no prelude step, no reverse lookup. Then
+    the supervisor starts the program itself with posix_spawn (parent.spawn), with
+    the same environment (``environment``) and the same fresh process.
     """
 
-    __slots__ = ("edge", "log", "prelude", "program")
+    __slots__ = ("edge", "log", "prelude", "program", "spawnable")
 
     def __init__(
         self,
@@ -134,6 +139,12 @@ class ExecService:
         self.log = log
         self.prelude = prelude if prelude is not None else Prelude()
         self.edge = edge
+        self.spawnable = edge is None and not program.lookup_hosts and self.prelude.runs_nothing()
+
+    def on_unix_socket(self) -> None:
+        """Served on a Unix socket: never spawned, since the program's ``UNIXLOCALPID``
+        is its own pid (as unixserver sets it), known only in a forked child."""
+        self.spawnable = False
 
     def __call__(self, conn: socket.socket, info: Connection) -> int:
         started = start_connection(conn, info, self.edge, self.prelude)
@@ -172,27 +183,39 @@ class ExecService:
         env.update(tls_environment(conn))
         return run_relayed(conn, self.program.path, self.program.argv, env, self.log.fd)
 
-    def environment(self, conn: socket.socket, info: Connection) -> dict[str, str]:
+    def environment(
+        self, conn: socket.socket, info: Connection, inherited: dict[str, str] | None = None
+    ) -> dict[str, str]:
         """The program's environment: ours, minus stale UCSPI names, plus this connection's.
 
         Behind a PROXY header the addresses are the header's (``info.peer`` and
-        ``info.local``), not the balancer's.
+        ``info.local``), not the balancer's. ``inherited``: ours, filtered already
+        (core.ucspi.inherited_environment), as the supervisor keeps it.
         """
         local = info.local if info.local is not None else conn.getsockname()
         remote = info.peer
+        if conn.family == socket.AF_UNIX and info.local is None:
+            return unix_environment(
+                os.environ,
+                format_unix_address(local).removeprefix("unix:"),
+                (os.getpid(), os.getuid(), os.getgid()),
+                remote,
+                extra=info.env,
+            )
         local_host, remote_host = self.program.local_host, None
         if self.program.lookup_hosts:
             remote_host = reverse_lookup(remote)
             if local_host is None:
                 local_host = reverse_lookup(local)
         return ucspi_environment(
-            os.environ,
+            os.environ if inherited is None else inherited,
             endpoint(local),
             endpoint(remote),
             connnum=info.connnum,
             local_host=local_host,
             remote_host=remote_host,
             extra=info.env,
+            inherited=inherited is not None,
         )
 
 

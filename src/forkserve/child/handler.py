@@ -3,10 +3,17 @@
 A handler is any callable ``handler(conn, peer)``: ``conn`` is the connected,
 blocking ``socket.socket``; ``peer`` is the client's address as ``getpeername()``
 returns it (``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6).
+On a Unix-domain socket (``unix:PATH``), which has no client address, ``peer`` is the
+client's credentials from ``SO_PEERCRED``: ``(pid, uid, gid)``, three ints, the client
+process's when it called connect(2).
 It runs in a process of its own: in fork mode a fresh child per connection, in prefork
-mode a reusable worker. Whatever it does cannot touch other connections.
+mode a reusable worker. Whatever it does cannot touch other connections. (A
+``socketserver.BaseRequestHandler`` subclass becomes such a callable when it is loaded:
+``child.requesthandler.RequestHandler``.)
 
-When it returns the connection is closed and the child exits 0. If it raises, the
+When it returns the connection is closed and the child exits 0; input it left
+unread is drained first, so that the close sends no reset that would cut its reply
+short (a lingering close, bounded: see child.linger). If it raises, the
 traceback goes to the log and the child exits 1. A peer that resets the connection
 or goes away mid-write (ConnectionResetError, BrokenPipeError; over TLS also
 SSLZeroReturnError and SSLEOFError) ends it quietly with exit 0: that is the client's
@@ -21,6 +28,7 @@ import socket
 import sys
 
 from forkserve.child.connection import Connection
+from forkserve.child.linger import finish_plain
 from forkserve.child.prelude import EXIT_IDLE_TIMEOUT, Prelude
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing is what we avoid
@@ -88,7 +96,7 @@ class PythonService:
         if isinstance(started, int):
             return started
         saved = set_environment(info.env) if info.env else None
-        finish: Callable[[Any], None] | None = None
+        finish: Callable[[Any], None] = finish_plain  # unread input: a FIN, then drained
         if self.edge is not None and self.edge.tls is not None:
             from forkserve.child.tls import finish_tls
 
@@ -183,7 +191,7 @@ def run_handler(
         return exc.code if isinstance(exc.code, int) else EXIT_HANDLER_RAISED
     except BaseException as exc:  # noqa: BLE001 - a handler bug must not escape the child
         if not tls_peer_gone(exc):  # else the client went away: exit 0
-            _report_exception(log)
+            report_exception(log)
             return EXIT_HANDLER_RAISED
     finally:
         conn.close()
@@ -197,7 +205,7 @@ def tls_peer_gone(exc: BaseException) -> bool:
     return ssl is not None and isinstance(exc, (ssl.SSLZeroReturnError, ssl.SSLEOFError))
 
 
-def _report_exception(log: Log | None) -> None:
+def report_exception(log: Log | None) -> None:
     """Write the handler's traceback to the log: as Python prints it (control
     characters escaped), or as one JSON event."""
     try:

@@ -74,6 +74,10 @@ class Prelude:
         self.rlimits = rlimits
         self.log = log
 
+    def runs_nothing(self) -> bool:
+        """Whether every step is off: the connection's process has nothing to do here."""
+        return not (self.banner or self.handshake_timeout or self.idle_timeout or self.rlimits)
+
     def __call__(self, conn: socket.socket, info: Connection) -> int | None:
         """Run the steps; None to go on, or the exit code the child ends with now.
 

@@ -16,7 +16,7 @@ never blocking on one direction while the other could move:
   output delivered; then it reaps the program and exits with its status, so the
   parent's ``end`` line reports the program's exit code or signal. Done means the
   client's end of data too: until it comes, what the client sends is read and
-  dropped (a lingering close, bounded: ``child.tls.LINGER``), since closing with the
+  dropped (a lingering close, bounded: ``child.linger.LINGER``), since closing with the
   client's bytes unread, or still to come, makes the kernel reset the connection
   and throw away the output it had not delivered yet.
 
@@ -35,7 +35,8 @@ import ssl
 import time
 
 from forkserve.child.fresh import reset_process
-from forkserve.child.tls import LINGER, LINGER_IDLE, close_notify, unacknowledged
+from forkserve.child.linger import LINGER, LINGER_IDLE, unacknowledged
+from forkserve.child.tls import close_notify
 from forkserve.core.errnames import errno_name
 
 CHUNK = 64 * 1024

@@ -25,32 +25,22 @@ end is awaited, what it still sends read and dropped (a lingering close, as ngin
 and Apache do): closing a socket whose peer's bytes are unread, or still to come,
 makes the kernel answer with a reset, and a reset throws away whatever of our output
 the kernel had not delivered yet, close_notify included. The wait is bounded
-(``LINGER``, ``LINGER_IDLE``).
+(``LINGER``, ``LINGER_IDLE``: see child.linger).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import socket
 import ssl
-import struct
-import termios
-import time
 
 from forkserve._errors import TLSConfigError
+from forkserve.child.linger import linger
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-# After our end of data, wait at most this long for the client's (nginx's
-# lingering_time) ...
-LINGER = 30.0
-# ... and give up sooner once the client has acknowledged all we sent and nothing
-# came from it for this long (nginx's lingering_timeout).
-LINGER_IDLE = 5.0
 
 
 def load_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
@@ -258,36 +248,3 @@ def finish_tls(tls: ssl.SSLSocket) -> None:
     end_tls(tls)
     if tls.fileno() >= 0 and getattr(tls, "_sslobj", None) is not None:
         linger(tls)
-
-
-def linger(tls: ssl.SSLSocket) -> None:
-    """Read, and drop, what the client still sends, up to its end of data: closing
-    before it would reset the connection and cut our output short (see the module
-    docstring). Gives up after ``LINGER``, or after ``LINGER_IDLE`` of silence once
-    the client has acknowledged everything; the socket's timeout is changed."""
-    deadline = time.monotonic() + LINGER
-    buffer = bytearray(16384)
-    while (left := deadline - time.monotonic()) > 0:
-        tls.settimeout(min(left, LINGER_IDLE))
-        try:
-            if not tls.recv_into(buffer):
-                return
-        except TimeoutError:
-            if not unacknowledged(tls):
-                return
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionError, ssl.SSLError):
-            return
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:
-                raise
-            return
-
-
-def unacknowledged(sock: socket.socket) -> int:
-    """How many bytes we sent that the peer has not acknowledged yet (SIOCOUTQ,
-    our FIN included); 0 when the kernel will not say."""
-    try:
-        answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
-    except OSError:
-        return 0
-    return int(struct.unpack("i", answer)[0])

@@ -1,4 +1,4 @@
-"""``forkserve client HOST PORT``: the seed's line client, correct.
+"""``forkserve client HOST PORT`` (or ``unix:PATH``): the seed's line client, correct.
 
 Sends standard input to the server and writes what comes back to standard output as
 it arrives, both ways at once, binary-safe (no line handling at all: bytes in, bytes
@@ -20,7 +20,7 @@ import selectors
 import socket
 
 from forkserve._errors import AddressError, TemporaryError, UsageError
-from forkserve.core.address import check_host, parse_port
+from forkserve.core.address import check_host, is_unix_address, parse_port, parse_unix_address
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,8 +35,7 @@ DEFAULT_TIMEOUT = 10.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from forkserve.cli.args import seconds
 
-    parser.add_argument("host", help="server host name or address (IPv6 without brackets)")
-    parser.add_argument("port", help="server port")
+    add_target_arguments(parser)
     parser.add_argument(
         "--timeout",
         type=seconds,
@@ -46,6 +45,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "when the server sends nothing for this long (default %(default)g; 0 = no limit)",
     )
     add_edge_arguments(parser)
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """``HOST PORT`` or ``unix:PATH``: shared by ``client`` and ``bench``."""
+    parser.add_argument(
+        "host",
+        help="server host name or address (IPv6 without brackets), or a Unix socket: "
+        "unix:PATH, unix:@NAME",
+    )
+    parser.add_argument("port", nargs="?", help="server port (none for a Unix socket)")
+
+
+def unix_target(args: argparse.Namespace) -> str | bytes | None:
+    """The AF_UNIX address ``unix:PATH``/``unix:@NAME`` names; None for HOST PORT.
+
+    Raises:
+        UsageError: a Unix address with a PORT, a HOST without one, or --proxy (which
+            names TCP addresses) or --tls without --insecure (no host name to verify)
+            on a Unix socket.
+    """
+    if not is_unix_address(args.host):
+        if args.port is None:
+            raise UsageError("the PORT is missing (HOST PORT, or unix:PATH)")
+        return None
+    if args.port is not None:
+        raise UsageError(f"{args.host} is a Unix socket: it takes no PORT")
+    if args.proxy:
+        raise UsageError("--proxy names TCP addresses: not over a Unix socket")
+    if args.tls and not args.insecure:
+        raise UsageError("--tls over a Unix socket needs --insecure: no host name to verify")
+    return parse_unix_address(args.host)
 
 
 def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +139,8 @@ def start_edge(
 
     try:
         # A FIN without close_notify raises (SSLEOFError), for the relay to report.
-        return context.wrap_socket(sock, server_hostname=host, suppress_ragged_eofs=False)
+        hostname = None if sock.family == socket.AF_UNIX else host
+        return context.wrap_socket(sock, server_hostname=hostname, suppress_ragged_eofs=False)
     except ssl.SSLError as exc:
         raise TemporaryError(f"TLS handshake failed: {exc.reason or exc}") from None
     except OSError as exc:
@@ -118,9 +149,14 @@ def start_edge(
 
 def run(args: argparse.Namespace) -> int:
     host = args.host[1:-1] if args.host.startswith("[") and args.host.endswith("]") else args.host
-    check_host(host)
+    unix = unix_target(args)
+    if unix is None:
+        check_host(host)
     context = client_context(args)
-    sock = connect(host, parse_port(args.port), args.timeout or None)
+    if unix is None:
+        sock = connect(host, parse_port(args.port), args.timeout or None)
+    else:
+        sock = connect_unix(unix, args.host, args.timeout or None)
     with sock:
         served = start_edge(sock, args.proxy, context, host)
         if served is sock:
@@ -173,6 +209,26 @@ def connect(host: str, port: int, timeout: float | None) -> socket.socket:
         raise TemporaryError(f"timed out connecting to {where}") from None
     except OSError as exc:
         raise TemporaryError(f"cannot connect to {where}: {exc.strerror}") from None
+
+
+def connect_unix(address: str | bytes, text: str, timeout: float | None) -> socket.socket:
+    """Connect to a Unix socket (``text``: its ``unix:`` address, for errors).
+
+    Raises:
+        TemporaryError: refused (nobody listens), no such file, no permission, or
+            timed out.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except TimeoutError:
+        sock.close()
+        raise TemporaryError(f"timed out connecting to {text}") from None
+    except OSError as exc:
+        sock.close()
+        raise TemporaryError(f"cannot connect to {text}: {exc.strerror}") from None
+    return sock
 
 
 def write_all(fd: int, data: bytes) -> None:

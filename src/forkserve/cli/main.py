@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 
-SERVE_USAGE = "forkserve serve [HOST:]PORT [options] [-- PROGRAM [ARGS...]]"
+SERVE_USAGE = "forkserve serve [HOST:]PORT|unix:PATH [options] [-- PROGRAM [ARGS...]]"
 
 
 class Parser(argparse.ArgumentParser):
@@ -49,7 +49,7 @@ def run_serve(args: argparse.Namespace) -> int:
     configuration = Configuration(given, getattr(args, "config", None))
     values = configuration.resolve()
     address = values["listen"]
-    assert address is None or isinstance(address, tuple)
+    assert address is None or isinstance(address, tuple | str)
     if address is None and "LISTEN_FDS" not in os.environ:
         raise UsageError("the [HOST:]PORT to listen on is missing (see --help)")
     settings = server_settings(values)  # before the service: a bad rules file first
@@ -61,7 +61,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def announce_port(server: object) -> None:
-    """``--print-port``: the port alone on one line, flushed, once listening."""
+    """``--print-port``: the port alone on one line, flushed, once listening (a
+    Unix socket's path, or ``@NAME``)."""
     from forkserve._log import write_once
     from forkserve._server import Server
 
@@ -69,7 +70,7 @@ def announce_port(server: object) -> None:
     if server.handover is not None:
         return  # an upgrade: same port, and stdout is the old master's reader's
     # Without waiting, as the log is written: stdout may be a pipe nobody reads.
-    error = write_once(1, f"{server.port}\n".encode())
+    error = write_once(1, f"{server.listener.printable()}\n".encode())
     if error:
         server.log.warning("print-port-failed", error=error)
 

@@ -10,6 +10,11 @@ Three forms:
   first on ``sys.path`` (as ``python path/to/file.py`` does), so its own imports of
   sibling modules work.
 
+``function`` may also name a ``socketserver.BaseRequestHandler`` subclass
+(``http.server:SimpleHTTPRequestHandler``): it is run as socketserver runs it (see
+``child.requesthandler``). Loading is a function of the name alone: the same name
+loads the same handler in any process.
+
 Every failure is a ``HandlerError`` (exit 100) with a one-line message; an exception
 raised while the module was imported is its ``__cause__`` (the CLI shows the
 traceback at ``-v``).
@@ -24,6 +29,7 @@ import sys
 from forkserve._errors import HandlerError
 from forkserve.child.builtins import BUILTINS
 from forkserve.child.handler import Handler
+from forkserve.child.requesthandler import handler_for
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -57,7 +63,7 @@ def load_handler(spec: str) -> Handler:
     if not callable(obj):
         kind = type(obj).__name__
         raise HandlerError(f"handler {spec!r} is not callable (it is a {kind})")
-    return obj
+    return handler_for(obj, spec)  # a socketserver handler class: decided here, once
 
 
 def import_module(name: str) -> ModuleType:

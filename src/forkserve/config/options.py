@@ -298,7 +298,10 @@ def server_settings(values: Mapping[str, object]) -> Settings:
     Raises:
         UsageError: a bad rules file, or an option of the other mode.
     """
-    same = ("mode", "backlog", "grace", "upgrade_timeout", "banner", "metrics", "log_format")
+    same = (
+        *("mode", "backlog", "grace", "upgrade_timeout", "banner", "metrics", "log_format"),
+        *("socket_mode", "socket_user", "socket_group"),
+    )
     settings = Settings(log_level=log_level(values))
     settings.update({name: values[name] for name in same})
     settings.update(mode_options(values))

@@ -11,6 +11,7 @@ carries this code into its children.
 from __future__ import annotations
 
 from forkserve._errors import ForkserveError
+from forkserve.child.exec import ExecService
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -124,6 +125,8 @@ def reload(server: Server) -> None:
     fields: dict[str, object] = {"changed": ",".join(changed) or "none"}
     if upgrade:
         fields["needs_upgrade"] = ",".join(upgrade)
+    if isinstance(service, ExecService):  # how programs start now: see parent.spawn
+        fields["start"] = "spawn" if service.spawnable else "fork"
     server.log.notice("reload", **fields)
     loop.metrics.operation("reload-ok")
 
@@ -159,4 +162,6 @@ def rebuild(server: Server, new: Settings) -> tuple[Policy, Service]:
     # With PROXY or TLS the edge keeps its own deadline (set at start-up).
     prelude = make_settings_prelude(new, server.log, server.edge)
     _, service = make_service(server.handler, prelude, server.log, new.mode, server.edge)
+    if server.listener.unix and isinstance(service, ExecService):
+        service.on_unix_socket()
     return policy, service

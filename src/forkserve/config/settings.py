@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from forkserve._errors import ForkserveError, UsageError
-from forkserve.core.address import parse_listen_address
+from forkserve.core.address import parse_listen, parse_listen_address
 from forkserve.core.escapes import parse_banner
 from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT, parse_rate
+from forkserve.core.units import file_mode, parse_file_mode
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
@@ -135,6 +136,20 @@ ADDRESS = Kind(
     _via(parse_listen_address),
     (str, int),
     lambda value: _via(parse_listen_address)(str(value)),  # a port alone may be a number
+)
+
+LISTEN = Kind(
+    "an address, [HOST:]PORT, unix:PATH or unix:@NAME",
+    _via(parse_listen),
+    (str, int),
+    lambda value: _via(parse_listen)(str(value)),
+)
+# TOML writes it as "0660" or 0o660.
+FILE_MODE = Kind(
+    "a file mode in octal: 0660",
+    parse_file_mode,
+    (str, int),
+    lambda value: parse_file_mode(value) if isinstance(value, str) else file_mode(value),
 )
 BANNER = Kind("text with \\r \\n \\t \\0 \\\\ \\xHH escapes", _via(parse_banner), (str,))
 ARGV = Kind("a list of strings", _text, (list,), _argv)

@@ -21,7 +21,9 @@ from forkserve.config.settings import (
     ARGV,
     BANNER,
     COUNT,
+    FILE_MODE,
     FLAG,
+    LISTEN,
     PREFIX_LENGTH,
     RATE,
     RELOAD,
@@ -60,13 +62,14 @@ GROUP_TEXT = {
 SERVE = (
     Setting(
         "listen",
-        ADDRESS,
+        LISTEN,
         None,
         "where to listen: 9000, 0.0.0.0:9000, [::]:9000 (dual stack), [::1]:0; the host "
-        "defaults to 127.0.0.1 and port 0 picks a free port. Under systemd socket "
+        "defaults to 127.0.0.1 and port 0 picks a free port. unix:PATH is a Unix-domain "
+        "socket file, unix:@NAME one in the abstract namespace. Under systemd socket "
         "activation (LISTEN_FDS) the passed socket is served instead",
         group=LISTENING,
-        metavar="[HOST:]PORT",
+        metavar="[HOST:]PORT|unix:PATH",
         cli="positional",
         default_text="required",
     ),
@@ -74,8 +77,36 @@ SERVE = (
         "print-port",
         FLAG,
         False,
-        "print the bound port alone on one line of stdout once listening",
+        "print the bound port alone on one line of stdout once listening (a Unix "
+        "socket: its path, or @NAME)",
         group=LISTENING,
+    ),
+    Setting(
+        "socket-mode",
+        FILE_MODE,
+        None,
+        "a Unix socket file's permissions, in octal (connecting needs write permission)",
+        group=LISTENING,
+        metavar="MODE",
+        default_text="0666 less the umask",
+    ),
+    Setting(
+        "socket-user",
+        TEXT,
+        None,
+        "chown a Unix socket file to this user (name or number; needs root)",
+        group=LISTENING,
+        metavar="USER",
+        default_text="the server's",
+    ),
+    Setting(
+        "socket-group",
+        TEXT,
+        None,
+        "chown a Unix socket file to this group (name or number)",
+        group=LISTENING,
+        metavar="GROUP",
+        default_text="the server's",
     ),
     Setting(
         "mode",
@@ -221,7 +252,8 @@ SERVE = (
         "allow",
         rules_kind("allow"),
         None,
-        "allow clients in PREFIX (10.0.0.0/8, 192.0.2.7, 2001:db8::/32); repeatable; "
+        "allow clients in PREFIX (10.0.0.0/8, 192.0.2.7, 2001:db8::/32; on a Unix socket "
+        "uid:N or gid:N); repeatable; "
         "rules apply in order, the first match wins. In a file: a list, and deny's "
         "entries come before allow's (for another order use a rules file)",
         group=ACCESS,
@@ -246,7 +278,8 @@ SERVE = (
         TEXT,
         None,
         "more rules, after the command line's: ADDRESS[/LEN]:allow[,NAME=VALUE]... or "
-        "ADDRESS[/LEN]:deny, one a line; SIGHUP re-reads it",
+        "ADDRESS[/LEN]:deny (uid:N, gid:N for a Unix socket's clients), one a line; "
+        "SIGHUP re-reads it",
         group=ACCESS,
         metavar="FILE",
         reload=RELOAD,
@@ -266,7 +299,7 @@ SERVE = (
         "per-ip",
         COUNT,
         0,
-        "connections at once from one IPv4 address or IPv6 prefix",
+        "connections at once from one IPv4 address or IPv6 prefix (on a Unix socket: from one uid)",
         group=ACCESS,
         metavar="N",
         reload=RELOAD,

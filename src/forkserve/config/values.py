@@ -65,6 +65,9 @@ if TYPE_CHECKING:
         tls_key: str | None
         tls_client_ca: str | None
         metrics: tuple[str, int] | str | None
+        socket_mode: int | None
+        socket_user: str | None
+        socket_group: str | None
         log_format: str
         log_level: int
 
@@ -99,6 +102,9 @@ DEFAULTS: dict[str, object] = {
     "tls_key": None,
     "tls_client_ca": None,
     "metrics": None,
+    "socket_mode": None,
+    "socket_user": None,
+    "socket_group": None,
     "log_format": "text",
     "log_level": INFO,
 }
@@ -165,6 +171,9 @@ class Settings:
     tls_key: str | None
     tls_client_ca: str | None
     metrics: tuple[str, int] | str | None
+    socket_mode: int | None
+    socket_user: str | None
+    socket_group: str | None
     log_format: str
     log_level: int
 
@@ -186,6 +195,13 @@ class Settings:
             if name not in DEFAULTS:
                 raise TypeError(f"unexpected keyword argument {name!r}")
             setattr(self, name, value)
+
+    @property
+    def socket_file_options(self) -> bool:
+        """Whether --socket-mode, --socket-user or --socket-group is given."""
+        return any(
+            value is not None for value in (self.socket_mode, self.socket_user, self.socket_group)
+        )
 
     @property
     def pool(self) -> tuple[int, int, int, int]:

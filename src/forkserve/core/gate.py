@@ -11,7 +11,17 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 
-from forkserve.core.rules import IPV6_BIT, Rule, RuleError, RuleSet, is_ipv4, parse_ip, prefix_mask
+from forkserve.core.rules import (
+    IPV6_BIT,
+    UID_MASK,
+    UNIX_BIT,
+    Rule,
+    RuleError,
+    RuleSet,
+    is_ipv4,
+    parse_peer,
+    prefix_mask,
+)
 
 # IPv6 clients count against their /64 by default: one subscriber or host usually
 # holds a whole /64 (RFC 6177), so counting single addresses would let one client
@@ -31,14 +41,17 @@ MAX_BUCKETS = 100_000
 
 
 def source_key(address: int, ipv6_prefix: int = DEFAULT_IPV6_PREFIX) -> int:
-    """What a connection counts against: the IPv4 address, or the IPv6 prefix.
+    """What a connection counts against: the IPv4 address, the IPv6 prefix, or a
+    Unix socket's client's uid (s6-ipcserver's per-uid limit).
 
     Args:
-        address: from ``parse_ip``.
+        address: from ``parse_peer``.
         ipv6_prefix: IPv6 addresses are grouped by their first this many bits.
     """
     if is_ipv4(address):
         return address
+    if address & UNIX_BIT:
+        return address & UID_MASK
     return address & (prefix_mask(ipv6_prefix) | IPV6_BIT)
 
 
@@ -182,14 +195,14 @@ class Gate:
         """The source key of a peer's host as ``getpeername()`` wrote it; -1 for a
         host that is not an IP address (it then matches no prefix rule)."""
         try:
-            return source_key(parse_ip(host), self.ipv6_prefix)
+            return source_key(parse_peer(host), self.ipv6_prefix)
         except RuleError:
             return -1
 
     def check_rules(self, host: str) -> Verdict:
         """The rules' decision alone (what a prefork worker can decide by itself)."""
         try:
-            address = parse_ip(host)
+            address = parse_peer(host)
         except RuleError:
             address = -1
         rule = self.rules.match(address) if self.rules is not None and address >= 0 else NO_RULE

@@ -15,11 +15,18 @@ our own, strict (no leading zeros in IPv4, no zone in a rule) and checked agains
 ``ipaddress`` module by the unit tests; importing ``ipaddress`` would cost the forking
 parent memory in every child.
 
+A client of a Unix-domain socket has no address: its credentials (SO_PEERCRED) stand
+for it, as ``UNIX_BIT | uid << 32 | gid`` (``unix_address``), so that a ``uid:N`` rule
+masks the uid and a ``gid:N`` rule the gid, still one AND and one comparison. Every IP
+rule's mask holds UNIX_BIT (which its network has clear), so an IP rule never matches
+a Unix client, nor a uid/gid rule an IP client.
+
 The rules file, one rule per line (see the README for examples)::
 
     # a comment; blank lines are ignored
     ADDRESS[/LENGTH]:allow[,NAME=VALUE][,NAME="VALUE"]...
     ADDRESS[/LENGTH]:deny
+    uid:UID:allow|deny         (a Unix socket's client by its uid; gid:GID by its gid)
     :deny                      (no address: every client)
 """
 
@@ -30,6 +37,11 @@ MAPPED = 0xFFFF << 32
 ALL_ONES = (1 << 128) - 1
 # Set in every address that is IPv6 and not IPv4-mapped, and in the masks of IPv6 rules.
 IPV6_BIT = 1 << 128
+# Set in every Unix-domain client's address (see the module's docstring).
+UNIX_BIT = 1 << 129
+ID_MASK = (1 << 32) - 1
+UID_MASK = UNIX_BIT | ID_MASK << 32
+GID_MASK = UNIX_BIT | ID_MASK
 HEX = frozenset("0123456789abcdefABCDEF")
 DIGITS = frozenset("0123456789")
 ADDRESS_CHARS = HEX | frozenset(":./")
@@ -125,6 +137,44 @@ def parse_ip(text: str) -> int:
     return MAPPED | parse_ipv4(text)
 
 
+def unix_address(uid: int, gid: int) -> int:
+    """A Unix-domain client's address: its uid and gid (see the module's docstring)."""
+    return UNIX_BIT | uid << 32 | gid
+
+
+def parse_peer(text: str) -> int:
+    """``parse_ip``, or a Unix client's credentials as the logs write them
+    (``pid:4242,uid:1000,gid:100``, core.address.format_credentials).
+
+    Raises:
+        RuleError: neither.
+    """
+    if not text.startswith("pid:"):
+        return parse_ip(text)
+    fields = dict(part.partition(":")[::2] for part in text.split(","))
+    uid, gid = fields.get("uid", ""), fields.get("gid", "")
+    if not (uid + gid).isascii() or not uid.isdigit() or not gid.isdigit():
+        raise RuleError(f"invalid Unix peer {text!r}")
+    return unix_address(int(uid) & ID_MASK, int(gid) & ID_MASK)
+
+
+def parse_match(text: str) -> tuple[int, int]:
+    """What a rule matches, as ``(network, mask)``: ``uid:N`` or ``gid:N`` (a Unix
+    socket's clients), else an IP prefix (see parse_prefix).
+
+    Raises:
+        RuleError: none of these.
+    """
+    kind, colon, number = text.partition(":")
+    if kind not in ("uid", "gid") or not colon:
+        return parse_prefix(text)
+    if not number.isascii() or not number.isdigit() or int(number) > ID_MASK:
+        raise RuleError(f"invalid {kind} {number!r} in {text!r}: expected a number")
+    if kind == "uid":
+        return unix_address(int(number), 0), UID_MASK
+    return unix_address(0, int(number)), GID_MASK
+
+
 def is_ipv4(address: int) -> bool:
     """Whether an address from ``parse_ip`` is IPv4 (mapped)."""
     return address >> 32 == 0xFFFF
@@ -138,7 +188,7 @@ def prefix_mask(length: int) -> int:
 def family_mask(address: int, length: int) -> int:
     """The mask of a prefix of ``address`` (from parse_ip), ``length`` bits long in the
     128-bit space: with IPV6_BIT for an IPv6 address, so it matches IPv6 clients only."""
-    return prefix_mask(length) | (address & IPV6_BIT)
+    return prefix_mask(length) | (address & IPV6_BIT) | UNIX_BIT
 
 
 def parse_prefix(text: str) -> tuple[int, int]:
@@ -229,12 +279,12 @@ class RuleSet:
 
 
 def command_line_rule(action: str, text: str) -> Rule:
-    """The rule of ``--allow PREFIX`` or ``--deny PREFIX``.
+    """The rule of ``--allow PREFIX`` or ``--deny PREFIX`` (or ``uid:N``, ``gid:N``).
 
     Raises:
         RuleError: not an address or prefix.
     """
-    network, mask = parse_prefix(text.strip())
+    network, mask = parse_match(text.strip())
     return Rule(network, mask, action == "allow", f"--{action}={text.strip()}")
 
 
@@ -253,7 +303,7 @@ def parse_rule_line(line: str, label: str) -> Rule | None:
     at, action = min(found)
     end = at + 1 + len(action)
     prefix_text, rest = line[:at], line[end:]
-    network, mask = parse_prefix(prefix_text) if prefix_text else (0, 0)
+    network, mask = parse_match(prefix_text) if prefix_text else (0, 0)
     env = parse_env(rest)
     if env and action == "deny":
         raise RuleError("a deny rule sets no variables: nothing runs for that client")

@@ -1,4 +1,4 @@
-"""The UCSPI-TCP environment of an exec'd program (pure: no I/O).
+"""The UCSPI environment of an exec'd program, TCP or Unix (pure: no I/O).
 
 Programs written for djb's ``tcpserver`` read who is connected from environment
 variables (tcp-environ(5)). forkserve sets them exactly as Debian's ``tcpserver``
@@ -17,6 +17,14 @@ side by side by the integration tests:
   address when this one was accepted, not counting it (the first gets ``0``).
 - ``TCPREMOTEINFO`` (tcpserver's ident lookup) is never set.
 
+On a Unix-domain socket (``unix:PATH``) the environment is ucspi-unix's instead, as
+its ``unixserver`` sets it (its PROTOCOL file; compared side by side with Debian's
+``ucspi-unix`` by the integration tests): ``PROTO=UNIX``; ``UNIXLOCALPATH``, the
+socket's path (``@NAME`` for an abstract one); ``UNIXLOCALPID``, ``UNIXLOCALUID`` and
+``UNIXLOCALGID``, the serving process's; ``UNIXREMOTEPID``, ``UNIXREMOTEEUID`` and
+``UNIXREMOTEEGID``, the client's credentials from ``SO_PEERCRED``. See
+``unix_environment``.
+
 Inherited variables of these names that do not apply are removed, so a program never
 sees a stale ``TCPREMOTEHOST`` from a tcpserver that started forkserve; so are the
 TLS ones (``SSL_CLIENT_S_DN`` ...), which forkserve sets only with TLS and a client
@@ -27,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-# Every name tcpserver, tcpserver6 and s6-tcpserver may set: inherited ones are
+# Every name tcpserver, tcpserver6, s6-tcpserver and unixserver may set: inherited ones are
 # dropped before the connection's own are added.
 UCSPI_NAMES = frozenset(
     {
@@ -49,6 +57,13 @@ UCSPI_NAMES = frozenset(
         "TCP6REMOTEINFO",
         "TCP6CONNNUM",
         "TCP6INTERFACE",
+        "UNIXLOCALPATH",
+        "UNIXLOCALPID",
+        "UNIXLOCALUID",
+        "UNIXLOCALGID",
+        "UNIXREMOTEPID",
+        "UNIXREMOTEEUID",
+        "UNIXREMOTEEGID",
     }
 )
 
@@ -135,6 +150,12 @@ def endpoint(address: object) -> Endpoint:
     return Endpoint(lowered, lowered, port, zone)
 
 
+def inherited_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` without the variables that describe some connection (see
+    ``describes_a_connection``): what every program inherits."""
+    return {name: value for name, value in base.items() if not describes_a_connection(name)}
+
+
 def ucspi_environment(
     base: Mapping[str, str],
     local: Endpoint,
@@ -144,12 +165,16 @@ def ucspi_environment(
     local_host: str | None = None,
     remote_host: str | None = None,
     extra: Mapping[str, str] | None = None,
+    inherited: bool = False,
 ) -> dict[str, str]:
     """Build the complete environment of a program serving one connection.
 
     Args:
         base: the inherited environment; UCSPI and TLS names in it are dropped
-            first (see ``describes_a_connection``).
+            first (see ``describes_a_connection``), unless ``inherited`` says
+            ``base`` is ``inherited_environment``'s result already (the supervisor
+            keeps one for every connection it spawns a program for: filtering
+            ``os.environ`` again cost 35 us a connection).
         local: the server's end (``getsockname()``).
         remote: the client's end (``getpeername()``).
         connnum: connections open from the client's address, this one included
@@ -161,7 +186,7 @@ def ucspi_environment(
     Returns:
         A new dict; ``base`` is not modified.
     """
-    env = {name: value for name, value in base.items() if not describes_a_connection(name)}
+    env = dict(base) if inherited else inherited_environment(base)
     env["PROTO"] = "TCP6" if remote.is_ipv6 else "TCP"
     for prefix, use_ip6 in (("TCP", False), ("TCP6", True)):
         env[prefix + "LOCALIP"] = local.ip6 if use_ip6 else local.ip
@@ -175,6 +200,37 @@ def ucspi_environment(
             env[prefix + "REMOTEHOST"] = remote_host
     if remote.interface:
         env["TCP6INTERFACE"] = remote.interface
+    if extra:
+        env.update(extra)
+    return env
+
+
+def unix_environment(
+    base: Mapping[str, str],
+    local_path: str,
+    local: tuple[int, int, int],
+    remote: tuple[int, int, int],
+    *,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Build the environment of a program serving a Unix-domain connection.
+
+    Args:
+        base: the inherited environment; UCSPI and TLS names in it are dropped
+            first (see ``describes_a_connection``), TCP ones included.
+        local_path: the socket's path, or ``@NAME`` for an abstract one.
+        local: ``(pid, uid, gid)`` of the process that serves the connection.
+        remote: the client's ``(pid, uid, gid)`` from ``SO_PEERCRED``.
+        extra: per-connection variables (access rules), added last: they win.
+
+    Returns:
+        A new dict; ``base`` is not modified.
+    """
+    env = {name: value for name, value in base.items() if not describes_a_connection(name)}
+    env["PROTO"] = "UNIX"
+    env["UNIXLOCALPATH"] = local_path
+    env["UNIXLOCALPID"], env["UNIXLOCALUID"], env["UNIXLOCALGID"] = map(str, local)
+    env["UNIXREMOTEPID"], env["UNIXREMOTEEUID"], env["UNIXREMOTEEGID"] = map(str, remote)
     if extra:
         env.update(extra)
     return env

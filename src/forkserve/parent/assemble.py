@@ -14,6 +14,7 @@ from forkserve._log import DEBUG, FORMATS, INFO, QUIET, Log
 from forkserve.child.exec import ExecService, Program
 from forkserve.child.handler import Handler, PythonService, Service
 from forkserve.child.prelude import Prelude
+from forkserve.child.requesthandler import handler_for
 from forkserve.core.address import parse_listen_address
 from forkserve.core.gate import MAX_SECONDS, MAX_SECONDS_TEXT, Gate, Policy
 from forkserve.core.names import MODES, RLIMIT_NAMES
@@ -23,6 +24,7 @@ from forkserve.parent.listeners import Listener
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from socketserver import BaseRequestHandler
 
     from forkserve.child.edge import Edge
     from forkserve.config.values import Settings
@@ -115,7 +117,10 @@ def serve_metrics(loop: Loop, endpoint: MetricsEndpoint, mode: str, log: Log) ->
 
 
 def build_child_side(
-    settings: Settings, edge_settings: Settings, handler: Handler | Program | str, log: Log
+    settings: Settings,
+    edge_settings: Settings,
+    handler: Handler | Program | str | type[BaseRequestHandler],
+    log: Log,
 ) -> tuple[Edge | None, Policy, Handler | Program, Service]:
     """What a connection's process runs, built from ``settings`` (the edge, whose
     PROXY and TLS settings only an upgrade changes, from ``edge_settings``): the
@@ -143,7 +148,7 @@ def build_child_side(
 
 
 def make_service(
-    handler: Handler | Program | str,
+    handler: Handler | Program | str | type[BaseRequestHandler],
     prelude: Prelude,
     log: Log,
     mode: str,
@@ -151,8 +156,11 @@ def make_service(
 ) -> tuple[Handler | Program, Service]:
     """Load a handler name, and wrap the handler or program as what children run.
 
+    A socketserver request handler class (by name or not) is wrapped in a
+    ``RequestHandler`` here, once.
+
     Raises:
-        HandlerError: a handler name that does not load.
+        HandlerError: a handler name that does not load, or a class that is no handler.
         UsageError: a program in prefork mode: exec replaces the process, so a
             worker could serve only one connection; fork mode is exec's model. Or
             an idle timeout for a program, which owns its socket.
@@ -172,6 +180,8 @@ def make_service(
                 "(use --max-lifetime)"
             )
         return handler, ExecService(handler, log, prelude, edge)
+    # Server(address, SimpleHTTPRequestHandler), or a partial of it: decided here, once.
+    handler = handler_for(handler, getattr(handler, "__name__", repr(handler)))
     return handler, PythonService(handler, prelude, edge)
 
 

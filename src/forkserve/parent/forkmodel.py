@@ -21,6 +21,7 @@ from forkserve.core.address import format_address, host_of
 from forkserve.parent.acceptor import Acceptor as Acceptor  # noqa: PLC0414 - its old home
 from forkserve.parent.children import Exited
 from forkserve.parent.fork import fork_child
+from forkserve.parent.spawn import spawner_for
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class Connections:
         "loop",
         "pending",
         "service",
+        "spawn",
     )
 
     def __init__(self, loop: Loop, acceptor: Acceptor, service: Service) -> None:
@@ -60,6 +62,7 @@ class Connections:
         self.admission = loop.admission
         self.acceptor = acceptor
         self.service = service
+        self.spawn = spawner_for(service, loop)  # a program started without a fork
         self.close_in_child = loop.close_in_child
         self.pending: collections.deque[tuple[socket.socket, Any]] = collections.deque()
         # The forker that forks connections' processes (parent.forker); None: fork here.
@@ -68,6 +71,7 @@ class Connections:
     def use(self, service: Service) -> None:
         """A reload's service: children forked from now on run it."""
         self.service = service
+        self.spawn = spawner_for(service, self.loop)
 
     def fork(self, conn: socket.socket, peer: Any) -> None:
         """Admit ``conn`` and fork a child that serves it; the parent's copy is closed
@@ -83,7 +87,7 @@ class Connections:
         if verdict is None:
             return
         info = Connection(peer, admission.open_from(verdict.source) + 1, verdict.env)
-        if self.forkers is not None:
+        if self.forkers is not None and self.spawn is None:  # a spawn needs no forker
             self.forkers.submit(conn, info, peer_text, verdict.source, taken)
             return
         self.start_child(conn, info, peer_text, verdict.source, taken, self.close_in_child)
@@ -130,10 +134,17 @@ class Connections:
         close_in_child: Callable[[], None],
     ) -> int | None:
         """Fork the child that serves ``conn`` (closed here, in the parent), counted
-        against ``source``; return its pid, or None when fork failed."""
+        against ``source``; return its pid, or None when fork failed. A program
+        nothing must run before is spawned instead (parent.spawn): None when it
+        could not run (logged there)."""
         service = self.service
         try:
-            pid = fork_child(lambda: service(conn, info), close_in_child)
+            if self.spawn is not None:
+                pid = self.spawn(conn, info, peer_text)
+                if pid is None:
+                    return None
+            else:
+                pid = fork_child(lambda: service(conn, info), close_in_child)
         except OSError as exc:
             self.fork_failed(peer_text, exc)
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from types import TracebackType
 
 from forkserve._errors import AddressError, BindError
@@ -32,6 +33,8 @@ CONNECTION_ERRNOS = frozenset(
     }
 )
 ACCEPT_PAUSE = 0.1
+# struct ucred (SO_PEERCRED): pid, uid, gid, three 32-bit ints in host order.
+UCRED_SIZE = 12
 
 # What an accept(2) error means: accept_action's answers.
 ACCEPT_RETRY = "retry"  # one connection's error: go on to the next
@@ -62,8 +65,20 @@ def accept_action(number: int | None) -> str:
     return ACCEPT_RAISE
 
 
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """A Unix-domain connection's peer: ``(pid, uid, gid)`` from ``SO_PEERCRED``
+    (what the client process was when it called connect(2)), as plain ints."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED_SIZE)
+    order = sys.byteorder
+    return (
+        int.from_bytes(raw[0:4], order, signed=True),
+        int.from_bytes(raw[4:8], order),
+        int.from_bytes(raw[8:12], order),
+    )
+
+
 class Listener:
-    """A bound, listening, non-blocking TCP socket.
+    """A bound, listening, non-blocking TCP socket (``UnixListener``: a Unix one).
 
     Args:
         sock: the listening socket.
@@ -121,6 +136,10 @@ class Listener:
             raise BindError(f"cannot listen on {where}: {exc.strerror}") from None
         return cls(sock)
 
+    unix = False  # a Unix-domain socket (UnixListener)
+    # The address families from_fd adopts (UnixListener: AF_UNIX).
+    FAMILIES: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
+
     @classmethod
     def from_fd(cls, fd: int, owned: bool = False) -> Listener:
         """Adopt an inherited listening socket (socket activation, or an upgrade).
@@ -136,13 +155,11 @@ class Listener:
         except OSError as exc:
             raise UsageError(f"descriptor {fd} passed to serve on: {exc.strerror}") from None
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-        if (
-            sock.family not in (socket.AF_INET, socket.AF_INET6)
-            or sock.type != socket.SOCK_STREAM
-            or not listening
-        ):
+        if sock.family not in cls.FAMILIES or sock.type != socket.SOCK_STREAM or not listening:
             sock.detach()
-            raise UsageError(f"descriptor {fd} passed to serve on is not a listening TCP socket")
+            raise UsageError(
+                f"descriptor {fd} passed to serve on is not a listening TCP or Unix stream socket"
+            )
         return cls(sock, owned)
 
     @property
@@ -169,6 +186,17 @@ class Listener:
 
     def describe(self) -> str:
         return format_address(self.address)
+
+    def printable(self) -> str:
+        """What ``--print-port`` prints: the bound port."""
+        return str(self.port)
+
+    def remove_file(self) -> bool:
+        """A TCP socket has no file to remove at a stop (see UnixListener)."""
+        return False
+
+    def disown(self) -> None:
+        """A new master took the socket over: nothing here is this one's to remove."""
 
     def close(self) -> None:
         self.sock.close()

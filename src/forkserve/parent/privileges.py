@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 
-def resolve_user(name: str) -> tuple[int, int | None, str | None]:
+def resolve_user(name: str, flag: str = "--user") -> tuple[int, int | None, str | None]:
     """``(uid, primary gid, name)`` of a user name or number.
 
     A number with no passwd entry has no primary group and no name (``--group`` is
@@ -37,11 +37,11 @@ def resolve_user(name: str) -> tuple[int, int | None, str | None]:
             except KeyError:
                 return int(name), None, None
         else:
-            raise UsageError(f"--user {name!r}: no such user") from None
+            raise UsageError(f"{flag} {name!r}: no such user") from None
     return entry.pw_uid, entry.pw_gid, entry.pw_name
 
 
-def resolve_group(name: str) -> int:
+def resolve_group(name: str, flag: str = "--group") -> int:
     """The gid of a group name or number.
 
     Raises:
@@ -54,7 +54,21 @@ def resolve_group(name: str) -> int:
     except KeyError:
         if name.isdigit() and name.isascii():
             return int(name)
-        raise UsageError(f"--group {name!r}: no such group") from None
+        raise UsageError(f"{flag} {name!r}: no such group") from None
+
+
+def resolve_owner(user: str | None, group: str | None) -> tuple[int, int] | None:
+    """``--socket-user``/``--socket-group`` (names or numbers) as the ``(uid, gid)``
+    chown(2) takes, -1 for the one not given; None when neither is.
+
+    Raises:
+        UsageError: no such user or group.
+    """
+    if user is None and group is None:
+        return None
+    uid = resolve_user(user, "--socket-user")[0] if user is not None else -1
+    gid = resolve_group(group, "--socket-group") if group is not None else -1
+    return uid, gid
 
 
 class Identity:

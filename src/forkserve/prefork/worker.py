@@ -52,6 +52,7 @@ from forkserve.parent.listeners import (
     ACCEPT_PAUSE,
     ACCEPT_RETRY,
     accept_action,
+    peer_credentials,
 )
 from forkserve.prefork.wire import encode
 
@@ -181,6 +182,8 @@ class Worker:
         if self.paused is not None:
             self.report("U", self.paused)
             self.paused = None
+        if type(peer) is not tuple:  # a Unix socket's: the peer is its credentials
+            peer = peer_credentials(conn)
         return self.serve(conn, peer)
 
     def serve(self, conn: socket.socket, peer: object) -> str:

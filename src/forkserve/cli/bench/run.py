@@ -73,9 +73,9 @@ def byte_count(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from forkserve.cli.args import seconds
+    from forkserve.cli.client import add_target_arguments
 
-    parser.add_argument("host", help="server host name or address (IPv6 without brackets)")
-    parser.add_argument("port", help="server port")
+    add_target_arguments(parser)
     parser.add_argument(
         "-m", "--mode", choices=MODES, default="pingpong", help="the workload (default %(default)s)"
     )
@@ -168,21 +168,16 @@ def make_config(args: argparse.Namespace) -> Config:
     import socket
 
     from forkserve.cli.bench.work import Config
+    from forkserve.cli.client import client_context, unix_target
 
     mode = args.mode
     host = args.host[1:-1] if args.host.startswith("[") and args.host.endswith("]") else args.host
-    check_host(host)
-    port = parse_port(args.port)
-    if port == 0:
-        raise AddressError("port 0 is not a server's port")
+    unix = unix_target(args)
     conns, size = check_load(args)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise AddressError(f"cannot resolve {host!r}: {exc.strerror}") from None
-    family, _, _, _, sockaddr = infos[0]
-    from forkserve.cli.client import client_context
-
+    if unix is None:
+        port, family, sockaddr = resolve(host, args.port)
+    else:
+        host, port, family, sockaddr = args.host.strip(), 0, socket.AF_UNIX, unix
     tls = client_context(args)
     if (args.proxy or tls is not None) and mode not in ("rate", "pingpong"):
         raise UsageError(f"--proxy and --tls work with rate and pingpong, not {mode}")
@@ -200,6 +195,26 @@ def make_config(args: argparse.Namespace) -> Config:
         proxy=args.proxy or "",
         tls=tls,
     )
+
+
+def resolve(host: str, port_text: str) -> tuple[int, int, Any]:
+    """``(port, family, sockaddr)`` of HOST PORT: the first address it resolves to.
+
+    Raises:
+        AddressError: a bad host or port, or one that does not resolve.
+    """
+    import socket
+
+    check_host(host)
+    port = parse_port(port_text)
+    if port == 0:
+        raise AddressError("port 0 is not a server's port")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise AddressError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return port, family, sockaddr
 
 
 def probe(config: Config) -> None:

@@ -53,7 +53,7 @@ class Config:
     host: str
     port: int
     family: int
-    sockaddr: tuple[Any, ...]
+    sockaddr: Any  # (host, port, ...) or a Unix socket's path (b"\0NAME": abstract)
     conns: int
     duration: float
     size: int
@@ -64,6 +64,8 @@ class Config:
 
     @property
     def target(self) -> str:
+        if self.family == socket.AF_UNIX:
+            return self.host  # unix:PATH
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
@@ -294,7 +296,8 @@ def pingpong(config: Config, index: int, start: Start, counters: Counters) -> Ta
     if sock is None:
         return tally
     with sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if config.family != socket.AF_UNIX:  # a Unix socket has no Nagle to turn off
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         stream = Stream(index)
         size = config.size
         echo = Echo(sock, stream, conn, bytearray(min(size, RECV_BUFFER)), config.timeout)

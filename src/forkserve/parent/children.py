@@ -158,6 +158,16 @@ class ChildTable:
         """A child a forker reaped (its waitpid ``status``): out of the table."""
         return decode_status(pid, status, self._remove(pid))
 
+    def claim(self, exits: list[Exited]) -> list[Exited]:
+        """Exits reaped before the child was known: a dead forker's child whose
+        ``started`` report was read after the reap (see parent.forker)."""
+        for ended in exits:
+            if ended.child is None and ended.owner is None:
+                child = self._remove(ended.pid)
+                if child is not None:
+                    ended.child, ended.owner = child, child.owner
+        return exits
+
     def orphaned(self, via: Any) -> None:
         """Forker ``via`` died: its children are ours now (we are their subreaper),
         signalled directly from now on."""

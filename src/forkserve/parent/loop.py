@@ -246,10 +246,11 @@ class Loop:
 
     def on_child(self, number: int) -> None:
         """Reap every finished child; hand each exit to its owner. The model reads its
-        reports first (a worker's last ``E``; a dead forker's last ``started``)."""
+        reports in between (a worker's last ``E``; a dead forker's last ``started``)."""
+        exits = self.children.reap()
         now = self.clock()
         self.model.before_exits(now)
-        self.hand_exits(self.children.reap(), now)
+        self.hand_exits(self.children.claim(exits), now)
 
     def hand_exits(self, exits: list[Exited], now: float) -> None:
         """Each exit to its child's owner (reaped here, or reported by a forker)."""

@@ -193,13 +193,30 @@ class ServerProcess:
     # -- processes ------------------------------------------------------------------
 
     def children(self) -> list[int]:
-        """Live (non-zombie) children of the server, from /proc."""
-        kids = [pid for pid, state in children_of(self.pid) if state != "Z"]
+        """Live (non-zombie) connection processes and workers of the server, from
+        /proc: its children, the forker's children in place of the forker."""
+        kids = [pid for pid, state in self.processes() if state != "Z"]
         self.descendants_seen.update(kids)
         return kids
 
     def zombies(self) -> list[int]:
-        return [pid for pid, state in children_of(self.pid) if state == "Z"]
+        return [pid for pid, state in self.processes() if state == "Z"]
+
+    def forkers(self) -> list[int]:
+        """The server's forker processes (see forkserve.parent.forker), alive."""
+        found = [pid for pid, state in children_of(self.pid) if is_forker(pid) and state != "Z"]
+        self.descendants_seen.update(found)
+        return found
+
+    def processes(self) -> list[tuple[int, str]]:
+        found = []
+        for pid, state in children_of(self.pid):
+            if is_forker(pid):
+                self.descendants_seen.add(pid)
+                found.extend(children_of(pid))
+            else:
+                found.append((pid, state))
+        return found
 
     def send_signal(self, sig: int) -> None:
         self.children()
@@ -251,6 +268,18 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
         return None
     fields = text[text.rindex(")") + 2 :].split()
     return fields[0], int(fields[1])
+
+
+def is_forker(pid: int) -> bool:
+    """Whether ``pid`` is a forker (``python -m forkserve.forker``), not one of the
+    processes it forked (they lead process groups of their own; it does not)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    pgid = int(stat[stat.rindex(")") + 2 :].split()[2])
+    return b"forkserve.forker" in cmdline and pgid != pid
 
 
 def process_alive(pid: int) -> bool:

@@ -23,12 +23,26 @@ from forkserve._errors import (
     UsageError,
 )
 from forkserve._log import Log
-from forkserve._server import Server
 from forkserve.child.exec import Program
 from forkserve.child.handler import Handler, echo
 from forkserve.child.requesthandler import RequestHandler
 
 __version__ = "0.1.0"
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: typing is what a lean process avoids
+if TYPE_CHECKING:
+    from forkserve._server import Server
+
+
+def __getattr__(name: str) -> object:
+    """``forkserve.Server``, imported when first named (PEP 562): the forker imports
+    ``forkserve.child`` and ``forkserve.forker`` without the supervisor's code."""
+    if name == "Server":
+        from forkserve._server import Server
+
+        return Server
+    raise AttributeError(f"module 'forkserve' has no attribute {name!r}")
+
 
 __all__ = [
     "AddressError",

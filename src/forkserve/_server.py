@@ -17,10 +17,8 @@ from forkserve.core.names import ASYNC, PREFORK
 from forkserve.core.names import MODES as MODES  # noqa: PLC0414 - re-exported: bench runs each
 from forkserve.parent.assemble import (
     bind_metrics,
+    build_child_side,
     check_settings,
-    make_policy,
-    make_service,
-    make_settings_prelude,
     serve_metrics,
     take_handover,
 )
@@ -156,21 +154,11 @@ class Server:
         check_settings(settings)
         self.settings = settings
         self.log = log if log is not None else Log(settings.log_level, format=settings.log_format)
-        from forkserve.child.edge import make_edge
-
-        self.edge = make_edge(
-            self.log,
-            proxy_protocol=settings.proxy_protocol,
-            proxy_from=tuple(settings.proxy_from),
-            tls_cert=settings.tls_cert,
-            tls_key=settings.tls_key,
-            tls_client_ca=settings.tls_client_ca,
-            handshake_timeout=settings.handshake_timeout,
-        )
-        self.policy = make_policy(settings, self.edge)
-        prelude = make_settings_prelude(settings, self.log, self.edge)
-        self.handler, self.service = make_service(
-            handler, prelude, self.log, settings.mode, self.edge
+        self.handler_spec = handler  # what the forker loads again (see parent.forker)
+        self.edge_settings = settings  # the PROXY and TLS settings: only an upgrade changes them
+        self.forker_off = os.environ.get("FORKSERVE_FORKER") == "0"
+        self.edge, self.policy, self.handler, self.service = build_child_side(
+            settings, settings, handler, self.log
         )
         from forkserve.parent.privileges import resolve_identity
 
@@ -255,6 +243,7 @@ class Server:
 
         loop = self.make_loop(announce)
         self.attach_operations(loop)
+        self.start_forker(loop)  # before --user: it reads what root may read, then switches
         self.drop_privileges()
         self.log_listen()
         try:
@@ -290,6 +279,22 @@ class Server:
         else:
             loop.use(ForkModel(loop, self.listener, self.service, settings.max_conns))
         return loop
+
+    def recipe(self, settings: Settings) -> bytes | None:
+        """What a forker for ``settings`` starts from (see parent.forker.make_recipe):
+        the edge stays as started, as in this process."""
+        if self.forker_off:
+            return None
+        from forkserve.parent.forkerstart import make_recipe
+
+        return make_recipe(settings, self.edge_settings, self.handler_spec)
+
+    def start_forker(self, loop: Loop) -> None:
+        """Fork mode: connections' processes are forked by a forker (parent.forker),
+        unless the handler cannot be named to a fresh process."""
+        recipe = self.recipe(self.settings)
+        if recipe is not None and isinstance(loop.model, ForkModel):
+            loop.model.start_forker(recipe)
 
     def attach_operations(self, loop: Loop) -> None:
         """Metrics and systemd, as far as they are asked for."""

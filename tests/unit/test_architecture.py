@@ -28,6 +28,7 @@ KNOWN_TYPE_ONLY_CYCLES: dict[frozenset[str], str] = {
             "forkserve.config.reload",
             "forkserve.parent.admission",
             "forkserve.parent.assemble",
+            "forkserve.parent.forker",
             "forkserve.parent.forkmodel",
             "forkserve.parent.loop",
             "forkserve.parent.model",

@@ -33,6 +33,8 @@ class ReloadPlan:
         policy: the admission policy for new connections (its gate has taken over
             the running one's counts and buckets).
         service: what new connections' children (or new workers) run.
+        recipe: what fork mode's new forker is started with (parent.forker), or
+            None (no forker).
         pool: prefork: ``min_spare``, ``max_spare``, ``max_workers``,
             ``max_requests``; None in fork mode.
         max_conns: fork mode's limit; None in prefork mode.
@@ -48,6 +50,7 @@ class ReloadPlan:
         "max_conns",
         "policy",
         "pool",
+        "recipe",
         "service",
         "upgrade_timeout",
         "workers",
@@ -59,6 +62,7 @@ class ReloadPlan:
         changed: frozenset[str],
         policy: Policy,
         service: Service,
+        recipe: bytes | None = None,
     ) -> None:
         prefork = settings.mode == "prefork"
         self.changed = changed
@@ -66,6 +70,7 @@ class ReloadPlan:
         self.upgrade_timeout = settings.upgrade_timeout
         self.policy = policy
         self.service = service
+        self.recipe = recipe
         self.pool = (
             {
                 "min_spare": settings.min_spare,
@@ -102,8 +107,7 @@ def reload(server: Server) -> None:
         new = kept_for_upgrade(server.settings, new)
         policy, service = rebuild(server, new)
     except ForkserveError as exc:
-        server.log.warning("reload-failed", error=str(exc), kept="the running configuration")
-        loop.metrics.operation("reload-failed")
+        refused(server, exc)
         return
     reloaded = set(changed)
     # The TLS files, read again (a renewed certificate), before the loop forks the
@@ -111,9 +115,15 @@ def reload(server: Server) -> None:
     tls = server.edge is not None and server.edge.tls is not None
     if tls and server.reload_tls():
         reloaded.add("tls")  # what a prefork worker holds: it is replaced
+    plan = ReloadPlan(new, frozenset(reloaded), policy, service, server.recipe(new))
+    try:
+        loop.model.prepare_reload(plan)  # fork mode: a new forker, if it holds what changed
+    except ForkserveError as exc:
+        refused(server, exc)
+        return
     policy.gate.take_over(server.policy.gate)  # counts and rate buckets carry on
     server.take_settings(new, policy)  # what the next reload compares with
-    loop.apply_reload(ReloadPlan(new, frozenset(reloaded), policy, service))
+    loop.apply_reload(plan)
     fields: dict[str, object] = {"changed": ",".join(changed) or "none"}
     if upgrade:
         fields["needs_upgrade"] = ",".join(upgrade)
@@ -121,6 +131,12 @@ def reload(server: Server) -> None:
         fields["start"] = "spawn" if service.spawnable else "fork"
     server.log.notice("reload", **fields)
     loop.metrics.operation("reload-ok")
+
+
+def refused(server: Server, exc: ForkserveError) -> None:
+    server.log.warning("reload-failed", error=str(exc), kept="the running configuration")
+    assert server.loop is not None
+    server.loop.metrics.operation("reload-failed")
 
 
 def kept_for_upgrade(old: Settings, new: Settings) -> Settings:

@@ -132,6 +132,37 @@ def serve_metrics(loop: Loop, endpoint: MetricsEndpoint, mode: str, log: Log) ->
     log.notice("metrics", address=endpoint.describe(), paths="/metrics,/healthz")
 
 
+def build_child_side(
+    settings: Settings,
+    edge_settings: Settings,
+    handler: Handler | Program | str | type[BaseRequestHandler],
+    log: Log,
+) -> tuple[Edge | None, Policy, Handler | Program, Service]:
+    """What a connection's process runs, built from ``settings`` (the edge, whose
+    PROXY and TLS settings only an upgrade changes, from ``edge_settings``): the
+    supervisor builds it so at start-up, the forker (forker.process) from the same
+    values, so both hold the same service.
+
+    Raises:
+        ForkserveError: a setting, the TLS files or the handler did not load.
+    """
+    from forkserve.child.edge import make_edge
+
+    edge = make_edge(
+        log,
+        proxy_protocol=edge_settings.proxy_protocol,
+        proxy_from=tuple(edge_settings.proxy_from),
+        tls_cert=edge_settings.tls_cert,
+        tls_key=edge_settings.tls_key,
+        tls_client_ca=edge_settings.tls_client_ca,
+        handshake_timeout=edge_settings.handshake_timeout,
+    )
+    policy = make_policy(settings, edge)
+    prelude = make_settings_prelude(settings, log, edge)
+    handler, service = make_service(handler, prelude, log, settings.mode, edge)
+    return edge, policy, handler, service
+
+
 def make_service(
     handler: Handler | Program | str | type[BaseRequestHandler],
     prelude: Prelude,

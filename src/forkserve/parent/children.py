@@ -50,7 +50,7 @@ class Child:
     memory the parent would carry into every fork.
     """
 
-    __slots__ = ("owner", "peer", "pid", "source", "started")
+    __slots__ = ("owner", "peer", "pid", "source", "started", "via")
 
     def __init__(
         self, pid: int, peer: str, started: float, source: int | None = -1, owner: Any = None
@@ -60,6 +60,9 @@ class Child:
         self.started = started
         self.source = source
         self.owner = owner
+        # The forker that is its parent (parent.forker.Link), which signals it;
+        # None: it is ours, signalled directly.
+        self.via: Any = None
 
 
 class Exited:
@@ -132,14 +135,45 @@ class ChildTable:
     def get(self, pid: int) -> Child | None:
         return self._children.get(pid)
 
-    def add(self, pid: int, peer: str, source: int | None = -1, owner: Any = None) -> Child:
+    def add(
+        self,
+        pid: int,
+        peer: str,
+        source: int | None = -1,
+        owner: Any = None,
+        via: Any = None,
+    ) -> Child:
         """A new child, counted against ``source`` (None: against none yet), whose
-        exit goes to ``owner``."""
+        exit goes to ``owner``. ``via``: the forker that forked it (parent.forker),
+        which counted it against ``source`` already, from its admission."""
         child = Child(pid, peer, time.monotonic(), source, owner)
         self._children[pid] = child
-        if source is not None:
+        if via is not None:
+            child.via = via
+        elif source is not None:
             self.counts.add(source)
         return child
+
+    def ended(self, pid: int, status: int) -> Exited:
+        """A child a forker reaped (its waitpid ``status``): out of the table."""
+        return decode_status(pid, status, self._remove(pid))
+
+    def claim(self, exits: list[Exited]) -> list[Exited]:
+        """Exits reaped before the child was known: a dead forker's child whose
+        ``started`` report was read after the reap (see parent.forker)."""
+        for ended in exits:
+            if ended.child is None and ended.owner is None:
+                child = self._remove(ended.pid)
+                if child is not None:
+                    ended.child, ended.owner = child, child.owner
+        return exits
+
+    def orphaned(self, via: Any) -> None:
+        """Forker ``via`` died: its children are ours now (we are their subreaper),
+        signalled directly from now on."""
+        for child in self._children.values():
+            if child.via is via:
+                child.via = None
 
     def adopt(self, pid: int, owner: Any) -> None:
         """A child that is no connection's (see the class docstring)."""
@@ -190,7 +224,12 @@ class ChildTable:
         return list(self._children)
 
     def signal(self, pid: int, sig: int) -> None:
-        """Send ``sig`` to a child's process group (the child and what it started)."""
+        """Send ``sig`` to a child's process group (the child and what it started),
+        through its forker when it has one (its parent: never a reused pid)."""
+        child = self._children.get(pid)
+        if child is not None and child.via is not None:
+            child.via.kill(pid, sig)
+            return
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:

@@ -18,16 +18,9 @@ from forkserve.child.ask import ASK_TIMEOUT, Asker
 from forkserve.child.connection import Connection
 from forkserve.child.handler import Service
 from forkserve.core.address import format_address, host_of
-from forkserve.core.errnames import errno_name
+from forkserve.parent.acceptor import Acceptor as Acceptor  # noqa: PLC0414 - its old home
 from forkserve.parent.children import Exited
 from forkserve.parent.fork import fork_child
-from forkserve.parent.listeners import (
-    ACCEPT_BACK_OFF,
-    ACCEPT_PAUSE,
-    ACCEPT_RETRY,
-    Listener,
-    accept_action,
-)
 from forkserve.parent.spawn import spawner_for
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
@@ -36,69 +29,13 @@ if TYPE_CHECKING:
     from typing import Any
 
     from forkserve.config.reload import ReloadPlan
+    from forkserve.parent.forker import Forkers
+    from forkserve.parent.listeners import Listener
     from forkserve.parent.loop import Loop
 
 # At most this many accepts per wakeup, so signals (a stop, a burst of exits) are
 # looked at between batches even under a connection flood.
 ACCEPT_BATCH = 64
-
-
-class Acceptor:
-    """Accepts from ``listener`` under the errno policy (see parent.listeners):
-    capacity errnos pause accepting for ACCEPT_PAUSE, logged once per burst."""
-
-    __slots__ = ("burst", "listener", "log", "paused_until")
-
-    def __init__(self, listener: Listener, log: Any) -> None:
-        self.listener: Listener | None = listener
-        self.log = log
-        self.paused_until = 0.0
-        self.burst: tuple[str, int] | None = None  # (errno name, failures) while paused
-
-    def accept(self) -> tuple[socket.socket, Any] | None:
-        """Accept one connection; None when there is none (or accepting paused).
-
-        Raises:
-            OSError: an errno no policy names: a bug, so it crashes loudly.
-        """
-        assert self.listener is not None
-        while True:
-            try:
-                conn, peer = self.listener.accept()
-            except BlockingIOError:
-                return None
-            except OSError as exc:
-                action = accept_action(exc.errno)
-                if action == ACCEPT_RETRY:
-                    continue
-                if action == ACCEPT_BACK_OFF:
-                    self.pause(errno_name(exc.errno))
-                    return None
-                raise  # ACCEPT_CLOSED too: nothing shuts fork mode's listener down
-            if self.burst is not None:
-                name, failures = self.burst
-                self.log.notice("accept-resumed", after=name, failures=failures)
-                self.burst = None
-            return conn, peer
-
-    def pause(self, reason: str) -> None:
-        """Stop accepting for ACCEPT_PAUSE; log only the first failure of a burst."""
-        if self.burst is None:
-            self.log.warning("accept-paused", error=reason, pause=f"{ACCEPT_PAUSE}s")
-            self.burst = (reason, 0)
-        self.burst = (self.burst[0], self.burst[1] + 1)
-        self.paused_until = time.monotonic() + ACCEPT_PAUSE
-
-    def resume_if_due(self, now: float) -> None:
-        """The pause is over at ``now``: accept again."""
-        if self.paused_until and now >= self.paused_until:
-            self.paused_until = 0.0
-
-    def close(self) -> None:
-        """Close the listener: the kernel refuses new clients from now on."""
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
 
 
 class Connections:
@@ -109,7 +46,16 @@ class Connections:
     a stop while every slot was taken.
     """
 
-    __slots__ = ("acceptor", "admission", "close_in_child", "loop", "pending", "service", "spawn")
+    __slots__ = (
+        "acceptor",
+        "admission",
+        "close_in_child",
+        "forkers",
+        "loop",
+        "pending",
+        "service",
+        "spawn",
+    )
 
     def __init__(self, loop: Loop, acceptor: Acceptor, service: Service) -> None:
         self.loop = loop
@@ -119,6 +65,8 @@ class Connections:
         self.spawn = spawner_for(service, loop)  # a program started without a fork
         self.close_in_child = loop.close_in_child
         self.pending: collections.deque[tuple[socket.socket, Any]] = collections.deque()
+        # The forker that forks connections' processes (parent.forker); None: fork here.
+        self.forkers: Forkers | None = None
 
     def use(self, service: Service) -> None:
         """A reload's service: children forked from now on run it."""
@@ -139,6 +87,9 @@ class Connections:
         if verdict is None:
             return
         info = Connection(peer, admission.open_from(verdict.source) + 1, verdict.env)
+        if self.forkers is not None and self.spawn is None:  # a spawn needs no forker
+            self.forkers.submit(conn, info, peer_text, verdict.source, taken)
+            return
         self.start_child(conn, info, peer_text, verdict.source, taken, self.close_in_child)
 
     def fork_proxied(self, conn: socket.socket, peer: Any, peer_text: str, taken: float) -> None:
@@ -156,6 +107,9 @@ class Connections:
             self.fork_failed(peer_text, exc)
             return
         info = Connection(peer)
+        if self.forkers is not None:
+            self.forkers.submit(conn, info, peer_text, None, taken, (ours, theirs))
+            return
         info.admit = Asker(self.admission.policy, self.loop.log, theirs, single=True)
 
         def close_in_child() -> None:
@@ -203,6 +157,26 @@ class Connections:
         loop.metrics.forked(child.started - taken)
         loop.events.accept(peer_text, pid)
         return pid
+
+    def started(  # noqa: PLR0917 - the per-connection path: no keyword dicts
+        self,
+        pid: int,
+        peer_text: str,
+        source: int | None,
+        taken: float,
+        via: object,
+        question: socket.socket | None,
+    ) -> None:
+        """A forker reported the process it forked for a connection (parent.forker):
+        what start_child does after its own fork."""
+        loop = self.loop
+        child = loop.children.add(pid, peer_text, source, self, via)
+        self.admission.start_lifetime(child)
+        loop.metrics.accepted()
+        loop.metrics.forked(child.started - taken)
+        loop.events.accept(peer_text, pid)
+        if question is not None:
+            self.admission.watch_question(pid, question)
 
     def fork_failed(self, peer_text: str, exc: OSError) -> None:
         name = self.loop.events.fork_failed(exc.errno, peer=peer_text)
@@ -281,19 +255,41 @@ class ForkModel:
         return self.acceptor.listener
 
     def start(self) -> None:
-        """Nothing to start: the listener is watched from before_wait on."""
+        """Nothing to start: the listener is watched from before_wait on (the
+        forker, if any, was started by start_forker)."""
+
+    def start_forker(self, recipe: bytes) -> None:
+        """Fork connections' processes from a forker started with ``recipe``
+        (see parent.forker), from now on. A start-up step: it waits for the forker.
+
+        Raises:
+            StartFailed: the forker did not start (the handler did not import there).
+        """
+        from forkserve.parent.forker import Forkers
+
+        forkers = Forkers(self.loop, self.conns, recipe)
+        forkers.start()
+        self.conns.forkers = forkers
 
     def has_slot(self) -> bool:
-        return len(self.children) < self.max_conns
+        forkers = self.conns.forkers
+        if forkers is None:
+            return len(self.children) < self.max_conns
+        return len(self.children) + forkers.in_flight() < self.max_conns and not forkers.blocked()
 
     def busy(self) -> int:
-        return len(self.children)
+        """Connections counted against --max-conns: with a forker, from admission."""
+        forkers = self.conns.forkers
+        return len(self.children) + (forkers.in_flight() if forkers is not None else 0)
 
     def capacity(self) -> int:
         return self.max_conns
 
     def queued(self) -> int:
-        return len(self.conns.pending)
+        """Accepted at a stop and waiting for a slot, or handed to a forker and not
+        yet started."""
+        forkers = self.conns.forkers
+        return len(self.conns.pending) + (forkers.in_flight() if forkers is not None else 0)
 
     def gauges(self) -> dict[str, object]:
         return {"active": self.busy(), "limit": self.capacity()}
@@ -302,16 +298,30 @@ class ForkModel:
         return False  # no pool to resize
 
     def apply_reload(self, plan: ReloadPlan) -> None:
-        """A reload's new limit applies from the next accept; children are untouched."""
+        """A reload's new limit applies from the next accept; children are untouched
+        (with a forker, prepare_reload started the new one: the old one retires)."""
         self.conns.use(plan.service)
         if plan.max_conns is not None:
             self.max_conns = plan.max_conns
 
+    def prepare_reload(self, plan: ReloadPlan) -> None:
+        """Before a reload applies: a new forker for its settings, the old one
+        retiring (see Forkers.replace).
+
+        Raises:
+            StartFailed: the new forker did not start: the reload is refused.
+        """
+        if self.conns.forkers is not None and plan.recipe is not None:
+            self.conns.forkers.replace(plan.recipe, plan.changed)
+
     def before_wait(self) -> None:
-        """Watch the listener only while a connection could be taken now.
+        """Watch the listener only while a connection could be taken now; send
+        what waits for the forker.
 
         At --max-conns it leaves the selector and the kernel's backlog is the queue.
         """
+        if self.conns.forkers is not None:
+            self.conns.forkers.flush()
         listener = self.acceptor.listener
         if listener is None:
             return  # closed, and stop() unregistered it
@@ -342,7 +352,10 @@ class ForkModel:
         self.acceptor.resume_if_due(now)
 
     def before_exits(self, now: float) -> None:
-        """Nothing to read first: children report nothing but their exit."""
+        """The forkers' reports first: a child a dead forker had reported started
+        must be known before it is reaped here."""
+        if self.conns.forkers is not None:
+            self.conns.forkers.read()
 
     def after_exits(self, now: float) -> None:
         self.conns.serve_pending(self.has_slot)
@@ -375,4 +388,6 @@ class ForkModel:
         self.conns.close_pending_in_child()
 
     def close(self) -> None:
-        """Nothing beyond the loop's: the listener is the caller's."""
+        """The forkers (waited for); the listener is the caller's."""
+        if self.conns.forkers is not None:
+            self.conns.forkers.close()

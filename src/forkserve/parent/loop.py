@@ -3,9 +3,8 @@ and the stop state, shared by every process model.
 
 The loop reads like s6-tcpserverd's: wait, handle signals first (SIGCHLD reaps every
 finished child and hands each exit to the child's owner), then whatever else became
-ready (every descriptor in the selector carries its callback), then deadlines. The
-only timeouts are the ones a state needs, so an idle parent sleeps in epoll_wait with
-no timeout and uses no CPU.
+ready (every descriptor in the selector carries its callback), then deadlines. An idle
+parent sleeps in epoll_wait with no timeout (timeouts only where a state needs one).
 
 What differs between fork mode and prefork is the process model (parent.forkmodel's
 ForkModel, prefork.pool's Pool), an object the loop calls through a few methods:
@@ -16,11 +15,11 @@ ForkModel, prefork.pool's Pool), an object the loop calls through a few methods:
   to its child's owner, ``on_exit(ended, now)``: the model, or its ``Connections``);
 - ``stop(drain=, shared=)``, ``expire()``, ``terminate()``: the stop phases;
 - ``deadline()``, ``on_deadline(now)``: its timers;
-- ``resize(step)``, ``apply_reload(plan)``: SIGTTIN/SIGTTOU and SIGHUP;
+- ``resize(step)``, ``prepare_reload(plan)``, ``apply_reload(plan)``: SIGTTIN/SIGTTOU, SIGHUP;
 - ``close_in_child()``, ``close()``, and ``listener`` (None once closed).
 
-Operations (the metrics endpoint, systemd, upgrade, reload) are objects
-that register their own descriptors and deadlines here.
+Operations (the metrics endpoint, systemd, upgrade, reload) register their own
+descriptors and deadlines here.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import time
 
 from forkserve.core.gate import Policy
 from forkserve.parent.admission import Admission
-from forkserve.parent.children import ChildTable
+from forkserve.parent.children import ChildTable, Exited
 from forkserve.parent.events import Events
 from forkserve.parent.operations import NoMetrics, Reloading, Upgrading
 from forkserve.parent.signals import SignalPipe
@@ -134,16 +133,16 @@ class Loop:
         self.model = model
         self.timed.append(model)
 
-    def watch(self, fileobj: Any, callback: Callable[[int], object]) -> None:
-        """Call ``callback(mask)`` whenever ``fileobj`` is readable."""
-        self.sel.register(fileobj, selectors.EVENT_READ, callback)
+    def watch(self, fileobj: Any, callback: Callable[[int], object], room: int = 0) -> None:
+        """Call ``callback(mask)`` whenever ``fileobj`` is readable (or, ``room``
+        EVENT_WRITE, writable)."""
+        self.sel.register(fileobj, selectors.EVENT_READ | room, callback)
 
     def unwatch(self, fileobj: Any) -> None:
         self.sel.unregister(fileobj)
 
     def add_timer(self, timed: Any) -> None:
-        """Ask ``timed.deadline()`` before each wait; call ``timed.on_deadline(now)``
-        after it."""
+        """Ask ``timed.deadline()`` before each wait; ``timed.on_deadline(now)`` after."""
         self.timed.append(timed)
 
     def drop_timer(self, timed: Any) -> None:
@@ -223,8 +222,6 @@ class Loop:
     def finished(self) -> bool:
         return self.stopping is not None and not self.children and not self.model.queued()
 
-    # -- signals ----------------------------------------------------------------------
-
     def ignore(self, number: int) -> None:
         self.log.debug("signal-ignored", signal=signal.Signals(number).name)
 
@@ -248,10 +245,15 @@ class Loop:
             self.ignore(number)
 
     def on_child(self, number: int) -> None:
-        """Reap every finished child; hand each exit to its owner."""
+        """Reap every finished child; hand each exit to its owner. The model reads its
+        reports in between (a worker's last ``E``; a dead forker's last ``started``)."""
         exits = self.children.reap()
         now = self.clock()
         self.model.before_exits(now)
+        self.hand_exits(self.children.claim(exits), now)
+
+    def hand_exits(self, exits: list[Exited], now: float) -> None:
+        """Each exit to its child's owner (reaped here, or reported by a forker)."""
         for ended in exits:
             self.admission.forget(ended)
             if ended.owner is not None:
@@ -321,8 +323,6 @@ class Loop:
             grace=f"{self.grace}s",
             pid=os.getpid(),
         )
-
-    # -- what operations and models call ------------------------------------------------
 
     def active(self) -> str:
         """``busy/limit`` for the logs."""

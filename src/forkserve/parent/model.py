@@ -67,6 +67,10 @@ class ProcessModel(Protocol):
     def resize(self, step: int) -> bool:
         """SIGTTIN (+1), SIGTTOU (-1); False when there is nothing to resize."""
 
+    def prepare_reload(self, plan: ReloadPlan) -> None:
+        """What a reload needs started before it applies (a new forker); raises
+        ForkserveError to refuse it."""
+
     def apply_reload(self, plan: ReloadPlan) -> None:
         """Take what is the model's in a reload's plan (see Loop.apply_reload)."""
 

@@ -254,6 +254,9 @@ class Pool:
         self.maintain(time.monotonic())
         return True
 
+    def prepare_reload(self, plan: ReloadPlan) -> None:
+        """Nothing to prepare: workers are forked here (see apply_reload)."""
+
     def apply_reload(self, plan: ReloadPlan) -> None:
         """A reload: new pool limits; workers replaced if they hold what changed.
 
@@ -275,8 +278,6 @@ class Pool:
                 if not worker.stopping:
                     self.retire(worker, "reload")
         self.maintain(time.monotonic())
-
-    # -- what workers report (see prefork.wire) -----------------------------------------
 
     def on_status(self, mask: int) -> None:
         self.table.read_status(time.monotonic())

@@ -1,0 +1,123 @@
+"""Starting and ending a forker process (the supervisor's side; see parent.forker).
+
+``spawn`` starts ``python -m forkserve.forker`` with ``posix_spawn`` (no copy of the
+supervisor's page tables, none of its memory), hands it the recipe (``make_recipe``:
+the settings and the handler, pickled) and waits for READY or its one-line error.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from forkserve._errors import EXIT_TEMPORARY, ForkserveError
+from forkserve.forker import wire
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
+if TYPE_CHECKING:
+    from forkserve.config.values import Settings
+
+# How long a new forker may take to build its service and say READY (its imports,
+# the handler's, the TLS files): a start-up step, like the supervisor's own.
+START_TIMEOUT = 30.0
+# At a stop, how long a forker whose channel closed may take to exit before SIGKILL.
+EXIT_TIMEOUT = 2.0
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class StartFailed(ForkserveError):
+    """The forker could not build the service: its exit code and one line."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def become_subreaper() -> None:
+    """PR_SET_CHILD_SUBREAPER: a dead forker's children become ours, not init's."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def spawn(recipe: bytes) -> tuple[int, socket.socket]:
+    """Start a forker with ``recipe`` and wait until it is ready; return its pid and
+    the supervisor's end of its channel (non-blocking from now on).
+
+    Raises:
+        StartFailed: the forker reported an error (the handler did not import),
+            exited before it was ready, or could not be started (socketpair(2) or
+            posix_spawn(3) failed: after --user, the interpreter may not be ours to run).
+    """
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError as exc:
+        raise StartFailed(EXIT_TEMPORARY, f"cannot start the forker: {exc}") from None
+    try:
+        os.set_inheritable(theirs.fileno(), True)
+        argv = [sys.executable, "-m", "forkserve.forker", str(theirs.fileno())]
+        pid = os.posix_spawn(sys.executable, argv, os.environ)
+    except OSError as exc:
+        ours.close()
+        raise StartFailed(EXIT_TEMPORARY, f"cannot start the forker: {exc}") from None
+    finally:
+        theirs.close()
+    try:
+        ours.settimeout(START_TIMEOUT)
+        ours.send(recipe)
+        first = ours.recv(wire.RECORD_SIZE)
+    except (OSError, TimeoutError):
+        first = b""
+    if first:
+        kind, *rest = wire.decode(first)[0]
+        if kind == wire.READY:
+            ours.setblocking(False)
+            return pid, ours
+        code, message = rest
+    else:
+        code, message = EXIT_TEMPORARY, "the forker exited before it was ready"
+    ours.close()
+    os.waitpid(pid, 0)  # it exits at once once its channel is gone (or failed)
+    raise StartFailed(int(code), str(message))  # type: ignore[call-overload]
+
+
+def reap_forker(pid: int) -> None:
+    """Wait up to EXIT_TIMEOUT for forker ``pid`` to exit (pidfd: no polling)."""
+    import select
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if not select.select([pidfd], [], [], EXIT_TIMEOUT)[0]:
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # reaped already
+    finally:
+        os.close(pidfd)
+
+
+def make_recipe(settings: Settings, edge_settings: Settings, handler: object) -> bytes | None:
+    """What a forker is started with: the settings, the handler (its name, a
+    ``Program``, or an importable function) and ``sys.path``, pickled; None when
+    the handler cannot be named to a fresh process (a lambda, a closure, a function
+    of ``__main__``): the supervisor then forks itself, as before the forker."""
+    from forkserve.child.exec import Program
+
+    if settings.mode != "fork":
+        return None
+    named = isinstance(handler, (str, Program))
+    if not named and getattr(handler, "__module__", None) in (None, "__main__"):
+        return None
+    import pickle
+
+    recipe = {"path": sys.path, "handler": handler, "settings": settings, "edge": edge_settings}
+    try:
+        return pickle.dumps(recipe)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return None

@@ -243,7 +243,10 @@ class Server:
 
         loop = self.make_loop(announce)
         self.attach_operations(loop)
-        self.start_forker(loop)  # before --user: it reads what root may read, then switches
+        # Fork mode's forker (parent.forker), unless the handler cannot be named to a
+        # fresh process; before --user: it reads what root may read, then switches.
+        if isinstance(loop.model, ForkModel) and (recipe := self.recipe(self.settings)):
+            loop.model.start_forker(recipe)
         self.drop_privileges()
         self.log_listen()
         try:
@@ -289,12 +292,6 @@ class Server:
 
         return make_recipe(settings, self.edge_settings, self.handler_spec)
 
-    def start_forker(self, loop: Loop) -> None:
-        """Fork mode: connections' processes are forked by a forker (parent.forker),
-        unless the handler cannot be named to a fresh process."""
-        recipe = self.recipe(self.settings)
-        if recipe is not None and isinstance(loop.model, ForkModel):
-            loop.model.start_forker(recipe)
 
     def attach_operations(self, loop: Loop) -> None:
         """Metrics and systemd, as far as they are asked for."""
@@ -318,10 +315,9 @@ class Server:
         if mode == ASYNC:
             fields.update(workers=self.settings.workers or os.cpu_count(), loop=self.settings.loop)
         fields["pid"] = os.getpid()
-        if isinstance(self.handler, Program):
-            fields["program"] = describe_program(self.handler.argv)
-            if isinstance(self.service, ExecService):  # posix_spawn, or fork then exec
-                fields["start"] = "spawn" if self.service.spawnable else "fork"
+        if isinstance(self.service, ExecService):  # posix_spawn, or fork then exec
+            fields["program"] = describe_program(self.service.program.argv)
+            fields["start"] = "spawn" if self.service.spawnable else "fork"
         if self.edge is not None:
             fields.update(self.edge.describe())
         self.log.notice("listen", **fields)

@@ -292,7 +292,6 @@ class Server:
 
         return make_recipe(settings, self.edge_settings, self.handler_spec)
 
-
     def attach_operations(self, loop: Loop) -> None:
         """Metrics and systemd, as far as they are asked for."""
         self.loop = loop

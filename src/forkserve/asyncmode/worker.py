@@ -29,11 +29,10 @@ Signals, as the supervisor uses them (the same as for a prefork worker):
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 
-from forkserve.prefork.wire import encode
+from forkserve.prefork.worker import report_status
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
@@ -115,13 +114,7 @@ class AsyncWorker:
         self.pending.append(signum)
 
     def report(self, kind: str, detail: str = "") -> None:
-        """Tell the supervisor; if it is gone there is no one to serve for: exit."""
-        try:
-            self.status.send(encode(kind, self.pid, detail))
-        except OSError as exc:
-            if exc.errno in (errno.ECONNREFUSED, errno.EPIPE, errno.ENOTCONN):
-                os._exit(0)
-            raise
+        report_status(self.status, kind, self.pid, detail)
 
     def run(self) -> int:
         from forkserve.asyncmode.eventloop import run_worker

@@ -32,7 +32,7 @@ from forkserve.child.ask import ASK_TIMEOUT, Asker
 from forkserve.child.connection import Connection
 from forkserve.forker import wire
 from forkserve.parent.fork import fork_child
-from forkserve.parent.signals import SERVER_SIGNALS, reset_in_child
+from forkserve.parent.signals import SERVER_SIGNALS, reset_in_child, signal_group
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forker stays free of typing
 if TYPE_CHECKING:
@@ -268,15 +268,8 @@ class Forker:
     def kill(self, pid: int, sig: int) -> None:
         """Signal a child's process group (the child and what it started); only a
         child not yet reaped, so never a reused pid."""
-        if pid not in self.children:
-            return
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass  # exited: reaped next
+        if pid in self.children:
+            signal_group(pid, sig)
 
     def reap(self) -> None:
         while True:

@@ -12,6 +12,8 @@ import os
 import signal
 import time
 
+from forkserve.parent.signals import signal_group
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
     from typing import Any
@@ -230,14 +232,7 @@ class ChildTable:
         if child is not None and child.via is not None:
             child.via.kill(pid, sig)
             return
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            # The group is gone or not yet formed; signal the child itself.
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass  # exited; the reaper will see it
+        signal_group(pid, sig)
 
     def signal_all(self, sig: int) -> None:
         """Send ``sig`` to every child's process group."""

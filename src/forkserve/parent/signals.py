@@ -48,6 +48,19 @@ def unblock(signums: tuple[int, ...] = SERVER_SIGNUMS) -> None:
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, signums)
 
 
+def signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to the process group ``pid`` leads (a child and what it started);
+    if the group is gone or not yet formed, to the child itself; nothing if it exited
+    (the reaper will see it). Only for a child not yet reaped: never a reused pid."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def reset_in_child(signums: tuple[int, ...] = SERVER_SIGNUMS) -> None:
     """Default dispositions and no wakeup fd, for a freshly forked child.
 

@@ -125,13 +125,7 @@ class Worker:
         self.retiring = True
 
     def report(self, kind: str, detail: str = "") -> None:
-        """Tell the supervisor; if it is gone there is no one to serve for: exit."""
-        try:
-            self.status.send(encode(kind, self.pid, detail))
-        except OSError as exc:
-            if exc.errno in (errno.ECONNREFUSED, errno.EPIPE, errno.ENOTCONN):
-                os._exit(0)
-            raise
+        report_status(self.status, kind, self.pid, detail)
 
     def run(self) -> int:
         poller = select.epoll()
@@ -221,3 +215,14 @@ class Worker:
             received.extend(data)
             if not data:
                 return received
+
+
+def report_status(status: socket.socket, kind: str, pid: int, detail: str = "") -> None:
+    """Tell the supervisor (a status datagram: prefork.wire); if it is gone there is
+    no one to serve for: exit."""
+    try:
+        status.send(encode(kind, pid, detail))
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.EPIPE, errno.ENOTCONN):
+            os._exit(0)
+        raise

@@ -30,7 +30,6 @@ from forkserve.parent.children import describe_signal
 from forkserve.parent.listeners import ACCEPT_PAUSE
 from forkserve.prefork.policy import SUPERVISOR_SETTINGS, PoolPolicy
 from forkserve.prefork.pool import Pool
-from forkserve.prefork.wire import STATUS_SIZE, decode
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
@@ -143,14 +142,8 @@ class AsyncPool(Pool):
         self.read_status(now)  # ends reported just before a worker exited count first
 
     def read_status(self, now: float) -> None:
-        while True:
-            try:
-                kind, pid, detail = decode(self.table.status_r.recv(STATUS_SIZE))
-            except BlockingIOError:
-                return
-            worker = self.workers.get(pid)
-            if worker is None:
-                continue  # already reaped
+        for kind, worker, detail in self.table.reports():
+            pid = worker.pid
             if kind == "A":
                 number, _, peer = detail.partition(" ")
                 self.opened(pid, int(number), peer, now)

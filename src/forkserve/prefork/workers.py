@@ -21,6 +21,8 @@ from forkserve.prefork.wire import STATUS_SIZE, decode
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from forkserve.parent.loop import Loop
 
 
@@ -124,15 +126,20 @@ class WorkerTable:
             self.counts.remove(worker.source)
             worker.source = None
 
-    def read_status(self, now: float) -> None:
+    def reports(self) -> Iterator[tuple[str, WorkerState, str]]:
+        """The workers' status datagrams waiting now, as (kind, worker, detail); a
+        worker reaped already is skipped. Never blocks."""
         while True:
             try:
                 kind, pid, detail = decode(self.status_r.recv(STATUS_SIZE))
             except BlockingIOError:
                 return
             worker = self.workers.get(pid)
-            if worker is None:
-                continue  # already reaped
+            if worker is not None:
+                yield kind, worker, detail
+
+    def read_status(self, now: float) -> None:
+        for kind, worker, detail in self.reports():
             if kind == "A":
                 self.mark_busy(worker, now, detail)
             elif kind == "D":
@@ -140,9 +147,11 @@ class WorkerTable:
                 if worker.state == "busy":  # behind PROXY: its end line names the client
                     worker.peer = detail
             elif kind == "P":
-                self.log.warning("accept-paused", pid=pid, error=detail, pause=f"{ACCEPT_PAUSE}s")
+                self.log.warning(
+                    "accept-paused", pid=worker.pid, error=detail, pause=f"{ACCEPT_PAUSE}s"
+                )
             elif kind == "U":
-                self.log.notice("accept-resumed", pid=pid, after=detail)
+                self.log.notice("accept-resumed", pid=worker.pid, after=detail)
             elif kind in "ER":
                 if kind == "E":
                     worker.served += 1

@@ -20,6 +20,7 @@ reaps its children: it is their subreaper).
 
 from __future__ import annotations
 
+import array
 import errno
 import gc
 import os
@@ -59,6 +60,7 @@ def main(argv: list[str]) -> int:
         report_start(channel, (wire.FAILED, exc.exit_code, str(exc)))
         return exc.exit_code
     report_start(channel, (wire.READY, os.getpid()))
+    warm(service)
     forker = Forker(channel, service, policy, log)
     gc.freeze()  # everything so far lives as long as the forker: out of the collector's way
     forker.run()
@@ -116,13 +118,46 @@ def build(channel: socket.socket) -> tuple[Service, Policy, Log]:
     return service, policy, log
 
 
+# Runs of a plain connection's path in the forker before it serves (see warm).
+WARM_RUNS = 64
+
+
+def warm(service: Service) -> None:
+    """Run a plain connection's path through the child-side code WARM_RUNS times
+    here, on a socketpair, with the built-in echo as the handler, before forking.
+
+    Python 3.11 specializes a function's bytecode in place as it runs (the adaptive
+    interpreter writes counters and specialized instructions into the code object).
+    Code the forker never ran is specialized anew in every child, and each write
+    copies a page of the forker's code objects into that child; run here once, every
+    child inherits it specialized and shares those pages (docs/performance.md).
+
+    Only what has no effect outside the socketpair runs: never the user's handler
+    (the echo stands in), never the prelude's limits or banner (a bare prelude),
+    never the PROXY or TLS edge (a service with an edge is not warmed).
+    """
+    from forkserve.child.handler import PythonService, echo
+    from forkserve.child.prelude import Prelude
+
+    if not isinstance(service, PythonService) or service.edge is not None:
+        return
+    stand_in = PythonService(echo, Prelude())
+    for _ in range(WARM_RUNS):
+        ours, theirs = socket.socketpair()
+        try:
+            theirs.sendall(b"warm-up")
+            theirs.shutdown(socket.SHUT_WR)
+            stand_in(ours, Connection(("127.0.0.1", 0), 1, {}))
+        finally:
+            ours.close()
+            theirs.close()
+
+
 FD_SIZE = 4  # bytes of one descriptor in SCM_RIGHTS (a C int)
 
 
 def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     """The descriptors in a recvmsg's SCM_RIGHTS data, in order."""
-    import array
-
     fds = array.array("i")
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

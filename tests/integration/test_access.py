@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -55,9 +54,10 @@ def test_flood_from_one_address_cannot_starve_another(serve: ServerFactory, mode
     server = serve(*limit_args(mode, 100), "--per-ip", "20", "--reject-message", "busy\\r\\n")
     with contextlib.ExitStack() as stack:
         flood = [stack.enter_context(connect_from("127.0.0.2", server.port)) for _ in range(500)]
-        started = time.monotonic()
+        # Served while the flood holds its 20 and keeps 480 more knocking (a starved
+        # client would hit the socket's timeout): no time threshold, which a loaded
+        # machine breaks.
         assert served(server.port, "127.0.0.3")
-        assert time.monotonic() - started < 2.0
         rejects = server.wait_event("reject", count=480, reason="per-ip")
         assert all(r["peer"].startswith("127.0.0.2:") for r in rejects)
         # An accept line is written once the connection's process is reported

@@ -139,6 +139,21 @@ def ignore(signum: int, frame: object) -> None:
     """
 
 
+def closing(close_in_child: Callable[[], None], others: tuple[int, ...]) -> Callable[[], None]:
+    """``close_in_child``, then close ``others``: the descriptors of the connections
+    received in the same record and not forked yet. A child that kept a sibling's
+    socket kept that connection open after the sibling's process ended: its client
+    got no FIN (a handler that raised, a SIGKILL) until this child ended too.
+    (MSG_CMSG_CLOEXEC closes them at an exec only; a Python handler never execs.)"""
+
+    def close() -> None:
+        close_in_child()
+        for fd in others:
+            os.close(fd)
+
+    return close
+
+
 class Forker:
     """The loop: fork per connection, reap, report; until the channel ends and the
     last child is reaped.
@@ -237,6 +252,8 @@ class Forker:
         if theirs is not None:
             info.admit = Asker(self.policy, self.log, theirs, single=True)
             close_in_child = self.proxied_close_in_child(theirs)
+        if fds:  # the rest of the batch: later connections', never this child's
+            close_in_child = closing(close_in_child, tuple(fds))
         service = self.service
         try:
             pid = fork_child(lambda: service(conn, info), close_in_child)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 
-from tests.support import children_of, lasting_zombies, start_time, wait_until
+from tests.support import children_of, lasting_zombies, start_time, still_running, wait_until
 
 
 def looks(*samples: list[tuple[int, int]]) -> Callable[[], list[tuple[int, int]]]:
@@ -76,3 +76,22 @@ def test_a_real_unreaped_child_is_found() -> None:
         assert parent.stdin is not None
         parent.stdin.close()
         parent.wait(15)
+
+
+def test_a_pid_now_someone_elses_is_not_left_behind() -> None:
+    """A descendant seen during a test, reaped since, whose pid another process got
+    (another suite's: pid_max is 32768 here): not reported, so never killed."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        start = start_time(child.pid)
+        assert start is not None
+        assert still_running({(child.pid, start)}) == [child.pid]
+        # The same pid with another start time: the process seen is gone, this is another.
+        assert still_running({(child.pid, start - 1)}) == []
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(15)
+    assert still_running({(child.pid, start)}) == []

@@ -117,6 +117,10 @@ def build(channel: socket.socket) -> tuple[Service, Policy, Log]:
 
 
 FD_SIZE = 4  # bytes of one descriptor in SCM_RIGHTS (a C int)
+# For tests only (tests/integration/test_forker_orphans.py): the forker stops itself
+# (SIGSTOP) right after each fork, before the child is reported started, so that a
+# test can kill it in that window.
+STOP_AFTER_FORK = os.environ.get("FORKSERVE_TEST_FORKER_STOP") == "after-fork"
 
 
 def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
@@ -266,6 +270,8 @@ class Forker:
                 theirs.close()
         self.children.add(pid)
         self.reports.append((wire.STARTED, cid, pid))
+        if STOP_AFTER_FORK:
+            os.kill(os.getpid(), 19)  # SIGSTOP: see STOP_AFTER_FORK
 
     def close_in_child(self) -> None:
         """In a fresh child: the forker's descriptors and handlers are not its own."""

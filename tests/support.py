@@ -21,7 +21,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ class ServerProcess:
         # is then 0).
         self.printed = ""
         self.port = self._read_port() if print_port else 0
-        self.descendants_seen: set[int] = set()
+        self.descendants_seen: set[tuple[int, int]] = set()  # (pid, start time)
 
     def _read_stderr(self) -> None:
         assert self.stderr is not None
@@ -196,23 +196,36 @@ class ServerProcess:
         """Live (non-zombie) connection processes and workers of the server, from
         /proc: its children, the forker's children in place of the forker."""
         kids = [pid for pid, state in self.processes() if state != "Z"]
-        self.descendants_seen.update(kids)
+        self.remember(kids)
         return kids
 
     def zombies(self) -> list[int]:
         return [pid for pid, state in self.processes() if state == "Z"]
 
+    def zombie_ids(self) -> list[tuple[int, int]]:
+        """``(pid, start time)`` of each zombie: a pid alone may name two processes."""
+        found = []
+        for pid in self.zombies():
+            start = start_time(pid)
+            if start is not None:
+                found.append((pid, start))
+        return found
+
+    def lasting_zombies(self, timeout: float = WAIT) -> list[int]:
+        """Zombies left unreaped (see ``lasting_zombies``)."""
+        return lasting_zombies(self.zombie_ids, timeout=timeout)
+
     def forkers(self) -> list[int]:
         """The server's forker processes (see forkserve.parent.forker), alive."""
         found = [pid for pid, state in children_of(self.pid) if is_forker(pid) and state != "Z"]
-        self.descendants_seen.update(found)
+        self.remember(found)
         return found
 
     def processes(self) -> list[tuple[int, str]]:
         found = []
         for pid, state in children_of(self.pid):
             if is_forker(pid):
-                self.descendants_seen.add(pid)
+                self.remember([pid])
                 found.extend(children_of(pid))
             else:
                 found.append((pid, state))
@@ -233,9 +246,16 @@ class ServerProcess:
             self.send_signal(sig)
         return self.wait_exit(timeout)
 
+    def remember(self, pids: list[int]) -> None:
+        """Descendants seen: each its pid and start time (see ``still_running``)."""
+        for pid in pids:
+            start = start_time(pid)
+            if start is not None:
+                self.descendants_seen.add((pid, start))
+
     def leftovers(self) -> list[int]:
         """Descendants seen during the test that are still alive (orphans)."""
-        return [pid for pid in self.descendants_seen if process_alive(pid)]
+        return still_running(self.descendants_seen)
 
     def close(self) -> list[int]:
         """Stop the server if it runs; kill and return what it left behind."""
@@ -280,6 +300,61 @@ def is_forker(pid: int) -> bool:
         return False
     pgid = int(stat[stat.rindex(")") + 2 :].split()[2])
     return b"forkserve.forker" in cmdline and pgid != pid
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot), or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(text[text.rindex(")") + 2 :].split()[19])
+
+
+# A reap takes milliseconds after the exit (SIGCHLD wakes the parent); a zombie this
+# many seconds old, with its parent idle, was missed.
+ZOMBIE_SETTLE = 5.0
+
+
+def lasting_zombies(
+    sample: Callable[[], Sequence[tuple[int, int]]],
+    settle: float = ZOMBIE_SETTLE,
+    timeout: float = WAIT,
+    clock: Callable[[], float] = time.monotonic,
+    pause: Callable[[], None] = lambda: time.sleep(0.01),
+) -> list[int]:
+    """The zombies a parent leaves unreaped: each one ``sample`` (``(pid, start time)``
+    of its zombie children) keeps showing for ``settle`` seconds; [] at the first look
+    that shows none.
+
+    One look cannot tell a zombie left behind from one whose reap is a moment away
+    (the last connection's child, whose client saw EOF before its process exited): a
+    second look after one that showed none caught exactly that (issue 14's stop).
+    And a pid is not a process: pid_max is 32768 here and the suites fork thousands
+    a second, so a zombie is its pid and its start time.
+    """
+    since: dict[tuple[int, int], float] = {}
+    deadline = clock() + timeout
+    while True:
+        now = clock()
+        seen = set(sample())
+        if not seen:
+            return []
+        since = {zombie: since.get(zombie, now) for zombie in seen}
+        left = sorted(pid for (pid, _), first in since.items() if now - first >= settle)
+        if left or now >= deadline:
+            return left
+        pause()
+
+
+def still_running(seen: Iterable[tuple[int, int]]) -> list[int]:
+    """The pids of ``seen`` (``(pid, start time)``) whose process still runs.
+
+    A pid that now names a process started at another time is not the one seen: the
+    suites fork thousands a second and pid_max is 32768 here, so it may be another
+    suite's process, never to be reported, let alone killed (``close``).
+    """
+    return sorted(pid for pid, start in seen if start_time(pid) == start and process_alive(pid))
 
 
 def process_alive(pid: int) -> bool:

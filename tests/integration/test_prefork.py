@@ -25,7 +25,7 @@ def test_worker_killed_mid_connection_is_replaced(start_server: ServerFactory) -
     assert gone["reason"] == "crashed"
     for i in range(5):  # ...but the pool keeps serving
         assert echo_roundtrip(server.port, b"next %d" % i) == b"next %d" % i
-    assert server.zombies() == []
+    assert server.lasting_zombies() == []
 
 
 def test_max_requests_recycles_workers(start_server: ServerFactory) -> None:

@@ -139,11 +139,7 @@ def server(result: Result, *args: str, **kwargs: object) -> Iterator[ServerProce
     try:
         yield proc
     finally:
-        # A child is a zombie for the moment between its exit and the reap: only one
-        # that is still there seconds later is left behind.
-        with contextlib.suppress(AssertionError):
-            wait_until(lambda: not proc.zombies(), timeout=15, what="zombies to be reaped")
-        zombies = proc.zombies()
+        zombies = proc.lasting_zombies(timeout=15)
         result.zombies = max(result.zombies, len(zombies))
         result.check(not zombies, f"{len(zombies)} zombies left: {describe(proc, zombies)}")
         left = proc.close()
@@ -151,14 +147,31 @@ def server(result: Result, *args: str, **kwargs: object) -> Iterator[ServerProce
 
 
 def describe(proc: ServerProcess, pids: list[int]) -> str:
-    """What the log says of ``pids``, and what the parent is doing: for a failure."""
-    notes = []
+    """What /proc says of ``pids`` and of the server (read first: a zombie may be
+    reaped meanwhile), what the log says of them, what the parent is doing."""
+    notes = [f"{pid}: {proc_facts(pid)}" for pid in [*pids, proc.pid]]
     for pid in pids:
         lines = [line for line in proc.lines if f"pid={pid} " in line or f"pid={pid}\n" in line]
         notes.append(f"{pid}: {lines[-3:]}")
     with contextlib.suppress(OSError):
         notes.append("parent in " + Path(f"/proc/{proc.pid}/wchan").read_text())
     return "; ".join(notes)
+
+
+PROC_FIELDS = ("Name", "State", "Tgid", "PPid", "Threads", "SigPnd", "ShdPnd", "SigBlk", "SigCgt")
+
+
+def proc_facts(pid: int) -> str:
+    """A process's state, parent, start time (clock ticks after boot) and signal masks."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return "gone"
+    fields = stat[stat.rindex(")") + 2 :].split()
+    kept = [line.replace("\t", "") for line in status if line.split(":")[0] in PROC_FIELDS]
+    return f"start={fields[19]} pgrp={fields[2]} {' '.join(kept)} cmdline={cmdline[:80]!r}"
 
 
 def settled(proc: ServerProcess, mode: str) -> bool:

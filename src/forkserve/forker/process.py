@@ -154,6 +154,10 @@ def warm(service: Service) -> None:
 
 
 FD_SIZE = 4  # bytes of one descriptor in SCM_RIGHTS (a C int)
+# For tests only (tests/integration/test_forker_orphans.py): the forker stops itself
+# (SIGSTOP) right after each fork, before the child is reported started, so that a
+# test can kill it in that window.
+STOP_AFTER_FORK = os.environ.get("FORKSERVE_TEST_FORKER_STOP") == "after-fork"
 
 
 def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
@@ -172,6 +176,21 @@ def ignore(signum: int, frame: object) -> None:
     supervisor relayed to a child in the instant after its fork would be lost;
     caught, it stays pending in the child until its handlers are back to default.
     """
+
+
+def closing(close_in_child: Callable[[], None], others: tuple[int, ...]) -> Callable[[], None]:
+    """``close_in_child``, then close ``others``: the descriptors of the connections
+    received in the same record and not forked yet. A child that kept a sibling's
+    socket kept that connection open after the sibling's process ended: its client
+    got no FIN (a handler that raised, a SIGKILL) until this child ended too.
+    (MSG_CMSG_CLOEXEC closes them at an exec only; a Python handler never execs.)"""
+
+    def close() -> None:
+        close_in_child()
+        for fd in others:
+            os.close(fd)
+
+    return close
 
 
 class Forker:
@@ -272,6 +291,8 @@ class Forker:
         if theirs is not None:
             info.admit = Asker(self.policy, self.log, theirs, single=True)
             close_in_child = self.proxied_close_in_child(theirs)
+        if fds:  # the rest of the batch: later connections', never this child's
+            close_in_child = closing(close_in_child, tuple(fds))
         service = self.service
         try:
             pid = fork_child(lambda: service(conn, info), close_in_child)
@@ -284,6 +305,8 @@ class Forker:
                 theirs.close()
         self.children.add(pid)
         self.reports.append((wire.STARTED, cid, pid))
+        if STOP_AFTER_FORK:
+            os.kill(os.getpid(), 19)  # SIGSTOP: see STOP_AFTER_FORK
 
     def close_in_child(self) -> None:
         """In a fresh child: the forker's descriptors and handlers are not its own."""

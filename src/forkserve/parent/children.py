@@ -177,6 +177,29 @@ class ChildTable:
             if child.via is via:
                 child.via = None
 
+    def strays(self) -> list[int]:
+        """Our children that are in no table and lead a process group of their own:
+        the connections' processes a dead forker had forked and not yet reported
+        (we are their subreaper). Its other orphans, a program's own children, are
+        in their connection's group. Linux's list of a task's children; the
+        supervisor is one thread, so its main task's list is all of them."""
+        pid = os.getpid()
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as listing:  # noqa: PTH123 - no pathlib in the parent
+                listed = [int(text) for text in listing.read().split()]
+        except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN
+            return []
+        found = []
+        for child in listed:
+            if child in self._children or child in self._others:
+                continue
+            try:
+                if os.getpgid(child) == child:
+                    found.append(child)
+            except ProcessLookupError:
+                pass  # gone (reaped as its exit went by, between the list and here)
+        return found
+
     def adopt(self, pid: int, owner: Any) -> None:
         """A child that is no connection's (see the class docstring)."""
         self._others[pid] = owner

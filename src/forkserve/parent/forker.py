@@ -332,7 +332,15 @@ class Forkers:
         if link.retiring and not sent:
             self.loop.log.debug("forker-exited", pid=link.pid, **ended.status_fields())
             return
-        self.loop.log.warning("forker-died", pid=link.pid, **ended.status_fields(), lost=len(sent))
+        # What it forked and never reported: a connection we do not know, counted
+        # against no source, ended at a stop and logged (peer -) as any other.
+        strays = self.loop.children.strays() if sent else []
+        for pid in strays:
+            self.loop.admission.start_lifetime(self.loop.children.add(pid, "-", None, self.conns))
+        fields = ended.status_fields()
+        self.loop.log.warning(
+            "forker-died", pid=link.pid, **fields, lost=len(sent), adopted=len(strays)
+        )
         if sent:
             self.loop.metrics.rejected("forker-lost", len(sent))
         if link is self.current:

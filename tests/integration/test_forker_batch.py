@@ -1,0 +1,75 @@
+"""A burst of connections reaches the forker as one record (parent.forker batches
+them): each process it forks holds its own connection, none of the others'."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tests.integration.conftest import ServerFactory
+from tests.soak.scenarios import CHAOS
+from tests.support import WAIT, connect, recv_exactly, wait_until
+
+
+def sockets_of(pid: int) -> list[str]:
+    fds = Path(f"/proc/{pid}/fd")
+    links = [os.readlink(fds / fd) for fd in os.listdir(fds)]
+    return [link for link in links if link.startswith("socket:")]
+
+
+def test_a_child_holds_only_its_own_connection(start_server: ServerFactory) -> None:
+    """The first child of a batch held none of the later ones' sockets: a connection
+    whose own process ended without a shutdown (a handler that raised) got no FIN
+    until that sibling ended too."""
+    server = start_server("--handler", CHAOS)
+    wait_until(server.forkers, what="a forker")
+    # Stopped, the supervisor accepts both clients in one turn once it runs again:
+    # one record to the forker, the held client's first.
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        held, raising = connect(server.port), connect(server.port)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    try:
+        held.sendall(b"Hx")
+        assert recv_exactly(held, 1) == b"x"
+        accepts = server.wait_event("accept", 2)
+        host, port = held.getsockname()[:2]
+        peer = f"{host}:{port}"
+        (pid,) = [int(a["pid"]) for a in accepts if a["peer"] == peer]
+        assert len(sockets_of(pid)) == 1, sockets_of(pid)
+        raising.sendall(b"R")
+        raising.settimeout(WAIT / 3)
+        assert raising.recv(1) == b""  # the FIN of its process's end
+        server.wait_event("end", exit="1")
+    finally:
+        held.close()
+        raising.close()
+    server.wait_event("end", 2)
+    assert server.lasting_zombies() == []
+
+
+def test_the_question_channel_is_only_its_childs(start_server: ServerFactory) -> None:
+    """Behind the PROXY protocol each record carries two descriptors per connection
+    (the socket and the question channel): neither reaches a sibling."""
+    server = start_server("--proxy-protocol", "v1", "--handler", CHAOS)
+    wait_until(server.forkers, what="a forker")
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        first, second = connect(server.port), connect(server.port)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    try:
+        for sock, port in ((first, 1001), (second, 1002)):
+            sock.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 %d 80\r\nHx" % port)
+            assert recv_exactly(sock, 1) == b"x"
+        accepts = server.wait_event("accept", 2)
+        for accept in accepts:
+            pid = int(accept["pid"])
+            # its connection and its question channel (closed once answered, or not)
+            assert len(sockets_of(pid)) <= 2, (accept, sockets_of(pid))
+    finally:
+        first.close()
+        second.close()
+    server.wait_event("end", 2)

@@ -134,7 +134,8 @@ def warm(service: Service) -> None:
 
     Only what has no effect outside the socketpair runs: never the user's handler
     (the echo stands in), never the prelude's limits or banner (a bare prelude),
-    never the PROXY or TLS edge (a service with an edge is not warmed).
+    never the PROXY or TLS edge (a service with an edge is not warmed). It runs
+    after READY: connections sent meanwhile wait in the channel a few milliseconds.
     """
     from forkserve.child.handler import PythonService, echo
     from forkserve.child.prelude import Prelude
@@ -143,7 +144,10 @@ def warm(service: Service) -> None:
         return
     stand_in = PythonService(echo, Prelude())
     for _ in range(WARM_RUNS):
-        ours, theirs = socket.socketpair()
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError:  # out of descriptors or memory: serve unwarmed
+            return
         try:
             theirs.sendall(b"warm-up")
             theirs.shutdown(socket.SHUT_WR)

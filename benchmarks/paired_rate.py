@@ -4,8 +4,8 @@ own CPU per connection (/proc/PID/stat utime+stime), in rounds whose order
 alternates (the second server of a pair is disadvantaged by TIME_WAIT).
 
 Usage: ``python benchmarks/paired_rate.py --before OTHER/src [--rounds N]
-[--duration S] -- SERVE-ARGS...`` (e.g. ``-- --allow 127.0.0.0/8 --per-ip 1000
---handler echo``).
+[--duration S] [--client 'BENCH-ARGS'] -- SERVE-ARGS...`` (e.g. ``-- --allow
+127.0.0.0/8 --per-ip 1000 --handler echo``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def run_one(env: dict[str, str], serve: list[str], duration: float) -> tuple[float, float, int]:
+def run_one(
+    env: dict[str, str], serve: list[str], client: list[str], duration: float
+) -> tuple[float, float, int]:
     """``(connections/s, supervisor us per connection, errors)`` of one run."""
     argv = [sys.executable, "-m", "forkserve", "serve", f"{HOST}:0", "--print-port", "-q"]
     proc = subprocess.Popen(
@@ -39,7 +41,7 @@ def run_one(env: dict[str, str], serve: list[str], duration: float) -> tuple[flo
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
         before = cpu(proc.pid)
-        workload = ["-m", "rate", "-c", "8", "-s", "16", "-d", str(duration), "--json"]
+        workload = ["-m", "rate", "-c", "8", "-s", "16", "-d", str(duration), "--json", *client]
         bench = subprocess.run(
             [sys.executable, "-m", "forkserve", "bench", *workload, HOST, str(port)],
             capture_output=True,
@@ -59,6 +61,7 @@ def main() -> int:
     parser.add_argument("--before", required=True, help="another forkserve source tree (src/)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--client", default="", help="more bench arguments: '--proxy v1'")
     parser.add_argument("serve", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     serve = [a for a in args.serve if a != "--"] if args.serve[:1] == ["--"] else args.serve
@@ -71,7 +74,7 @@ def main() -> int:
     names = list(rows)
     for number in range(args.rounds):
         for name in names if number % 2 == 0 else names[::-1]:
-            rate, parent_us, errors = run_one(rows[name], serve, args.duration)
+            rate, parent_us, errors = run_one(rows[name], serve, args.client.split(), args.duration)
             print(
                 f"round {number + 1} {name:10} {rate:7,.0f} conn/s  supervisor "
                 f"{parent_us:5.0f} us/conn  errors {errors}",

@@ -116,3 +116,30 @@ def test_forker_behind_proxy_holds_ipaddress_once() -> None:
     # they are forked, and nothing else heavy.
     serve = ["127.0.0.1:0", "--proxy-protocol", "v1", "--handler", "echo"]
     assert forker_imports(*serve) == ["ipaddress"]
+
+
+POLICY = """
+import sys
+from forkserve.cli.main import build_parser
+from forkserve.config.options import Configuration, server_settings
+from forkserve.parent.assemble import make_policy
+
+args = build_parser().parse_args(sys.argv[1:])
+given = {k: v for k, v in vars(args).items() if k not in ("command", "run", "program", "config")}
+make_policy(server_settings(Configuration(given, None).resolve()), None)
+print("ipaddress" in sys.modules)
+"""
+
+
+def test_workers_get_ipaddress_from_their_supervisor() -> None:
+    # Prefork and async workers parse each peer (the rules are applied in them):
+    # ipaddress is loaded once before they are forked, not by each at its first
+    # connection; a fork-mode policy (built in the forker too) leaves it out.
+    def loaded(*serve: str) -> bool:
+        argv = [sys.executable, "-c", POLICY, "serve", "8000", *serve]
+        result = subprocess.run(argv, capture_output=True, timeout=30, check=True)
+        return result.stdout.decode().split() == ["True"]
+
+    assert loaded("--mode", "prefork")
+    assert loaded("--mode", "async")
+    assert not loaded("--mode", "fork")

@@ -262,6 +262,10 @@ def make_edge(
         raise UsageError(
             f"handshake timeout must be 0 to {MAX_SECONDS_TEXT}, not {handshake_timeout}"
         )
+    if proxy_protocol:
+        # Loaded here, once, not in each connection's process at its first header:
+        # the forker's children share it (it brings ipaddress).
+        import forkserve.core.proxy  # noqa: F401
     trusted = tuple(trusted_network(text) for text in proxy_from)
     tls = TLSHolder(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
     edge = Edge(

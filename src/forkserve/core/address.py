@@ -42,7 +42,7 @@ def check_host(host: str) -> str:
     """
     if not host:
         raise AddressError("empty host")
-    import ipaddress  # lazily: the forking parent needs it only while parsing
+    import ipaddress  # lazily: the forker parses no host (see core.rules)
 
     try:
         ipaddress.ip_address(host)

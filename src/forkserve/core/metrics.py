@@ -11,11 +11,13 @@ prometheus_client's ``generate_latest`` writes it: a counter's family is named w
 its ``_total``, in ``# HELP`` and ``# TYPE`` as in its samples, which is what
 ``promtool check metrics`` and the 0.0.4 parsers expect (the ``_created`` series it
 adds are optional and left out). It is not written by prometheus_client: importing
-it brings 112 modules into the parent (http.server, ssl, email, typing, inspect,
-threading...), and measured on this machine that doubles the serving parent's memory
-(12.5 to 24.4 MB RSS) and the cost of every fork (fork+exit+wait 0.6 ms to 1.4 ms).
-The tests parse what is written here with prometheus_client's own parser, and check
-it with promtool.
+it brings 120 modules into the supervisor (http.server, ssl, email, typing, inspect,
+threading...). When the supervisor forked every connection, that doubled its memory
+and the cost of every fork; with the forker it no longer taxes connections, and
+measured again (docs/performance.md, "What the supervisor can afford now") it would
+still add 10.5 MB to the supervisor, 2.5 MB of PSS to each prefork and async worker,
+and 3.3x the time to render a scrape, for the hundred lines here. The tests parse
+what is written here with prometheus_client's own parser, and check it with promtool.
 
 The HTTP side is the least a scraper needs: one HTTP/1.0 request per connection,
 ``GET`` or ``HEAD`` of ``/metrics`` or ``/healthz``; the socket work is in parent.endpoint.

@@ -35,8 +35,12 @@ Decisions:
 
 from __future__ import annotations
 
+# The addresses' text is parsed and written by ipaddress (issue 14, item 5): this
+# module is loaded only where the PROXY protocol is on, and there once, before the
+# children are forked (child.edge.make_edge), so they share it.
+import ipaddress
+
 from forkserve._errors import ProxyProtocolError
-from forkserve.core import rules
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_PREFIX = b"PROXY "
@@ -333,46 +337,38 @@ def parse_tlvs(data: bytes) -> tuple[tuple[int, bytes], ...]:
     return tuple(tlvs)
 
 
-# -- addresses, without the ipaddress or socket modules -------------------------------
+# -- addresses, by ipaddress -----------------------------------------------------------
 
 
 def parse_ipv4(text: str) -> bytes:
     """Dotted quad to 4 bytes: exactly 4 decimal numbers 0-255, no leading zeros
-    (core.rules.parse_ipv4, the one strict parser)."""
+    (``ipaddress``, as core.rules.parse_ip)."""
     try:
-        return rules.parse_ipv4(text).to_bytes(4, "big")
-    except rules.RuleError:
+        return ipaddress.IPv4Address(text).packed
+    except ValueError:
         raise ProxyProtocolError("address", f"invalid IPv4 address {text[:40]!r}") from None
 
 
 def parse_ipv6(text: str) -> bytes:
     """IPv6 text to 16 bytes: hex groups of 1-4 digits, at most one ``::``, and an
     optional dotted quad in the last 32 bits (``::ffff:1.2.3.4``); no zone
-    (core.rules.parse_ipv6, the one strict parser)."""
-    try:
-        return rules.parse_ipv6(text).to_bytes(16, "big")
-    except rules.RuleError:
-        raise ProxyProtocolError("address", f"invalid IPv6 address {text[:40]!r}") from None
+    (``ipaddress``, as core.rules.parse_ip)."""
+    if "%" not in text:  # ipaddress takes a zone (RFC 4007); a header carries none
+        try:
+            return ipaddress.IPv6Address(text).packed
+        except ValueError:
+            pass  # refused below, as a zone is
+    raise ProxyProtocolError("address", f"invalid IPv6 address {text[:40]!r}")
 
 
 def format_ip(packed: bytes) -> str:
     """4 or 16 bytes as text: a dotted quad, or RFC 5952's compressed IPv6 form
     (lowercase, the longest run of two or more zero groups as ``::``, the first
-    of equal runs; IPv4-mapped addresses as ``::ffff:1.2.3.4``)."""
+    of equal runs: what ``ipaddress`` writes), IPv4-mapped addresses as
+    ``::ffff:1.2.3.4`` (RFC 5952 section 5; ipaddress before Python 3.13 writes
+    ``::ffff:102:304``)."""
     if len(packed) == 4:
-        return ".".join(str(b) for b in packed)
+        return str(ipaddress.IPv4Address(packed))
     if packed[:12] == b"\0" * 10 + b"\xff\xff":
         return "::ffff:" + format_ip(packed[12:])
-    words = [int.from_bytes(packed[i : i + 2], "big") for i in range(0, 16, 2)]
-    best, best_len, run_start = -1, 1, -1
-    for i, word in enumerate([*words, 1]):
-        if word == 0 and run_start < 0:
-            run_start = i
-        elif word != 0 and run_start >= 0:
-            if i - run_start > best_len:
-                best, best_len = run_start, i - run_start
-            run_start = -1
-    hexes = [f"{w:x}" for w in words]
-    if best < 0:
-        return ":".join(hexes)
-    return ":".join(hexes[:best]) + "::" + ":".join(hexes[best + best_len :])
+    return str(ipaddress.IPv6Address(packed))

@@ -282,6 +282,11 @@ def make_policy(settings: Settings, edge: Edge | None) -> Policy:
     )
     check_seconds("max_lifetime", settings.max_lifetime)
     proxied = edge is not None and bool(edge.proxy)
+    if settings.mode != "fork" or proxied:
+        # Each connection's peer is parsed (core.rules) where it is admitted: in the
+        # prefork and async workers, and behind PROXY in the forker's children. Loaded
+        # once here, before they are forked, not in each at its first connection.
+        import ipaddress  # noqa: F401
     return Policy(gate, settings.reject_message, settings.max_lifetime, proxy=proxied)
 
 

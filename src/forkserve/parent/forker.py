@@ -105,9 +105,9 @@ class Forkers:
         self.then: Callable[[ForkserveError | None], None] | None = None  # that reload
         self.links: list[Link] = []
         self.next_id = 0
-        # A reload's forker failed or was cancelled: the configuration source took
-        # that reload's settings as its own already, so the next reload's list of
-        # changes may not show them; it starts a new forker whatever it lists.
+        # A reload's forker failed or was cancelled: the configuration source took its
+        # settings already, so the next reload's changes may not show them: it starts
+        # a new forker whatever they list.
         self.stale = False
 
     def start(self) -> None:
@@ -137,17 +137,17 @@ class Forkers:
         return link
 
     def add(self, link: Link) -> Link:
-        assert link.channel is not None
         self.loop.children.adopt(link.pid, link)
-        self.loop.watch(link.channel, link.on_readable)
+        self.loop.watch(link.channel, link.on_readable)  # a new link: its channel is open
         link.watched = True
         self.links.append(link)
         return link
 
     def greeted(self, link: Link, failure: StartFailed | None) -> None:
         """A starting forker's first record (or EOF, or its timeout): ready, or not."""
+        link.due = None  # no deadline left either way
         if failure is None:
-            link.ready, link.due = True, None
+            link.ready = True
             self.loop.log.debug("forker", pid=link.pid)
             if link is self.next:
                 self.promote(link)

@@ -213,7 +213,8 @@ def test_a_stop_drops_what_was_never_sent_to_the_forker(
 ) -> None:
     """A stopped forker: its channel fills and connections wait in the supervisor.
     At the grace period's end (or a fast stop) those are closed and their slots
-    released, with a line saying how many; the stop then ends without them."""
+    released, with a line saying how many; the stop then ends without them, and
+    what the forker received but started only after the stop's SIGKILL is killed."""
     server = start_server("--max-conns", "3000", "--backlog", "4096", "--grace", "0.5")
     forker = one_forker(server)
     os.kill(forker, signal.SIGSTOP)
@@ -230,8 +231,15 @@ def test_a_stop_drops_what_was_never_sent_to_the_forker(
         dropped = int(server.wait_event("forker-dropped")[0]["waiting"])
         assert dropped >= 1
         assert closed_clients(clients, dropped) >= dropped  # while the forker is stopped
+        # What the forker did receive, it forks once it runs again: after the stop
+        # ended every child (SIGKILL), so those are ended at once, and nothing stays.
+        server.wait_event("kill", signal="SIGKILL")
         os.kill(forker, signal.SIGCONT)
-        assert server.wait_exit() == 0
+        assert server.wait_exit(timeout=2 * WAIT) == 0
+        server.wait_event("stopped")
+        ends = server.events("end")
+        assert len(ends) == len(server.events("accept")) > 0
+        assert {end.get("signal") for end in ends} == {"SIGKILL(9)"}
     finally:
         with contextlib.suppress(ProcessLookupError):  # gone with the server
             os.kill(forker, signal.SIGCONT)

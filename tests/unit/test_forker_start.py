@@ -53,6 +53,13 @@ class FakeLoop:
         self.children = Children()
         self.watched: set[int] = set()
         self.stopping: str | None = None
+        self.timed: list[object] = []
+
+    def add_timer(self, timed: object) -> None:
+        self.timed.append(timed)
+
+    def drop_timer(self, timed: object) -> None:
+        self.timed.remove(timed)
 
     def clock(self) -> float:
         return self.now
@@ -105,6 +112,7 @@ def test_a_reload_whose_forker_never_answers_is_refused_at_its_deadline(
     link = forkers.next
     assert link is not None and not link.ready
     assert forkers.deadline() == loop.now + START_TIMEOUT
+    assert loop.timed == [forkers]  # a timer of the loop's only while a forker starts
     forkers.on_deadline(loop.now + START_TIMEOUT - 0.001)
     assert ended == []  # not yet
     forkers.on_deadline(loop.now + START_TIMEOUT)
@@ -112,6 +120,7 @@ def test_a_reload_whose_forker_never_answers_is_refused_at_its_deadline(
     assert isinstance(error, StartFailed)
     assert str(error) == f"the forker was not ready within {START_TIMEOUT:g}s"
     assert forkers.next is None and forkers.deadline() is None
+    assert loop.timed == []
     assert link.channel is None
     _, status = os.waitpid(link.pid, 0)  # SIGKILLed at once: nothing of it is needed
     assert os.WTERMSIG(status) == signal.SIGKILL

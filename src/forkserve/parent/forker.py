@@ -10,8 +10,8 @@ a fork costs what the forking process has mapped and written).
 - A connection counts against ``--max-conns`` and its source from admission until
   its exit is reported; ``accept`` is logged when its start is.
 - The supervisor never blocks on the channel: its end is non-blocking; when it is
-  full, what is not sent waits in ``outbox`` (in order, never dropped), the model
-  stops accepting (the backlog is the queue), and the channel is watched for room.
+  full, what is not sent waits in ``outbox`` (in order; dropped only at a stop's
+  end), the model stops accepting (the backlog queues), the channel is watched.
 - Signals to connections' processes go through their forker, which is their parent
   and so can never hit a reused pid.
 - The supervisor never waits for a forker either, but at start-up (``start``: before
@@ -34,13 +34,15 @@ a fork costs what the forking process has mapped and written).
   runs until a reload makes one needed, and a reload that makes it unneeded retires it.
 - At the end of a stop's grace period (or a fast stop), connections still waiting
   in an outbox, never sent, are closed and their slots released (``forker-dropped
-  waiting=N``); a forker had the others and ends them.
+  waiting=N``); those a forker received are started and ended as any other (one
+  it starts after the stop's SIGTERM or SIGKILL went out is sent it at once).
 """
 
 from __future__ import annotations
 
 import os
 import selectors
+import signal
 
 from forkserve._errors import EXIT_TEMPORARY
 from forkserve.forker import wire
@@ -74,7 +76,7 @@ SUPERVISOR_ONLY = frozenset({"grace", "upgrade-timeout", "max-conns"})
 class Forkers:
     """The forkers of fork mode: the current one, one starting for a reload
     (``next``), and old ones draining after a reload or a forker's death. Held by
-    ``Connections``; the loop asks it for its deadline (a starting forker's).
+    ``Connections``; one of the loop's timers while a forker is starting.
 
     Resource handling: ``close()`` (at the loop's end) closes every channel and waits
     EXIT_TIMEOUT for each forker to exit, then SIGKILLs it.
@@ -132,6 +134,8 @@ class Forkers:
         if not self.links:
             become_subreaper()
         pid, channel = launch(recipe)
+        if self.deadline() is None:
+            self.loop.add_timer(self)  # only while one starts: no cost per wait otherwise
         link = self.add(Link(self, pid, channel, self.loop.clock() + START_TIMEOUT))
         self.loop.log.info("forker-starting", pid=pid)
         return link
@@ -146,6 +150,8 @@ class Forkers:
     def greeted(self, link: Link, failure: StartFailed | None) -> None:
         """A starting forker's first record (or EOF, or its timeout): ready, or not."""
         link.due = None  # no deadline left either way
+        if self.deadline() is None:
+            self.loop.drop_timer(self)
         if failure is None:
             link.ready = True
             self.loop.log.debug("forker", pid=link.pid)
@@ -168,10 +174,9 @@ class Forkers:
         spawned: bool,
         hold: Callable[[], Callable[[ForkserveError | None], None]],
     ) -> None:
-        """Before a reload applies: a new forker when it changed what the forker
-        holds, or one is needed now (a program no longer ``spawned``); the reload
-        waits for it (``hold``), without blocking. A reload still waiting for its
-        forker is refused first: this newer one supersedes it.
+        """Before a reload applies: a new forker when it changed what the forker holds,
+        or one is needed now (a program no longer ``spawned``). A reload still waiting
+        for its forker is refused first: this newer one supersedes it.
 
         Raises:
             StartFailed: the new forker could not be started at all.
@@ -183,10 +188,8 @@ class Forkers:
     def replace(
         self, recipe: bytes, hold: Callable[[], Callable[[ForkserveError | None], None]]
     ) -> None:
-        """A reload: start a new forker for the new settings; the reload waits
-        (``hold``) and its call is made with None once the forker is ready (it takes
-        new connections from then on, the old one retiring), or with the error if
-        it fails (the old one serves on).
+        """Start a reload's forker; the reload waits (``hold``, without blocking) until
+        it is ready (then it takes new connections, the old one retiring) or fails.
 
         Raises:
             StartFailed: the new forker could not be started at all.
@@ -273,6 +276,9 @@ class Forkers:
 
     def started(self, launch: Launch, pid: int) -> None:
         self.conns.started(pid, launch.peer, launch.source, launch.taken, launch.link, launch.ours)
+        phase = self.loop.phase
+        if phase in ("term", "kill"):  # a stop ended every child already: this one too
+            self.loop.children.signal(pid, signal.SIGKILL if phase == "kill" else signal.SIGTERM)
 
     def failed(self, launch: Launch, number: int) -> None:
         """Fork failed in the forker, or the descriptors never got there (EMFILE)."""
@@ -297,8 +303,7 @@ class Forkers:
         return count + (len(dead.launches) if dead is not None and dead not in self.links else 0)
 
     def blocked(self) -> bool:
-        """Whether connections must wait (stop accepting): no forker ready to take
-        them, or its channel full."""
+        """Whether connections must wait (stop accepting): no forker ready, or full."""
         current = self.current
         return self.needed and (current is None or current.full or not current.ready)
 
@@ -335,16 +340,9 @@ class Forkers:
         outbox, never sent to a forker, are closed and their slots released."""
         dropped, dead = 0, self.dead
         for link in [*self.links, *([dead] if dead is not None and dead not in self.links else [])]:
-            kept = []
-            for item, socks in link.outbox:
-                if item[0] != wire.CONN:
-                    kept.append((item, socks))  # a KILL: still to be sent
-                    continue
-                self.release(link.launches.pop(item[1]))  # type: ignore[call-overload]
-                for sock in socks:
-                    sock.close()
+            for gone in link.drop():
+                self.release(gone)
                 dropped += 1
-            link.outbox = kept
         if dropped:
             self.loop.log.warning("forker-dropped", waiting=dropped)
             self.loop.metrics.rejected("dropped", dropped)

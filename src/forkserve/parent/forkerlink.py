@@ -155,6 +155,20 @@ class Link:
         if self.retiring and not self.children and not self.launches and not self.outbox:
             self.close()
 
+    def drop(self) -> list[Launch]:
+        """Close the connections waiting in the outbox, never sent (a stop's end);
+        return them (their counts are the engine's to release). KILLs stay."""
+        dropped, kept = [], []
+        for item, socks in self.outbox:
+            if item[0] != wire.CONN:
+                kept.append((item, socks))
+                continue
+            dropped.append(self.launches.pop(item[1]))  # type: ignore[call-overload]
+            for sock in socks:
+                sock.close()
+        self.outbox = kept
+        return dropped
+
     def kill(self, pid: int, sig: int) -> None:
         """Signal child ``pid``'s process group, through this forker (its parent)."""
         self.send((wire.KILL, pid, int(sig)), [])

@@ -271,7 +271,6 @@ class ForkModel:
         if forkers.needed:  # not while every program is spawned (parent.spawn)
             forkers.start()
         self.conns.forkers = forkers
-        self.loop.add_timer(forkers)  # a forker started later: its start timeout
 
     def has_slot(self) -> bool:
         forkers = self.conns.forkers

@@ -100,6 +100,35 @@ def test_a_reload_does_not_wait_for_the_new_forker(
     assert server.stop() == 0
 
 
+def test_a_newer_reload_or_a_stop_refuses_one_still_waiting(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A SIGHUP while a reload waits for its forker: the waiting one is refused and
+    its forker ended, the newer one applies. A stop refuses one still waiting, and
+    ends without waiting for its forker's imports."""
+    handler, marker = slow_handler(tmp_path)
+    config = tmp_path / "f.toml"
+    config.write_text('banner = "one\\n"\n')
+    server = start_server("--config", str(config), "--handler", handler)
+    marker.touch()
+    for count, text in enumerate(["two", "six"], start=1):
+        config.write_text(f'banner = "{text}\\n"\n')
+        server.send_signal(signal.SIGHUP)
+        server.wait_event("forker-starting", count=count)
+    failed = server.wait_event("reload-failed")[0]
+    assert failed["error"] == "a newer reload came"
+    server.wait_event("reload", changed="banner")
+    with connect(server.port) as sock:
+        assert recv_exactly(sock, 4) == b"six\n"
+    wait_until(lambda: len(server.forkers()) == 1, what="one forker: the others ended")
+    config.write_text('banner = "ten\\n"\n')
+    server.send_signal(signal.SIGHUP)
+    server.wait_event("forker-starting", count=3)
+    assert server.stop() == 0
+    assert server.wait_event("reload-failed", count=2)[-1]["error"] == "the server is stopping"
+    assert len(server.events("reload")) == 1
+
+
 def test_under_systemd_ready_comes_once_the_new_forker_serves(
     start_server: ServerFactory, tmp_path: Path
 ) -> None:

@@ -83,7 +83,7 @@ class Reloading:
     def settled(self) -> None:
         self.waiting = False
         loop = self.loop
-        if loop.status is not None:
+        if loop.status is not None and loop.stopping is None:  # a stop cancelled it
             loop.status.ready(loop.active(), again=True)
 
 

@@ -261,6 +261,7 @@ def test_sighup_reloads_the_certificate(
     shutil.copy(new_key, key)
     server.send_signal(signal.SIGHUP)
     server.wait_event("reload", what="tls")
+    server.wait_event("reload", changed="none")  # applied (fork mode: the new forker ready)
     if mode == "prefork":  # the workers forked before the reload retire (2 spare)
         server.wait_event("worker-exit", count=2, reason="stopped")
     context = ssl.create_default_context(cafile=str(new_cert))

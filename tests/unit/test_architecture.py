@@ -29,6 +29,7 @@ KNOWN_TYPE_ONLY_CYCLES: dict[frozenset[str], str] = {
             "forkserve.parent.admission",
             "forkserve.parent.assemble",
             "forkserve.parent.forker",
+            "forkserve.parent.forkerlink",
             "forkserve.parent.forkmodel",
             "forkserve.parent.loop",
             "forkserve.parent.model",

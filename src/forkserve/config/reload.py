@@ -15,6 +15,8 @@ from forkserve.child.exec import ExecService
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the forking parent stays free of typing
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from forkserve._server import Server
     from forkserve.child.handler import Service
     from forkserve.config.values import Settings
@@ -45,6 +47,7 @@ class ReloadPlan:
     __slots__ = (
         "changed",
         "grace",
+        "held",
         "log_format",
         "log_level",
         "max_conns",
@@ -52,6 +55,7 @@ class ReloadPlan:
         "pool",
         "recipe",
         "service",
+        "then",
         "upgrade_timeout",
         "workers",
     )
@@ -85,6 +89,16 @@ class ReloadPlan:
         self.workers = settings.workers if settings.mode == "async" else 0  # 0: as it is
         self.log_format = settings.log_format
         self.log_level = settings.log_level
+        # How the reload ends (see reload): applied (None) or refused (the error).
+        self.then: Callable[[ForkserveError | None], None] | None = None
+        self.held = False
+
+    def hold(self) -> Callable[[ForkserveError | None], None]:
+        """For a process model that must wait (a new forker's READY) before the
+        reload applies: the reload waits, and the returned call ends it then."""
+        assert self.then is not None
+        self.held = True
+        return self.then
 
 
 def reload(server: Server) -> None:
@@ -93,9 +107,13 @@ def reload(server: Server) -> None:
     Live connections keep what they were started with: each child has its own copy
     of the settings, and prefork workers are replaced, never changed in place.
 
+    Fork mode: when it needs a new forker, the reload applies once that one is
+    ready (the old one serving meanwhile), never blocking the loop (see
+    Forkers.reload).
+
     Error handling: a configuration that fails any check (the file, a rule, a
-    limit, a resource limit above the server's own) is logged as ``reload-failed``
-    and nothing changes.
+    limit, a resource limit above the server's own), or whose new forker fails,
+    is logged as ``reload-failed`` and nothing changes.
     """
     loop = server.loop
     assert loop is not None
@@ -116,19 +134,49 @@ def reload(server: Server) -> None:
     if tls and server.reload_tls():
         reloaded.add("tls")  # what a prefork worker holds: it is replaced
     plan = ReloadPlan(new, frozenset(reloaded), policy, service, server.recipe(new))
+    plan.then = lambda error: finish(server, new, plan, changed, upgrade, error)
     try:
         loop.model.prepare_reload(plan)  # fork mode: a new forker, if it holds what changed
     except ForkserveError as exc:
         refused(server, exc)
         return
-    policy.gate.take_over(server.policy.gate)  # counts and rate buckets carry on
-    server.take_settings(new, policy)  # what the next reload compares with
+    if plan.held:  # it ends when the new forker is ready, or failed (then)
+        loop.reloading.hold()
+    else:
+        apply(server, new, plan, changed, upgrade)
+
+
+def finish(  # noqa: PLR0917 - the reload's own parts, handed on
+    server: Server,
+    new: Settings,
+    plan: ReloadPlan,
+    changed: list[str],
+    upgrade: list[str],
+    error: ForkserveError | None,
+) -> None:
+    """A reload that waited for its new forker ends: applied, or refused (``error``)."""
+    if error is not None:
+        refused(server, error)
+    else:
+        apply(server, new, plan, changed, upgrade)
+    assert server.loop is not None
+    server.loop.reloading.settled()  # systemd: READY=1 now
+
+
+def apply(
+    server: Server, new: Settings, plan: ReloadPlan, changed: list[str], upgrade: list[str]
+) -> None:
+    """The reload is taken: the loop applies ``plan``; log it."""
+    loop = server.loop
+    assert loop is not None
+    plan.policy.gate.take_over(server.policy.gate)  # counts and rate buckets carry on
+    server.take_settings(new, plan.policy)  # what the next reload compares with
     loop.apply_reload(plan)
     fields: dict[str, object] = {"changed": ",".join(changed) or "none"}
     if upgrade:
         fields["needs_upgrade"] = ",".join(upgrade)
-    if isinstance(service, ExecService):  # how programs start now: see parent.spawn
-        fields["start"] = "spawn" if service.spawnable else "fork"
+    if isinstance(plan.service, ExecService):  # how programs start now: see parent.spawn
+        fields["start"] = "spawn" if plan.service.spawnable else "fork"
     server.log.notice("reload", **fields)
     loop.metrics.operation("reload-ok")
 

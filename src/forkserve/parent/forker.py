@@ -10,32 +10,55 @@ a fork costs what the forking process has mapped and written).
 - A connection counts against ``--max-conns`` and its source from admission until
   its exit is reported; ``accept`` is logged when its start is.
 - The supervisor never blocks on the channel: its end is non-blocking; when it is
-  full, what is not sent waits in ``outbox`` (in order, never dropped), the model
-  stops accepting (the backlog is the queue), and the channel is watched for room.
+  full, what is not sent waits in ``outbox`` (in order; dropped only at a stop's
+  end), the model stops accepting (the backlog queues), the channel is watched.
 - Signals to connections' processes go through their forker, which is their parent
   and so can never hit a reused pid.
+- The supervisor waits for a forker at start-up only (before the listen line). One
+  started later (a reload, a respawn) is a "starting" link (parent.forkerlink): its
+  READY, error, EOF or START_TIMEOUT comes through the loop; the supervisor serves on.
 - The supervisor is a child subreaper: if a forker dies, its children become the
-  supervisor's, and are reaped and ended as any other; a new forker takes over, and
-  what was not yet sent goes to it. Connections the dead forker had received but not
-  reported started are lost (logged ``forker-lost``; their slots free).
-- A reload starts a new forker for the new settings; the old one is kept until its
-  children end (``retire``), then its channel closes and it exits.
+  supervisor's, reaped and ended as any other; what was not yet sent waits for the
+  next forker (accepting stops until it is ready). Connections the dead one had
+  received but not reported started are lost (``forker-died ... lost=N``), never
+  sent twice; those it had forked are found and tracked (``adopted=N``).
+- A reload starts a new forker for the new settings and applies once it is READY;
+  until then the old one serves with the old settings. If the new one fails, the
+  reload is refused (``reload-failed``) and the old one serves on. Once replaced,
+  the old one is kept until its children end (``retire``), then its channel closes
+  and it exits.
+- Exec mode that posix_spawns every program (parent.spawn) needs no forker: none
+  runs until a reload makes one needed, and a reload that makes it unneeded retires it.
+- At the end of a stop's grace period (or a fast stop), connections still waiting
+  in an outbox, never sent, are closed and their slots released (``forker-dropped
+  waiting=N``); those a forker received are started and ended as any other (one
+  it starts after the stop's SIGTERM or SIGKILL went out is sent it at once).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import selectors
-import socket
+import signal
 
+from forkserve._errors import EXIT_TEMPORARY
 from forkserve.forker import wire
-from forkserve.parent.forkerstart import StartFailed, become_subreaper, reap_forker, spawn
+from forkserve.parent.forkerlink import Launch, Link
+from forkserve.parent.forkerstart import (
+    START_TIMEOUT,
+    StartFailed,
+    become_subreaper,
+    launch,
+    reap_forker,
+    spawn,
+)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
-    from typing import Any
+    import socket
+    from collections.abc import Callable
 
+    from forkserve._errors import ForkserveError
     from forkserve.child.connection import Connection
     from forkserve.parent.children import Exited
     from forkserve.parent.forkmodel import Connections
@@ -47,196 +70,168 @@ if TYPE_CHECKING:
 SUPERVISOR_ONLY = frozenset({"grace", "upgrade-timeout", "max-conns"})
 
 
-class Launch:
-    """A connection handed to a forker and not yet reported started."""
-
-    __slots__ = ("link", "ours", "peer", "sent", "source", "taken")
-
-    def __init__(self, link: Link, peer: str, source: int | None, taken: float, ours: Any) -> None:
-        self.link = link
-        self.peer = peer
-        self.source = source
-        self.taken = taken
-        self.ours = ours  # behind the PROXY protocol: our end of the question channel
-        self.sent = False
-
-
-class Link:
-    """One forker process as the supervisor sees it: its channel, what waits to be
-    sent, what it was sent and has not reported started, and its children's count.
-
-    Resource handling: owns the channel (in the loop's selector while open) and the
-    sockets in ``outbox`` until they are sent; the forker process is in the loop's
-    child table as this object's (``on_exit``).
-    """
-
-    __slots__ = (
-        "channel",
-        "children",
-        "engine",
-        "full",
-        "launches",
-        "outbox",
-        "pid",
-        "retiring",
-        "watched",
-    )
-
-    def __init__(self, engine: Forkers, pid: int, channel: socket.socket) -> None:
-        self.engine = engine
-        self.pid = pid
-        self.channel: socket.socket | None = channel
-        self.outbox: list[tuple[tuple[object, ...], list[socket.socket]]] = []
-        self.launches: dict[int, Launch] = {}
-        self.children = 0
-        self.retiring = False
-        self.watched = False
-        self.full = False  # the channel had no room: watched for writability
-
-    def send(self, item: tuple[object, ...], fds: list[socket.socket]) -> None:
-        self.outbox.append((item, fds))
-
-    def flush(self) -> bool:
-        """Send what waits, a batch per record; False while the channel is full."""
-        channel = self.channel
-        if channel is None:
-            return True
-        outbox = self.outbox
-        while outbox:
-            batch = outbox[: wire.MAX_BATCH]
-            fds = [sock.fileno() for _, socks in batch for sock in socks]
-            try:
-                socket.send_fds(channel, [wire.encode([item for item, _ in batch])], fds)
-            except BlockingIOError:
-                return False
-            except OSError as exc:
-                if exc.errno == errno.ETOOMANYREFS:  # descriptors in flight: the rlimit
-                    self.engine.conns.acceptor.pause("forker:ETOOMANYREFS")
-                    return False
-                if exc.errno in (errno.EPIPE, errno.ECONNRESET):
-                    return False  # the forker died: its exit hands this on
-                raise
-            del outbox[: len(batch)]
-            for item, socks in batch:
-                for sock in socks:
-                    sock.close()
-                if item[0] == wire.CONN:
-                    self.launches[item[1]].sent = True  # type: ignore[index]
-        return True
-
-    def on_readable(self, mask: int) -> None:
-        if mask & selectors.EVENT_READ:
-            self.read()
-        if mask & selectors.EVENT_WRITE:
-            self.engine.flush()
-
-    def read(self) -> None:
-        """Every report waiting: started, exited, fork failed, descriptors lost."""
-        channel = self.channel
-        engine = self.engine
-        while channel is not None:
-            try:
-                record = channel.recv(wire.RECORD_SIZE)
-            except BlockingIOError:
-                return
-            except ConnectionResetError:
-                record = b""
-            if not record:
-                return  # the forker is gone: its exit says the rest (on_exit)
-            exits: list[Exited] = []
-            for item in wire.decode(record):
-                kind = item[0]
-                if kind == wire.EXITED:
-                    self.children -= 1
-                    exits.append(engine.loop.children.ended(item[1], item[2]))  # type: ignore[arg-type]
-                elif kind == wire.STARTED:
-                    self.children += 1
-                    engine.started(self.launches.pop(item[1]), item[2])  # type: ignore[call-overload, arg-type]
-                else:  # NOFORK, LOST
-                    engine.failed(self.launches.pop(item[1]), item[2])  # type: ignore[call-overload, arg-type]
-            if exits:
-                engine.loop.hand_exits(exits, engine.loop.clock())
-        self.retire_if_done()
-
-    def retire_if_done(self) -> None:
-        """An old forker (after a reload) with nothing left: close its channel, so
-        it exits (reaped as any child)."""
-        if self.retiring and not self.children and not self.launches and not self.outbox:
-            self.close()
-
-    def kill(self, pid: int, sig: int) -> None:
-        """Signal child ``pid``'s process group, through this forker (its parent)."""
-        self.send((wire.KILL, pid, int(sig)), [])
-
-    def close(self) -> None:
-        if self.channel is not None:
-            if self.watched:
-                self.engine.loop.unwatch(self.channel)
-            self.channel.close()
-            self.channel = None
-
-    def on_exit(self, ended: Exited, now: float) -> None:
-        """The forker process was reaped."""
-        self.read()  # what it reported just before it died counts first
-        self.engine.lost(self, ended)
-
-
 class Forkers:
-    """The forkers of fork mode: the current one, and old ones draining after a
-    reload or a forker's death. Held by ``Connections``.
+    """The forkers of fork mode: the current one, one starting for a reload
+    (``next``), and old ones draining after a reload or a forker's death. Held by
+    ``Connections``; one of the loop's timers while a forker is starting.
 
     Resource handling: ``close()`` (at the loop's end) closes every channel and waits
     EXIT_TIMEOUT for each forker to exit, then SIGKILLs it.
     """
 
-    __slots__ = ("conns", "current", "dead", "links", "loop", "next_id", "recipe")
+    __slots__ = (
+        "conns",
+        "current",
+        "dead",
+        "links",
+        "loop",
+        "needed",
+        "next",
+        "next_id",
+        "recipe",
+        "stale",
+        "then",
+    )
 
-    def __init__(self, loop: Loop, conns: Connections, recipe: bytes) -> None:
+    def __init__(self, loop: Loop, conns: Connections, recipe: bytes, *, needed: bool) -> None:
         self.loop = loop
         self.conns = conns
         self.recipe = recipe
+        self.needed = needed  # False: every program is spawned (parent.spawn)
         self.current: Link | None = None
         self.dead: Link | None = None  # the current forker, died, until one replaces it
+        self.next: Link | None = None  # starting for a reload, which waits for it
+        self.then: Callable[[ForkserveError | None], None] | None = None  # that reload
         self.links: list[Link] = []
         self.next_id = 0
+        # A reload's forker failed or was cancelled: the configuration source took its
+        # settings already, so the next reload's changes may not show them: it starts
+        # a new forker whatever they list.
+        self.stale = False
 
     def start(self) -> None:
-        """Start the current forker (blocking until it is ready, as a start-up step).
+        """Start the current forker, waiting until it is ready (a start-up step).
 
         Raises:
-            StartFailed: it did not start (see spawn).
+            StartFailed: it did not start (see forkerstart.spawn).
         """
         if not self.links:
             become_subreaper()
         pid, channel = spawn(self.recipe)
-        link = Link(self, pid, channel)
-        self.loop.children.adopt(pid, link)
-        self.loop.watch(channel, link.on_readable)
-        link.watched = True
-        self.links.append(link)
-        self.current = link
+        self.current = self.add(Link(self, pid, channel))
         self.loop.log.debug("forker", pid=pid)
 
-    def replace(self, recipe: bytes, changed: frozenset[str]) -> None:
-        """A reload: a new forker for new connections, when it holds a setting that
-        ``changed``; the old one retires once its children have ended.
+    def begin(self, recipe: bytes) -> Link:
+        """Start a forker without waiting for it: a starting link, whose READY (or
+        failure) the loop reads (``greeted``), or its start timeout (``on_deadline``).
 
         Raises:
-            StartFailed: the new forker did not start; the old one serves on.
+            StartFailed: it could not be started at all (see forkerstart.launch).
         """
-        if not changed - SUPERVISOR_ONLY:
+        if not self.links:
+            become_subreaper()
+        pid, channel = launch(recipe)
+        if self.deadline() is None:
+            self.loop.add_timer(self)  # only while one starts: no cost per wait otherwise
+        link = self.add(Link(self, pid, channel, self.loop.clock() + START_TIMEOUT))
+        self.loop.log.info("forker-starting", pid=pid)
+        return link
+
+    def add(self, link: Link) -> Link:
+        self.loop.children.adopt(link.pid, link)
+        self.loop.watch(link.channel, link.on_readable)  # a new link: its channel is open
+        link.watched = True
+        self.links.append(link)
+        return link
+
+    def greeted(self, link: Link, failure: StartFailed | None) -> None:
+        """A starting forker's first record (or EOF, or its timeout): ready, or not."""
+        link.due = None  # no deadline left either way
+        if self.deadline() is None:
+            self.loop.drop_timer(self)
+        if failure is None:
+            link.ready = True
+            self.loop.log.debug("forker", pid=link.pid)
+            if link is self.next:
+                self.promote(link)
             return
-        old, self.recipe = self.current, recipe
+        link.retiring = True
+        link.close()
+        if link is self.next:
+            self.settle(failure)
+        elif link is self.current:  # a respawn: what waits for it waits for the next
+            self.loop.log.warning("forker-failed", pid=link.pid, error=str(failure))
+            self.current, self.dead = None, link
+            self.conns.acceptor.pause("forker")
+
+    def reload(
+        self,
+        recipe: bytes,
+        changed: frozenset[str],
+        spawned: bool,
+        hold: Callable[[], Callable[[ForkserveError | None], None]],
+    ) -> None:
+        """Before a reload applies: a new forker when it changed what the forker holds,
+        or one is needed now (a program no longer ``spawned``). A reload still waiting
+        for its forker is refused first: this newer one supersedes it.
+
+        Raises:
+            StartFailed: the new forker could not be started at all.
+        """
+        self.cancel("a newer reload came")
+        if not spawned and (self.current is None or self.stale or changed - SUPERVISOR_ONLY):
+            self.replace(recipe, hold)
+
+    def replace(
+        self, recipe: bytes, hold: Callable[[], Callable[[ForkserveError | None], None]]
+    ) -> None:
+        """Start a reload's forker; the reload waits (``hold``, without blocking) until
+        it is ready (then it takes new connections, the old one retiring) or fails.
+
+        Raises:
+            StartFailed: the new forker could not be started at all.
+        """
         try:
-            self.start()
+            self.next = self.begin(recipe)
         except StartFailed:
-            self.current = old
+            self.stale = True  # see __init__
             raise
-        if old is not None:
-            self.retire(old)
+        self.then = hold()
+
+    def promote(self, link: Link) -> None:
+        """A reload's forker is ready: it is the current one; the reload applies."""
+        old, self.current = self.current, link
+        for gone in (old, self.dead):
+            if gone is not None:
+                gone.retiring = True
+                self.retire(gone)
+        self.dead = None
+        self.settle(None)
+
+    def settle(self, error: ForkserveError | None) -> None:
+        then, self.then, self.next = self.then, None, None
+        self.stale = error is not None
+        if then is not None:
+            then(error)
+
+    def cancel(self, reason: str) -> None:
+        """A reload waiting for its forker is refused (a newer one came, a stop)."""
+        link = self.next
+        if link is not None:
+            link.retiring = True
+            link.close()
+            self.settle(StartFailed(EXIT_TEMPORARY, reason))
+
+    def applied(self, recipe: bytes, *, needed: bool) -> None:
+        """A reload applied: ``recipe`` is what a respawn starts from; a forker no
+        longer ``needed`` (every program spawned) retires."""
+        self.recipe, self.needed = recipe, needed
+        if not needed and self.current is not None:
+            self.current.retiring = True
+            self.current.retire_if_done()
+            self.current = None
 
     def retire(self, link: Link) -> None:
-        link.retiring = True
         pending = link.outbox
         link.outbox = []
         current = self.current
@@ -278,6 +273,9 @@ class Forkers:
 
     def started(self, launch: Launch, pid: int) -> None:
         self.conns.started(pid, launch.peer, launch.source, launch.taken, launch.link, launch.ours)
+        phase = self.loop.phase
+        if phase in ("term", "kill"):  # a stop ended every child already: this one too
+            self.loop.children.signal(pid, signal.SIGKILL if phase == "kill" else signal.SIGTERM)
 
     def failed(self, launch: Launch, number: int) -> None:
         """Fork failed in the forker, or the descriptors never got there (EMFILE)."""
@@ -295,15 +293,20 @@ class Forkers:
             link.read()
 
     def in_flight(self) -> int:
-        return sum(len(link.launches) for link in self.links)
+        """Connections handed to a forker and not reported started (a dead one's
+        unsent ones too, until the next forker takes them)."""
+        count = sum(len(link.launches) for link in self.links)
+        dead = self.dead
+        return count + (len(dead.launches) if dead is not None and dead not in self.links else 0)
 
     def blocked(self) -> bool:
-        """Whether the current forker's channel is full (stop accepting)."""
-        return self.current is None or self.current.full
+        """Whether connections must wait (stop accepting): no forker ready, or full."""
+        current = self.current
+        return self.needed and (current is None or current.full or not current.ready)
 
     def flush(self) -> None:
         """Before each wait: send what waits; watch a full channel for room."""
-        if self.current is None and not self.conns.acceptor.paused_until:
+        if self.needed and self.current is None and not self.conns.acceptor.paused_until:
             self.respawn()
         for link in tuple(self.links):
             full = not link.flush()
@@ -316,7 +319,31 @@ class Forkers:
                 self.loop.watch(link.channel, link.on_readable, room)
             link.retire_if_done()
 
+    def deadline(self) -> float | None:
+        """When a starting forker's start fails without its READY."""
+        dues = [link.due for link in self.links if link.due is not None]
+        return min(dues) if dues else None
+
+    def on_deadline(self, now: float) -> None:
+        for link in tuple(self.links):
+            if link.due is not None and now >= link.due:
+                failure = f"the forker was not ready within {START_TIMEOUT:g}s"
+                self.greeted(link, StartFailed(EXIT_TEMPORARY, failure))
+
     # -- a forker's end ----------------------------------------------------------------
+
+    def drop_waiting(self) -> int:
+        """The grace period is over (or a fast stop): connections waiting in an
+        outbox, never sent to a forker, are closed and their slots released."""
+        dropped, dead = 0, self.dead
+        for link in [*self.links, *([dead] if dead is not None and dead not in self.links else [])]:
+            for gone in link.drop():
+                self.release(gone)
+                dropped += 1
+        if dropped:
+            self.loop.log.warning("forker-dropped", waiting=dropped)
+            self.loop.metrics.rejected("dropped", dropped)
+        return dropped
 
     def lost(self, link: Link, ended: Exited) -> None:
         """A forker exited: when it was no retiring one, it died. Its children are
@@ -332,15 +359,11 @@ class Forkers:
         if link.retiring and not sent:
             self.loop.log.debug("forker-exited", pid=link.pid, **ended.status_fields())
             return
-        # What it forked and never reported: a connection we do not know, counted
-        # against no source, ended at a stop and logged (peer -) as any other.
-        strays = self.loop.children.strays() if sent else []
-        for pid in strays:
+        strays = self.loop.children.strays() if sent else []  # forked, never reported:
+        for pid in strays:  # counted against no source, ended at a stop, logged peer=-
             self.loop.admission.start_lifetime(self.loop.children.add(pid, "-", None, self.conns))
-        fields = ended.status_fields()
-        self.loop.log.warning(
-            "forker-died", pid=link.pid, **fields, lost=len(sent), adopted=len(strays)
-        )
+        fields = {**ended.status_fields(), "lost": len(sent), "adopted": len(strays)}
+        self.loop.log.warning("forker-died", pid=link.pid, **fields)
         if sent:
             self.loop.metrics.rejected("forker-lost", len(sent))
         if link is self.current:
@@ -349,11 +372,12 @@ class Forkers:
             self.respawn()
 
     def respawn(self) -> None:
-        """A new current forker after one died (see flush: tried again after a pause)."""
+        """A new current forker after one died (see flush: tried again after a
+        pause); what the dead one was not sent waits for it."""
         if self.loop.stopping is not None and (self.dead is None or not self.dead.outbox):
             return  # nothing left to serve
         try:
-            self.start()
+            self.current = self.begin(self.recipe)
         except StartFailed as exc:
             self.loop.log.warning("forker-failed", error=str(exc))
             self.conns.acceptor.pause("forker")
@@ -365,7 +389,7 @@ class Forkers:
 
     def close(self) -> None:
         """Close every channel; wait for each forker to exit (it has no children by
-        now), SIGKILL it after EXIT_TIMEOUT."""
+        now), SIGKILL it after EXIT_TIMEOUT (one still starting: at once)."""
         for link in self.links:
             link.watched = False  # the loop's selector is closed by now
             link.close()

@@ -1,12 +1,16 @@
 """Starting and ending a forker process (the supervisor's side; see parent.forker).
 
-``spawn`` starts ``python -m forkserve.forker`` with ``posix_spawn`` (no copy of the
-supervisor's page tables, none of its memory), hands it the recipe (``make_recipe``:
-the settings and the handler, pickled) and waits for READY or its one-line error.
+``launch`` starts ``python -m forkserve.forker`` with ``posix_spawn`` (no copy of the
+supervisor's page tables, none of its memory) and hands it the recipe (``make_recipe``:
+the settings and the handler, pickled); its first record is READY or its one-line
+error (``greeting``). At start-up ``spawn`` waits for that record (a start-up step,
+before the listen line); after it (a reload, a respawn) the supervisor's loop reads
+it, and a start that takes longer than START_TIMEOUT fails (parent.forker).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -44,13 +48,35 @@ def become_subreaper() -> None:
 
 
 def spawn(recipe: bytes) -> tuple[int, socket.socket]:
-    """Start a forker with ``recipe`` and wait until it is ready; return its pid and
-    the supervisor's end of its channel (non-blocking from now on).
+    """Start a forker with ``recipe`` and wait until it is ready (a start-up step);
+    return its pid and the supervisor's end of its channel (non-blocking).
 
     Raises:
-        StartFailed: the forker reported an error (the handler did not import),
-            exited before it was ready, or could not be started (socketpair(2) or
-            posix_spawn(3) failed: after --user, the interpreter may not be ours to run).
+        StartFailed: see launch and greeting.
+    """
+    pid, ours = launch(recipe)
+    try:
+        ours.settimeout(START_TIMEOUT)
+        first = ours.recv(wire.RECORD_SIZE)
+    except (OSError, TimeoutError):
+        first = b""
+    failure = greeting(first)
+    if failure is None:
+        ours.setblocking(False)
+        return pid, ours
+    ours.close()
+    os.waitpid(pid, 0)  # it exits at once once its channel is gone (or failed)
+    raise failure
+
+
+def launch(recipe: bytes) -> tuple[int, socket.socket]:
+    """Start a forker with ``recipe``, without waiting for it: return its pid and the
+    supervisor's end of its channel (non-blocking), on which its first record
+    (see greeting) says whether it is ready.
+
+    Raises:
+        StartFailed: it could not be started (socketpair(2) or posix_spawn(3)
+            failed: after --user, the interpreter may not be ours to run).
     """
     try:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -65,23 +91,26 @@ def spawn(recipe: bytes) -> tuple[int, socket.socket]:
         raise StartFailed(EXIT_TEMPORARY, f"cannot start the forker: {exc}") from None
     finally:
         theirs.close()
+    ours.setblocking(False)
     try:
-        ours.settimeout(START_TIMEOUT)
-        ours.send(recipe)
-        first = ours.recv(wire.RECORD_SIZE)
-    except (OSError, TimeoutError):
-        first = b""
+        ours.send(recipe)  # into an empty buffer: it fits, or it never will
+    except OSError as exc:  # a recipe too big for the buffer; EPIPE: it died already
+        if exc.errno not in (errno.EMSGSIZE, errno.EAGAIN, errno.ENOBUFS, errno.EPIPE):
+            raise
+        ours.shutdown(socket.SHUT_WR)  # it reads EOF, not a recipe: it fails, and says so
+    return pid, ours
+
+
+def greeting(first: bytes) -> StartFailed | None:
+    """What a new forker's first record says: None when it is ready, else why not
+    (its own error, or EOF: it exited before it was ready)."""
     if first:
         kind, *rest = wire.decode(first)[0]
         if kind == wire.READY:
-            ours.setblocking(False)
-            return pid, ours
+            return None
         code, message = rest
-    else:
-        code, message = EXIT_TEMPORARY, "the forker exited before it was ready"
-    ours.close()
-    os.waitpid(pid, 0)  # it exits at once once its channel is gone (or failed)
-    raise StartFailed(int(code), str(message))  # type: ignore[call-overload]
+        return StartFailed(int(code), str(message))  # type: ignore[call-overload]
+    return StartFailed(EXIT_TEMPORARY, "the forker exited before it was ready")
 
 
 def reap_forker(pid: int) -> None:

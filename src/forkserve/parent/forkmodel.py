@@ -21,7 +21,7 @@ from forkserve.core.address import format_address, host_of
 from forkserve.parent.acceptor import Acceptor as Acceptor  # noqa: PLC0414 - its old home
 from forkserve.parent.children import Exited
 from forkserve.parent.fork import fork_child
-from forkserve.parent.spawn import spawner_for
+from forkserve.parent.spawn import spawner_for, spawns
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
@@ -267,8 +267,9 @@ class ForkModel:
         """
         from forkserve.parent.forker import Forkers
 
-        forkers = Forkers(self.loop, self.conns, recipe)
-        forkers.start()
+        forkers = Forkers(self.loop, self.conns, recipe, needed=self.conns.spawn is None)
+        if forkers.needed:  # not while every program is spawned (parent.spawn)
+            forkers.start()
         self.conns.forkers = forkers
 
     def has_slot(self) -> bool:
@@ -303,16 +304,17 @@ class ForkModel:
         self.conns.use(plan.service)
         if plan.max_conns is not None:
             self.max_conns = plan.max_conns
+        if self.conns.forkers is not None and plan.recipe is not None:
+            self.conns.forkers.applied(plan.recipe, needed=self.conns.spawn is None)
 
     def prepare_reload(self, plan: ReloadPlan) -> None:
-        """Before a reload applies: a new forker for its settings, the old one
-        retiring (see Forkers.replace).
+        """Before a reload applies: a new forker, if it needs one (see Forkers.reload).
 
         Raises:
-            StartFailed: the new forker did not start: the reload is refused.
+            StartFailed: the new forker could not be started: the reload is refused.
         """
         if self.conns.forkers is not None and plan.recipe is not None:
-            self.conns.forkers.replace(plan.recipe, plan.changed)
+            self.conns.forkers.reload(plan.recipe, plan.changed, spawns(plan.service), plan.hold)
 
     def before_wait(self) -> None:
         """Watch the listener only while a connection could be taken now; send
@@ -365,6 +367,8 @@ class ForkModel:
     def stop(self, *, drain: bool, shared: bool) -> int:
         """Stop taking connections: accept what is queued (``drain``), close the
         listener, serve what was accepted as slots allow; return how many wait."""
+        if self.conns.forkers is not None:
+            self.conns.forkers.cancel("the server is stopping")
         if drain:
             self.conns.drain()
         if self.listening and self.acceptor.listener is not None:
@@ -375,7 +379,9 @@ class ForkModel:
         return len(self.conns.pending)
 
     def expire(self) -> None:
-        self.conns.drop_pending()
+        self.conns.drop_pending()  # and what waits for a forker, never sent to it:
+        if self.conns.forkers is not None:
+            self.conns.forkers.drop_waiting()
 
     def terminate(self) -> None:
         self.children.signal_all(signal.SIGTERM)

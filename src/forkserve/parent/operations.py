@@ -47,19 +47,21 @@ class NoMetrics:
 
 class Reloading:
     """SIGHUP: ``reloader`` re-reads the configuration and hands the loop a plan
-    (see config.reload and Loop.apply_reload)."""
+    (see config.reload and Loop.apply_reload); ``waiting`` while it waits for
+    something it needs (fork mode: a new forker's READY), without blocking."""
 
-    __slots__ = ("loop", "reloader")
+    __slots__ = ("loop", "reloader", "waiting")
 
     def __init__(self, loop: Loop, reloader: Callable[[], None] | None) -> None:
         self.loop = loop
         self.reloader = reloader
+        self.waiting = False
 
     def on_signal(self, number: int) -> None:
         """Re-read the configuration; new settings apply to new connections.
 
-        Under systemd: RELOADING=1 (with MONOTONIC_USEC) first, READY=1 after,
-        whether the new configuration was taken or refused.
+        Under systemd: RELOADING=1 (with MONOTONIC_USEC) first, READY=1 once the
+        new configuration was taken or refused (see settled).
         """
         loop = self.loop
         if loop.stopping is not None:
@@ -71,7 +73,17 @@ class Reloading:
             self.reloader()
         else:
             loop.log.notice("reload", changed="none", reason="no configuration to re-read")
-        if loop.status is not None:
+        if not self.waiting:
+            self.settled()
+
+    def hold(self) -> None:
+        """The reload applies (or is refused) later: settled() is called then."""
+        self.waiting = True
+
+    def settled(self) -> None:
+        self.waiting = False
+        loop = self.loop
+        if loop.status is not None and loop.stopping is None:  # a stop cancelled it
             loop.status.ready(loop.active(), again=True)
 
 

@@ -123,9 +123,13 @@ class Spawner:
 def spawner_for(service: Service, loop: Any) -> Spawner | None:
     """A Spawner when ``service`` is a program nothing must run before (decided once
     per service: at start and at each reload); None: fork for each connection."""
-    if isinstance(service, ExecService) and service.spawnable:
-        return Spawner(service, loop)
-    return None
+    return Spawner(service, loop) if spawns(service) else None  # type: ignore[arg-type]
+
+
+def spawns(service: Service) -> bool:
+    """Whether each connection of ``service`` is a program posix_spawned from the
+    supervisor (no fork, so no forker: see parent.forker)."""
+    return isinstance(service, ExecService) and service.spawnable
 
 
 def inheritable_fds() -> list[int]:

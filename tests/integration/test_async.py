@@ -5,12 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import ServerFactory
-from tests.support import connect, echo_roundtrip, recv_all, recv_exactly, run_cli, wait_until
+from tests.support import (
+    ServerProcess,
+    connect,
+    echo_roundtrip,
+    recv_all,
+    recv_exactly,
+    run_cli,
+    wait_until,
+)
 
 HANDLERS = str(Path(__file__).resolve().parents[1] / "data" / "async_handlers.py")
 
@@ -256,3 +265,35 @@ def test_proxy_header_names_the_client_in_lines_and_limits(start_server: ServerF
         assert (reject["peer"], reject["reason"]) == ("192.0.2.7:5556", "per-ip")
     (end,) = server.wait_event("end")
     assert end["peer"] == "192.0.2.7:5555"
+
+
+def replacement(server: ServerProcess, gone: int) -> list[int]:
+    return [pid for pid in server.children() if pid != gone]
+
+
+def test_a_killed_workers_unreported_tokens_come_back(start_server: ServerFactory) -> None:
+    """--max-conns: a worker SIGKILLed while it holds tokens for connections it has
+    not reported yet (here waiting for their PROXY headers) gives every token back."""
+    server = start_server(*async_args("--proxy-protocol", "v1", "--max-conns", "3", workers=1))
+    (worker,) = wait_until(server.children, what="the worker")
+    header = b"PROXY TCP4 192.0.2.7 127.0.0.1 %d 80\r\n"
+    for round_ in range(2):  # twice: the capacity does not shrink round by round
+        silent = [connect(server.port) for _ in range(2)]  # tokens taken, no header yet
+        with connect(server.port) as told:  # queued behind them: accepted after them
+            told.sendall(header % 5000 + b"x")
+            assert recv_exactly(told, 1) == b"x"
+            server.wait_event("accept", count=round_ + 1)
+            os.kill(worker, signal.SIGKILL)
+            server.wait_event("worker-exit", count=round_ + 1)
+        for sock in silent:
+            sock.close()
+        (worker,) = wait_until(partial(replacement, server, worker), what="a replacement")
+    clients = [connect(server.port) for _ in range(3)]
+    for i, sock in enumerate(clients):
+        sock.sendall(header % (6000 + i) + b"full %d" % i)
+    for i, sock in enumerate(clients):  # all three at once: --max-conns is whole again
+        assert recv_exactly(sock, 6) == b"full %d" % i
+    accepts = server.wait_event("accept", count=5)
+    assert accepts[-1]["conns"] == "3/3"
+    for sock in clients:
+        sock.close()

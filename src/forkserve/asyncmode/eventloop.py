@@ -60,6 +60,8 @@ if TYPE_CHECKING:
         max_conns: int
         epoch: mmap.mmap
         generation: bytes
+        held: memoryview
+        slot: int
 
         @property
         def service(self) -> AsyncService: ...
@@ -133,6 +135,8 @@ class Served:
         self.listener: socket.socket = worker.listener
         self.listen_fd = worker.listener.fileno()
         self.tokens = worker.tokens
+        self.held = worker.held  # the tokens held, counted where the supervisor reads
+        self.slot = worker.slot
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.expired: set[int] = set()  # cancelled at --max-lifetime
         self.number = 0
@@ -180,19 +184,21 @@ class Served:
         if self.worker.epoch[:8] != self.worker.generation:
             self.leave()  # a reload replaces this worker: its SIGTERM is on its way
             return
+        held, slot = self.held, self.slot
         for _ in range(ACCEPT_BATCH):
             try:
                 os.eventfd_read(self.tokens)
             except BlockingIOError:
                 self.watch("tokens")  # at --max-conns: the kernel's queue holds them
                 return
+            held[slot] += 1  # just after: a death between leaks, never doubles, a token
             try:
                 sock, peer = self.listener.accept()
             except BlockingIOError:
-                os.eventfd_write(self.tokens, 1)
+                self.give_back()
                 return
             except OSError as exc:
-                os.eventfd_write(self.tokens, 1)
+                self.give_back()
                 self.accept_failed(exc)
                 return
             if self.paused is not None:
@@ -243,7 +249,7 @@ class Served:
         if verdict.allowed:
             return True
         sock.close()
-        os.eventfd_write(self.tokens, 1)
+        self.give_back()
         peer_text = format_address(peer)
         self.worker.log.info("deny", pid=self.worker.pid, peer=peer_text, rule=verdict.rule)
         self.worker.report("D", peer_text)
@@ -276,7 +282,7 @@ class Served:
         """A connection that ended before it was served."""
         del self.tasks[number]
         if token:
-            os.eventfd_write(self.tokens, 1)
+            self.give_back()
         self.done_if_left()
 
     async def serve(self, sock: socket.socket, peer: Any, number: int) -> None:
@@ -297,8 +303,13 @@ class Served:
         # The report first, then the token: a connection another worker accepts
         # with it is reported after this end, and the count never reads over the limit.
         self.worker.report("E", f"{number} {code}")
-        os.eventfd_write(self.tokens, 1)
+        self.give_back()
         self.done_if_left()
+
+    def give_back(self) -> None:
+        """A token back, uncounted first (see asyncmode.worker)."""
+        self.held[self.slot] -= 1
+        os.eventfd_write(self.tokens, 1)
 
     def done_if_left(self) -> None:
         if self.leaving and not self.tasks and not self.done.done():

@@ -59,9 +59,6 @@ ASYNC_PENDING: dict[str, str] = {
     "async mode refuses it",
     "test_python_client_echo_with_half_close": "asyncio's TLS transport ends the "
     "connection at the client's TCP half-close",
-    "test_user_nobody_runs_parent_and_children_as_nobody": "not yet in async mode",
-    "test_a_tls_key_only_root_can_read_is_reported_and_reload_keeps_the_old": "not yet",
-    "test_sighup_reloads_the_certificate": "not yet in async mode",
     "test_forkserve_client_tls_gets_every_byte_of_10mib": "not yet: the client "
     "sees no close_notify",
     "test_a_handlers_client_slow_to_read_gets_every_byte": SYNC_HANDLER,

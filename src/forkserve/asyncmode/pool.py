@@ -73,7 +73,25 @@ def make_async_pool(
     assert isinstance(service, AsyncService)  # make_service's, in async mode
     workers = settings.workers or os.cpu_count() or 1
     use_uvloop = settings.loop != "asyncio"
+    if settings.user is not None or settings.group is not None:
+        load_worker_code(use_uvloop)
     return AsyncPool(loop, listener, service, workers, settings.max_conns, use_uvloop=use_uvloop)
+
+
+def load_worker_code(use_uvloop: bool) -> None:
+    """Before --user/--group: import what a worker imports once forked, while its
+    files are surely readable (a Python under /root is not, to nobody: the workers
+    failed with ModuleNotFoundError: asyncio). The supervisor only holds the modules
+    (their pages shared with the workers); it still never runs an event loop."""
+    import forkserve.asyncmode.eventloop
+    import forkserve.core.proxy
+    import forkserve.core.proxynet  # noqa: F401 - read_proxy's, imported when used
+
+    if use_uvloop:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            pass
 
 
 class AsyncPool(Pool):

@@ -57,16 +57,8 @@ ASYNC_PENDING: dict[str, str] = {
     "test_handler_gets_the_peer_credentials": SYNC_HANDLER,
     "test_cpu_limit_ends_a_spinning_handler": "--limit-* is per connection's process: "
     "async mode refuses it",
-    "test_python_client_echo_with_half_close": "asyncio's TLS transport ends the "
-    "connection at the client's TCP half-close",
-    "test_forkserve_client_tls_gets_every_byte_of_10mib": "not yet: the client "
-    "sees no close_notify",
     "test_a_handlers_client_slow_to_read_gets_every_byte": SYNC_HANDLER,
     "test_python_handler_sends_close_notify": SYNC_HANDLER,
-    "test_builtins_over_tls_with_client_input": "asyncio's TLS transport ends the "
-    "connection at the client's TCP half-close",
-    "test_chargen_over_tls_with_client_input": "not yet: over TLS, chargen does not "
-    "always see the client go (a hang seen in 2 of 3 runs)",
 }
 
 

@@ -17,6 +17,7 @@ import asyncio
 import os
 import traceback
 
+from forkserve.asyncmode.tls import accept_tls
 from forkserve.child.edge import EXIT_EDGE_FAILED
 from forkserve.child.handler import EXIT_HANDLER_OK, EXIT_HANDLER_RAISED, tls_peer_gone
 from forkserve.child.prelude import EXIT_HANDSHAKE_TIMEOUT, EXIT_IDLE_TIMEOUT
@@ -138,13 +139,14 @@ async def serve(service: AsyncService, sock: socket.socket, peer: Any, number: i
             sock.close()
             return EXIT_HANDSHAKE_TIMEOUT
         banner = b""  # sent already
+    transport: asyncio.Transport
     try:
-        transport, _ = await loop.connect_accepted_socket(
-            lambda: protocol,
-            sock,
-            ssl=context,
-            ssl_handshake_timeout=service.edge.deadline if service.edge and context else None,
-        )
+        if context is not None:  # asyncmode.tls: why not asyncio's TLS transport
+            deadline = service.edge.deadline if service.edge is not None else None
+            transport = await accept_tls(context, sock, protocol, deadline or None)
+            log_tls(service, peer, transport.tls)
+        else:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
     except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
         sock.close()
         log_failed_handshake(service, peer, exc)
@@ -300,15 +302,21 @@ async def first_byte(service: AsyncService, sock: socket.socket, peer: Any) -> b
 
 def log_failed_handshake(service: AsyncService, peer: Any, exc: Exception) -> None:
     """A TLS handshake that failed, as child.edge logs one: ``timeout`` or ``reject``."""
-    # asyncio (and uvloop) abort a handshake past ssl_handshake_timeout with
-    # ConnectionAbortedError("SSL handshake is taking longer than ...").
-    timed_out = isinstance(exc, (TimeoutError, ConnectionAbortedError))
-    if timed_out and service.edge is not None:
+    if isinstance(exc, TimeoutError) and service.edge is not None:  # accept_tls's deadline
         log_timeout(service, peer, "handshake", service.edge.deadline)
         return
     detail = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
     peer_text = format_address(peer)
     service.log.info("reject", pid=os.getpid(), peer=peer_text, reason="tls", detail=detail)
+
+
+def log_tls(service: AsyncService, peer: Any, tls: ssl.SSLObject) -> None:
+    """The ``tls`` line (debug), as child.edge writes it."""
+    cipher = tls.cipher()
+    version = tls.version() or ""
+    peer_text = format_address(peer)
+    cipher_name = cipher[0] if cipher else ""
+    service.log.debug("tls", pid=os.getpid(), peer=peer_text, version=version, cipher=cipher_name)
 
 
 def log_timeout(service: AsyncService, peer: Any, kind: str, seconds: float) -> None:

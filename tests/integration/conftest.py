@@ -34,13 +34,11 @@ def start_server() -> Iterator[ServerFactory]:
 # 100) by design; the rest are left undone in async mode so far (see issue 16).
 SYNC_HANDLER = "a plain (sync) handler: async mode needs an async def"
 ASYNC_PENDING: dict[str, str] = {
-    "test_rule_environment_reaches_a_python_handler": SYNC_HANDLER,
     "test_a_child_never_hangs_on_a_full_log": SYNC_HANDLER,
     "test_a_traceback_never_hangs_a_child_on_a_full_log": SYNC_HANDLER,
     "test_a_traceback_shows_peer_bytes_escaped": SYNC_HANDLER,
     "test_handler_traceback_is_one_json_event": SYNC_HANDLER,
     "test_unread_input_does_not_cut_the_reply": SYNC_HANDLER,
-    "test_handler_sees_the_header_address_and_echo_is_untouched": SYNC_HANDLER,
     "test_headers_without_usable_addresses_keep_the_real_peer": SYNC_HANDLER,
     "test_rules_and_their_variables_follow_the_advertised_client": SYNC_HANDLER,
     "test_deny_fires_for_the_advertised_client": SYNC_HANDLER,

@@ -297,3 +297,28 @@ def test_a_killed_workers_unreported_tokens_come_back(start_server: ServerFactor
     assert accepts[-1]["conns"] == "3/3"
     for sock in clients:
         sock.close()
+
+
+def test_handler_sees_the_advertised_client_and_its_rule_variables(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Behind PROXY the writer's peername is the client the header names (as a sync
+    handler's peer is), and get_extra_info("env") holds the variables its rule set."""
+    rules = tmp_path / "edge.rules"
+    rules.write_text('192.0.2.7:allow,ROLE="edge, one"\n198.51.100.0/24:allow\n:deny\n')
+    handler = ("--handler", f"{HANDLERS}:peer_env")
+    server = start_server(*async_args("--proxy-protocol", "v1", "--rules", str(rules), *handler))
+    for client, line in [
+        (b"192.0.2.7 127.0.0.1 5555", b"192.0.2.7:5555 edge, one\n"),
+        (b"198.51.100.4 127.0.0.1 6000", b"198.51.100.4:6000 -\n"),
+    ]:
+        with connect(server.port) as sock:
+            sock.sendall(b"PROXY TCP4 " + client + b" 80\r\nafter")
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_all(sock) == line + b"after"
+    rules.write_text("127.0.0.1:allow,ROLE=local\n:deny\n")
+    direct = start_server(*async_args("--rules", str(rules), *handler))
+    with connect(direct.port) as sock:
+        sock.shutdown(socket.SHUT_WR)
+        host, port = sock.getsockname()[:2]
+        assert recv_all(sock) == f"{host}:{port} local\n".encode()

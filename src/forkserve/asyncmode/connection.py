@@ -28,7 +28,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     import ssl
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Mapping
     from typing import Any, Protocol
 
     from forkserve._log import Log
@@ -117,8 +117,18 @@ async def serve_echo(sock: socket.socket) -> int:
         transport.close()
 
 
-async def serve(service: AsyncService, sock: socket.socket, peer: Any, number: int) -> int:
+async def serve(
+    service: AsyncService,
+    sock: socket.socket,
+    peer: Any,
+    env: Mapping[str, str],
+    client: Any = None,
+) -> int:
     """Serve ``sock`` with ``service``'s handler; return the connection's exit code.
+
+    ``peer`` is the client as the lines name it; ``env`` the variables its rule set
+    and ``client`` the address a PROXY header named (None without one): both are
+    the handler's through its writer (see ``Writer``).
 
     Resource handling: ``sock`` is closed whatever happens (the transport owns it
     once made).
@@ -151,13 +161,38 @@ async def serve(service: AsyncService, sock: socket.socket, peer: Any, number: i
         sock.close()
         log_failed_handshake(service, peer, exc)
         return EXIT_EDGE_FAILED
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    extra = {"env": env} if client is None else {"env": env, "peername": client}
+    writer = Writer(transport, protocol, reader, loop, extra)
     try:
         return await run_handler(
             service, banner, reader=reader, writer=writer, protocol=protocol, peer=peer
         )
     finally:
         transport.close()
+
+
+class Writer(asyncio.StreamWriter):
+    """The handler's writer: ``get_extra_info("env")`` is a read-only mapping of the
+    variables the allowing rule set (what a sync handler finds in os.environ: a
+    worker's environment is shared by its connections), and behind PROXY
+    ``get_extra_info("peername")`` is the client the header named, as a sync
+    handler's ``peer`` is (``writer.transport`` still tells the balancer's)."""
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        protocol: asyncio.BaseProtocol,
+        reader: asyncio.StreamReader,
+        loop: asyncio.AbstractEventLoop,
+        extra: dict[str, Any],
+    ) -> None:
+        super().__init__(transport, protocol, reader, loop)
+        self.extra = extra
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name in self.extra:
+            return self.extra[name]
+        return super().get_extra_info(name, default)
 
 
 async def run_handler(

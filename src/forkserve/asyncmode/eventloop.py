@@ -18,6 +18,7 @@ import asyncio
 import os
 import resource
 import signal
+from types import MappingProxyType
 
 from forkserve.asyncmode.asking import Asking
 from forkserve.asyncmode.connection import read_proxy, serve
@@ -38,6 +39,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import mmap
     import socket
+    from collections.abc import Mapping
     from typing import Any, Protocol
 
     from forkserve._log import Log
@@ -82,6 +84,8 @@ BLOCKED = 0.5
 NOFILE_SPARE = 64
 # At SIGQUIT, how long cancelled handlers get to run their cleanup.
 CANCEL_WAIT = 1.0
+# What writer.get_extra_info("env") holds when no rule set a variable.
+NO_VARIABLES: Mapping[str, str] = MappingProxyType({})
 
 
 def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
@@ -233,38 +237,42 @@ class Served:
         edge = self.worker.service.edge
         if (edge is not None and edge.proxy) or self.asking is not None:
             task = self.loop.create_task(self.admit(sock, peer, number))
-        elif self.allowed(sock, peer):
+        elif (env := self.allowed(sock, peer)) is not None:
             self.worker.report("A", f"{number} {format_address(peer)}")
-            task = self.loop.create_task(self.serve(sock, peer, number))
+            task = self.loop.create_task(self.serve(sock, peer, number, env))
         else:
             return
         self.tasks[number] = task
 
-    def allowed(self, sock: socket.socket, peer: Any) -> bool:
-        """The rules, applied here; a denied client is closed, logged and reported."""
+    def allowed(self, sock: socket.socket, peer: Any) -> Mapping[str, str] | None:
+        """The rules, applied here: the variables the allowing rule sets (read-only),
+        or None for a denied client, which is closed, logged and reported."""
         gate = self.worker.policy.gate
         if gate.rules is None:
-            return True
+            return NO_VARIABLES
         verdict = gate.check_rules(host_of(peer))
         if verdict.allowed:
-            return True
+            return MappingProxyType(verdict.env) if verdict.env else NO_VARIABLES
         sock.close()
         self.give_back()
         peer_text = format_address(peer)
         self.worker.log.info("deny", pid=self.worker.pid, peer=peer_text, rule=verdict.rule)
         self.worker.report("D", peer_text)
-        return False
+        return None
 
     async def admit(self, sock: socket.socket, peer: Any, number: int) -> None:
         """The slow way in: the PROXY header first, then the rules, then the question."""
         edge = self.worker.service.edge
+        client = None
         if edge is not None and edge.proxy:
             named = await read_proxy(edge, sock, peer, number)
             if named is None:
                 self.forget(number)
                 return
-            peer = named[0] if named[0] is not None else peer
-        if not self.allowed(sock, peer):
+            client = named[0]
+            peer = client if client is not None else peer
+        env = self.allowed(sock, peer)
+        if env is None:
             self.forget(number, token=False)
             return
         peer_text = format_address(peer)
@@ -276,7 +284,7 @@ class Served:
                 self.forget(number)
                 return
         self.worker.report("A", f"{number} {peer_text}")
-        await self.serve(sock, peer, number)
+        await self.serve(sock, peer, number, env, client)
 
     def forget(self, number: int, token: bool = True) -> None:
         """A connection that ended before it was served."""
@@ -285,11 +293,18 @@ class Served:
             self.give_back()
         self.done_if_left()
 
-    async def serve(self, sock: socket.socket, peer: Any, number: int) -> None:
+    async def serve(
+        self,
+        sock: socket.socket,
+        peer: Any,
+        number: int,
+        env: Mapping[str, str],
+        client: Any = None,
+    ) -> None:
         lifetime = self.worker.policy.max_lifetime
         timer = self.loop.call_later(lifetime, self.expire, number, peer) if lifetime else None
         try:
-            code = await serve(self.worker.service, sock, peer, number)
+            code = await serve(self.worker.service, sock, peer, env, client)
         except asyncio.CancelledError:
             if number not in self.expired:
                 raise  # SIGQUIT: the supervisor logs it with the worker's status

@@ -84,6 +84,9 @@ BLOCKED = 0.5
 NOFILE_SPARE = 64
 # At SIGQUIT, how long cancelled handlers get to run their cleanup.
 CANCEL_WAIT = 1.0
+# A batch of reports (``M``) stays under the supervisor's datagram buffer
+# (prefork.wire STATUS_SIZE, 4096 bytes), with room for the kind and pid.
+REPORTS_SIZE = 3500
 # What writer.get_extra_info("env") holds when no rule set a variable.
 NO_VARIABLES: Mapping[str, str] = MappingProxyType({})
 
@@ -152,6 +155,8 @@ class Served:
         self.due = 0.0
         channel = worker.channel
         self.asking = Asking(loop, channel) if channel is not None else None
+        self.reports: list[str] = []  # A, D and E reports not sent yet (see flush)
+        self.owed = 0  # tokens of ended connections, given back at the flush
 
     async def main(self) -> int:
         loop = self.loop
@@ -238,7 +243,7 @@ class Served:
         if (edge is not None and edge.proxy) or self.asking is not None:
             task = self.loop.create_task(self.admit(sock, peer, number))
         elif (env := self.allowed(sock, peer)) is not None:
-            self.worker.report("A", f"{number} {format_address(peer)}")
+            self.report(f"A {number} {format_address(peer)}")
             task = self.loop.create_task(self.serve(sock, peer, number, env))
         else:
             return
@@ -257,7 +262,7 @@ class Served:
         self.give_back()
         peer_text = format_address(peer)
         self.worker.log.info("deny", pid=self.worker.pid, peer=peer_text, rule=verdict.rule)
-        self.worker.report("D", peer_text)
+        self.report(f"D {peer_text}")
         return None
 
     async def admit(self, sock: socket.socket, peer: Any, number: int) -> None:
@@ -283,7 +288,7 @@ class Served:
                 refuse(sock, self.worker.policy.reject_message)  # the supervisor logged it
                 self.forget(number)
                 return
-        self.worker.report("A", f"{number} {peer_text}")
+        self.report(f"A {number} {peer_text}")
         await self.serve(sock, peer, number, env, client)
 
     def forget(self, number: int, token: bool = True) -> None:
@@ -315,11 +320,40 @@ class Served:
         if timer is not None:
             timer.cancel()
         del self.tasks[number]
-        # The report first, then the token: a connection another worker accepts
-        # with it is reported after this end, and the count never reads over the limit.
-        self.worker.report("E", f"{number} {code}")
-        self.give_back()
+        # The report first, then the token (both at the flush): a connection another
+        # worker accepts with it is reported after this end, and the count never
+        # reads over the limit.
+        self.report(f"E {number} {code}")
+        self.owed += 1
         self.done_if_left()
+
+    def report(self, line: str) -> None:
+        """An A, D or E report, sent with the others of this turn of the loop (see
+        ``flush``)."""
+        if not self.reports:
+            self.loop.call_soon(self.flush)
+        self.reports.append(line)
+
+    def flush(self) -> None:
+        """The turn's reports in one datagram (``M``: one report a line; a lone one
+        as it is), then the tokens of the connections they end, in one write: under
+        a burst of short connections, one wakeup of the supervisor for several
+        reports, and one eventfd write for several ends (benchmarks/async_targets.py)."""
+        reports, self.reports = self.reports, []
+        if len(reports) == 1:
+            kind, _, detail = reports[0].partition(" ")
+            self.worker.report(kind, detail)
+        else:
+            while reports:
+                batch, size = [], 0
+                while reports and size + len(reports[0]) < REPORTS_SIZE:
+                    size += len(reports[0]) + 1
+                    batch.append(reports.pop(0))
+                self.worker.report("M", "\n".join(batch or [reports.pop(0)]))
+        if self.owed:
+            owed, self.owed = self.owed, 0
+            self.held[self.slot] -= owed
+            os.eventfd_write(self.tokens, owed)
 
     def give_back(self) -> None:
         """A token back, uncounted first (see asyncmode.worker)."""
@@ -328,6 +362,7 @@ class Served:
 
     def done_if_left(self) -> None:
         if self.leaving and not self.tasks and not self.done.done():
+            self.flush()
             self.done.set_result(0)
 
     def expire(self, number: int, peer: Any) -> None:
@@ -383,6 +418,7 @@ class Served:
     async def end_now(self) -> None:
         if self.tasks:
             await asyncio.wait(list(self.tasks.values()), timeout=CANCEL_WAIT)
+        self.flush()  # the ends already known are told as they were
         self.loop.remove_signal_handler(signal.SIGTERM)  # back to SIG_DFL
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
         os.kill(os.getpid(), signal.SIGTERM)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from forkserve.parent.children import Exited
     from forkserve.parent.listeners import Listener
     from forkserve.parent.loop import Loop
+    from forkserve.prefork.policy import WorkerState
 
 
 # The shared page's generation counter: 8 bytes.
@@ -199,32 +200,41 @@ class AsyncPool(Pool):
     # -- what workers report ------------------------------------------------------
 
     def on_status(self, mask: int) -> None:
-        now = time.monotonic()
-        self.read_status(now)
-        self.maintain(now)
+        # Only read: the number of workers moves at exits, deadlines and resizes,
+        # never with a report (prefork's maintain here looked for spares per report).
+        self.read_status(time.monotonic())
 
     def before_exits(self, now: float) -> None:
         self.read_status(now)  # ends reported just before a worker exited count first
 
     def read_status(self, now: float) -> None:
         for kind, worker, detail in self.table.reports():
-            pid = worker.pid
-            if kind == "A":
-                number, _, peer = detail.partition(" ")
-                self.opened(pid, int(number), peer, now)
-            elif kind == "E":
-                number, _, code = detail.partition(" ")
-                self.policy.crash_free()
-                worker.served += 1
-                status = int(code)  # below 0: cancelled as if by that signal
-                fields: dict[str, object] = {"exit": status}
-                if status < 0:
-                    fields = {"signal": describe_signal(-status)}
-                self.ended((pid, int(number)), now, fields)
-            elif kind == "R":
-                worker.state, worker.since = "idle", now
+            if kind == "M":  # a batch: one report a line (see asyncmode.eventloop flush)
+                for line in detail.split("\n"):
+                    kind, _, part = line.partition(" ")
+                    self.apply(kind, worker, part, now)
             else:
-                self.note(kind, pid, detail)
+                self.apply(kind, worker, detail, now)
+
+    def apply(self, kind: str, worker: WorkerState, detail: str, now: float) -> None:
+        """One report of a worker (see asyncmode.worker)."""
+        pid = worker.pid
+        if kind == "A":
+            number, _, peer = detail.partition(" ")
+            self.opened(pid, int(number), peer, now)
+        elif kind == "E":
+            number, _, code = detail.partition(" ")
+            self.policy.crash_free()
+            worker.served += 1
+            status = int(code)  # below 0: cancelled as if by that signal
+            fields: dict[str, object] = {"exit": status}
+            if status < 0:
+                fields = {"signal": describe_signal(-status)}
+            self.ended((pid, int(number)), now, fields)
+        elif kind == "R":
+            worker.state, worker.since = "idle", now
+        else:
+            self.note(kind, pid, detail)
 
     def note(self, kind: str, pid: int, detail: str) -> None:
         """The reports that only count or log: denied, paused, resumed, blocked."""

@@ -322,3 +322,37 @@ def test_handler_sees_the_advertised_client_and_its_rule_variables(
         sock.shutdown(socket.SHUT_WR)
         host, port = sock.getsockname()[:2]
         assert recv_all(sock) == f"{host}:{port} local\n".encode()
+
+
+def test_full_capacity_after_workers_killed_under_load(start_server: ServerFactory) -> None:
+    """--max-conns 4, two workers: rounds of twice as many clients as the limit, every
+    other one silent before its PROXY header, then both workers SIGKILLed while they
+    hold their tokens; afterwards all 4 slots serve at once."""
+    server = start_server(*async_args("--proxy-protocol", "v1", "--max-conns", "4"))
+    header = b"PROXY TCP4 192.0.2.7 127.0.0.1 %d 80\r\n"
+    workers: list[int] = wait_until(partial(replacements, server, 0), what="two workers")
+    for round_ in range(3):
+        socks = [connect(server.port) for _ in range(8)]  # 4 served, 4 in the backlog
+        for i, sock in enumerate(socks[::2]):
+            sock.sendall(header % (5000 + i) + b"x")
+        # The 1st and 3rd were accepted, so the silent 2nd was too: it holds a token.
+        server.wait_event("accept", count=2 * (round_ + 1))
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        server.wait_event("worker-exit", count=2 * (round_ + 1))
+        for sock in socks:
+            sock.close()
+        workers = wait_until(partial(replacements, server, *workers), what="new workers")
+    clients = [connect(server.port) for _ in range(4)]
+    for i, sock in enumerate(clients):
+        sock.sendall(header % (6000 + i) + b"full %d" % i)
+    for i, sock in enumerate(clients):  # all four at once: --max-conns is whole again
+        assert recv_exactly(sock, 6) == b"full %d" % i
+    for sock in clients:
+        sock.close()
+
+
+def replacements(server: ServerProcess, *gone: int) -> list[int]:
+    """Two workers, none of ``gone`` among them."""
+    pids = server.children()
+    return pids if len(pids) == 2 and not set(gone) & set(pids) else []

@@ -155,7 +155,7 @@ class Served:
         self.due = 0.0
         channel = worker.channel
         self.asking = Asking(loop, channel) if channel is not None else None
-        self.reports: list[str] = []  # A, D and E reports not sent yet (see flush)
+        self.reports: list[str] = []  # A and E reports not sent yet (see flush)
         self.owed = 0  # tokens of ended connections, given back at the flush
 
     async def main(self) -> int:
@@ -261,8 +261,9 @@ class Served:
         sock.close()
         self.give_back()
         peer_text = format_address(peer)
+        # Counted first, then logged (not batched): a scrape after the line counts it.
+        self.worker.report("D", peer_text)
         self.worker.log.info("deny", pid=self.worker.pid, peer=peer_text, rule=verdict.rule)
-        self.report(f"D {peer_text}")
         return None
 
     async def admit(self, sock: socket.socket, peer: Any, number: int) -> None:
@@ -328,7 +329,7 @@ class Served:
         self.done_if_left()
 
     def report(self, line: str) -> None:
-        """An A, D or E report, sent with the others of this turn of the loop (see
+        """An A or E report, sent with the others of this turn of the loop (see
         ``flush``)."""
         if not self.reports:
             self.loop.call_soon(self.flush)

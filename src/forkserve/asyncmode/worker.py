@@ -24,7 +24,7 @@ It reports to the supervisor on prefork's status socket (prefork.wire): ``R pid`
 ready, ``A pid N PEER`` connection N accepted, ``E pid N CODE`` connection N ended,
 ``D pid PEER`` denied by the rules, ``P``/``U pid ERRNO`` accept paused/resumed,
 ``B pid SECONDS`` its loop was blocked that long (a handler that does not await).
-The A, D and E reports of one turn of the loop go out together, as one ``M pid``
+The A and E reports of one turn of the loop go out together, as one ``M pid``
 datagram with a report a line (``A N PEER``...), and the tokens of the connections
 they end are given back after it, in one write (asyncmode.eventloop ``flush``).
 

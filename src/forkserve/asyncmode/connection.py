@@ -142,24 +142,14 @@ async def serve(
         if service.idle_timeout
         else asyncio.StreamReaderProtocol(reader, loop=loop)
     )
-    context = service.tls
     banner = service.banner
     if service.handshake_timeout:
         if not await first_byte(service, sock, peer):
             sock.close()
             return EXIT_HANDSHAKE_TIMEOUT
         banner = b""  # sent already
-    transport: asyncio.Transport
-    try:
-        if context is not None:  # asyncmode.tls: why not asyncio's TLS transport
-            deadline = service.edge.deadline if service.edge is not None else None
-            transport = await accept_tls(context, sock, protocol, deadline or None)
-            log_tls(service, peer, transport.tls)
-        else:
-            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
-    except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-        sock.close()
-        log_failed_handshake(service, peer, exc)
+    transport = await open_transport(service, sock, peer, protocol)
+    if transport is None:
         return EXIT_EDGE_FAILED
     extra = {"env": env} if client is None else {"env": env, "peername": client}
     writer = Writer(transport, protocol, reader, loop, extra)
@@ -169,6 +159,27 @@ async def serve(
         )
     finally:
         transport.close()
+
+
+async def open_transport(
+    service: AsyncService, sock: socket.socket, peer: Any, protocol: asyncio.Protocol
+) -> asyncio.Transport | None:
+    """The connection's transport, TLS's after its handshake (asyncmode.tls: why
+    not asyncio's); None when the handshake failed (logged, ``sock`` closed)."""
+    context = service.tls
+    try:
+        if context is not None:
+            deadline = service.edge.deadline if service.edge is not None else None
+            layer = await accept_tls(context, sock, protocol, deadline or None)
+            log_tls(service, peer, layer.tls)
+            return layer
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+    except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+        sock.close()
+        log_failed_handshake(service, peer, exc)
+        return None
+    return transport
 
 
 class Writer(asyncio.StreamWriter):

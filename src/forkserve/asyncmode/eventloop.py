@@ -22,6 +22,7 @@ from types import MappingProxyType
 
 from forkserve.asyncmode.asking import Asking
 from forkserve.asyncmode.connection import read_proxy, serve
+from forkserve.asyncmode.outbox import Outbox
 from forkserve.child.ask import refuse
 from forkserve.core.address import format_address, host_of
 from forkserve.core.errnames import errno_name
@@ -84,9 +85,6 @@ BLOCKED = 0.5
 NOFILE_SPARE = 64
 # At SIGQUIT, how long cancelled handlers get to run their cleanup.
 CANCEL_WAIT = 1.0
-# A batch of reports (``M``) stays under the supervisor's datagram buffer
-# (prefork.wire STATUS_SIZE, 4096 bytes), with room for the kind and pid.
-REPORTS_SIZE = 3500
 # What writer.get_extra_info("env") holds when no rule set a variable.
 NO_VARIABLES: Mapping[str, str] = MappingProxyType({})
 
@@ -142,8 +140,7 @@ class Served:
         self.listener: socket.socket = worker.listener
         self.listen_fd = worker.listener.fileno()
         self.tokens = worker.tokens
-        self.held = worker.held  # the tokens held, counted where the supervisor reads
-        self.slot = worker.slot
+        self.outbox = Outbox(loop, worker.report, worker.tokens, worker.held, worker.slot)
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.expired: set[int] = set()  # cancelled at --max-lifetime
         self.number = 0
@@ -155,8 +152,6 @@ class Served:
         self.due = 0.0
         channel = worker.channel
         self.asking = Asking(loop, channel) if channel is not None else None
-        self.reports: list[str] = []  # A and E reports not sent yet (see flush)
-        self.owed = 0  # tokens of ended connections, given back at the flush
 
     async def main(self) -> int:
         loop = self.loop
@@ -193,21 +188,18 @@ class Served:
         if self.worker.epoch[:8] != self.worker.generation:
             self.leave()  # a reload replaces this worker: its SIGTERM is on its way
             return
-        held, slot = self.held, self.slot
+        outbox = self.outbox
         for _ in range(ACCEPT_BATCH):
-            try:
-                os.eventfd_read(self.tokens)
-            except BlockingIOError:
+            if not outbox.take():
                 self.watch("tokens")  # at --max-conns: the kernel's queue holds them
                 return
-            held[slot] += 1  # just after: a death between leaks, never doubles, a token
             try:
                 sock, peer = self.listener.accept()
             except BlockingIOError:
-                self.give_back()
+                outbox.give_back()
                 return
             except OSError as exc:
-                self.give_back()
+                outbox.give_back()
                 self.accept_failed(exc)
                 return
             if self.paused is not None:
@@ -243,7 +235,7 @@ class Served:
         if (edge is not None and edge.proxy) or self.asking is not None:
             task = self.loop.create_task(self.admit(sock, peer, number))
         elif (env := self.allowed(sock, peer)) is not None:
-            self.report(f"A {number} {format_address(peer)}")
+            self.outbox.report(f"A {number} {format_address(peer)}")
             task = self.loop.create_task(self.serve(sock, peer, number, env))
         else:
             return
@@ -259,7 +251,7 @@ class Served:
         if verdict.allowed:
             return MappingProxyType(verdict.env) if verdict.env else NO_VARIABLES
         sock.close()
-        self.give_back()
+        self.outbox.give_back()
         peer_text = format_address(peer)
         # Counted first, then logged (not batched): a scrape after the line counts it.
         self.worker.report("D", peer_text)
@@ -289,14 +281,14 @@ class Served:
                 refuse(sock, self.worker.policy.reject_message)  # the supervisor logged it
                 self.forget(number)
                 return
-        self.report(f"A {number} {peer_text}")
+        self.outbox.report(f"A {number} {peer_text}")
         await self.serve(sock, peer, number, env, client)
 
     def forget(self, number: int, token: bool = True) -> None:
         """A connection that ended before it was served."""
         del self.tasks[number]
         if token:
-            self.give_back()
+            self.outbox.give_back()
         self.done_if_left()
 
     async def serve(
@@ -321,49 +313,12 @@ class Served:
         if timer is not None:
             timer.cancel()
         del self.tasks[number]
-        # The report first, then the token (both at the flush): a connection another
-        # worker accepts with it is reported after this end, and the count never
-        # reads over the limit.
-        self.report(f"E {number} {code}")
-        self.owed += 1
+        self.outbox.end(f"E {number} {code}")  # the report, then the token
         self.done_if_left()
-
-    def report(self, line: str) -> None:
-        """An A or E report, sent with the others of this turn of the loop (see
-        ``flush``)."""
-        if not self.reports:
-            self.loop.call_soon(self.flush)
-        self.reports.append(line)
-
-    def flush(self) -> None:
-        """The turn's reports in one datagram (``M``: one report a line; a lone one
-        as it is), then the tokens of the connections they end, in one write: under
-        a burst of short connections, one wakeup of the supervisor for several
-        reports, and one eventfd write for several ends (benchmarks/async_targets.py)."""
-        reports, self.reports = self.reports, []
-        if len(reports) == 1:
-            kind, _, detail = reports[0].partition(" ")
-            self.worker.report(kind, detail)
-        else:
-            while reports:
-                batch, size = [], 0
-                while reports and size + len(reports[0]) < REPORTS_SIZE:
-                    size += len(reports[0]) + 1
-                    batch.append(reports.pop(0))
-                self.worker.report("M", "\n".join(batch or [reports.pop(0)]))
-        if self.owed:
-            owed, self.owed = self.owed, 0
-            self.held[self.slot] -= owed
-            os.eventfd_write(self.tokens, owed)
-
-    def give_back(self) -> None:
-        """A token back, uncounted first (see asyncmode.worker)."""
-        self.held[self.slot] -= 1
-        os.eventfd_write(self.tokens, 1)
 
     def done_if_left(self) -> None:
         if self.leaving and not self.tasks and not self.done.done():
-            self.flush()
+            self.outbox.flush()
             self.done.set_result(0)
 
     def expire(self, number: int, peer: Any) -> None:
@@ -419,7 +374,7 @@ class Served:
     async def end_now(self) -> None:
         if self.tasks:
             await asyncio.wait(list(self.tasks.values()), timeout=CANCEL_WAIT)
-        self.flush()  # the ends already known are told as they were
+        self.outbox.flush()  # the ends already known are told as they were
         self.loop.remove_signal_handler(signal.SIGTERM)  # back to SIG_DFL
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
         os.kill(os.getpid(), signal.SIGTERM)

@@ -26,7 +26,7 @@ ready, ``A pid N PEER`` connection N accepted, ``E pid N CODE`` connection N end
 ``B pid SECONDS`` its loop was blocked that long (a handler that does not await).
 The A and E reports of one turn of the loop go out together, as one ``M pid``
 datagram with a report a line (``A N PEER``...), and the tokens of the connections
-they end are given back after it, in one write (asyncmode.eventloop ``flush``).
+they end are given back after it, in one write (asyncmode.outbox).
 
 Signals, as the supervisor uses them (the same as for a prefork worker):
     SIGTERM, or EOF on the alive pipe: stop accepting; exit once every connection

@@ -122,15 +122,20 @@ def test_rules_file_sets_the_programs_environment(
     assert server.wait_event("deny")[0]["rule"] == f"{rules}:3"
 
 
-def test_rule_environment_reaches_a_python_handler(serve: ServerFactory, tmp_path: Path) -> None:
+def test_rule_environment_reaches_a_python_handler(
+    serve: ServerFactory, tmp_path: Path, mode: str
+) -> None:
     handler = tmp_path / "envhandler.py"
     handler.write_text(
         "import os\n\n\ndef handle(conn, peer):\n"
         "    conn.sendall(os.environ.get('ROLE', '-').encode())\n"
     )
+    name = f"{handler}:handle"
+    if mode == "async":  # writer.get_extra_info("env"): see asyncmode.connection.Writer
+        name = "tests.data.async_handlers:role"
     rules = tmp_path / "access.rules"
     rules.write_text(RULES)
-    server = serve("--rules", str(rules), "--handler", f"{handler}:handle")
+    server = serve("--rules", str(rules), "--handler", name)
     assert closed_at_once(connect_from("127.0.0.2", server.port)) == b"first"
     assert closed_at_once(connect_from("127.0.0.4", server.port)) == b"-"
 

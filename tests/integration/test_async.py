@@ -5,12 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import ServerFactory
-from tests.support import connect, echo_roundtrip, recv_all, recv_exactly, run_cli, wait_until
+from tests.support import (
+    ServerProcess,
+    connect,
+    echo_roundtrip,
+    recv_all,
+    recv_exactly,
+    run_cli,
+    wait_until,
+)
 
 HANDLERS = str(Path(__file__).resolve().parents[1] / "data" / "async_handlers.py")
 
@@ -256,3 +265,94 @@ def test_proxy_header_names_the_client_in_lines_and_limits(start_server: ServerF
         assert (reject["peer"], reject["reason"]) == ("192.0.2.7:5556", "per-ip")
     (end,) = server.wait_event("end")
     assert end["peer"] == "192.0.2.7:5555"
+
+
+def replacement(server: ServerProcess, gone: int) -> list[int]:
+    return [pid for pid in server.children() if pid != gone]
+
+
+def test_a_killed_workers_unreported_tokens_come_back(start_server: ServerFactory) -> None:
+    """--max-conns: a worker SIGKILLed while it holds tokens for connections it has
+    not reported yet (here waiting for their PROXY headers) gives every token back."""
+    server = start_server(*async_args("--proxy-protocol", "v1", "--max-conns", "3", workers=1))
+    (worker,) = wait_until(server.children, what="the worker")
+    header = b"PROXY TCP4 192.0.2.7 127.0.0.1 %d 80\r\n"
+    for round_ in range(2):  # twice: the capacity does not shrink round by round
+        silent = [connect(server.port) for _ in range(2)]  # tokens taken, no header yet
+        with connect(server.port) as told:  # queued behind them: accepted after them
+            told.sendall(header % 5000 + b"x")
+            assert recv_exactly(told, 1) == b"x"
+            server.wait_event("accept", count=round_ + 1)
+            os.kill(worker, signal.SIGKILL)
+            server.wait_event("worker-exit", count=round_ + 1)
+        for sock in silent:
+            sock.close()
+        (worker,) = wait_until(partial(replacement, server, worker), what="a replacement")
+    clients = [connect(server.port) for _ in range(3)]
+    for i, sock in enumerate(clients):
+        sock.sendall(header % (6000 + i) + b"full %d" % i)
+    for i, sock in enumerate(clients):  # all three at once: --max-conns is whole again
+        assert recv_exactly(sock, 6) == b"full %d" % i
+    accepts = server.wait_event("accept", count=5)
+    assert accepts[-1]["conns"] == "3/3"
+    for sock in clients:
+        sock.close()
+
+
+def test_handler_sees_the_advertised_client_and_its_rule_variables(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Behind PROXY the writer's peername is the client the header names (as a sync
+    handler's peer is), and get_extra_info("env") holds the variables its rule set."""
+    rules = tmp_path / "edge.rules"
+    rules.write_text('192.0.2.7:allow,ROLE="edge, one"\n198.51.100.0/24:allow\n:deny\n')
+    handler = ("--handler", f"{HANDLERS}:peer_env")
+    server = start_server(*async_args("--proxy-protocol", "v1", "--rules", str(rules), *handler))
+    for client, line in [
+        (b"192.0.2.7 127.0.0.1 5555", b"192.0.2.7:5555 edge, one\n"),
+        (b"198.51.100.4 127.0.0.1 6000", b"198.51.100.4:6000 -\n"),
+    ]:
+        with connect(server.port) as sock:
+            sock.sendall(b"PROXY TCP4 " + client + b" 80\r\nafter")
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_all(sock) == line + b"after"
+    rules.write_text("127.0.0.1:allow,ROLE=local\n:deny\n")
+    direct = start_server(*async_args("--rules", str(rules), *handler))
+    with connect(direct.port) as sock:
+        sock.shutdown(socket.SHUT_WR)
+        host, port = sock.getsockname()[:2]
+        assert recv_all(sock) == f"{host}:{port} local\n".encode()
+
+
+def test_full_capacity_after_workers_killed_under_load(start_server: ServerFactory) -> None:
+    """--max-conns 4, two workers: rounds of twice as many clients as the limit, every
+    other one silent before its PROXY header, then both workers SIGKILLed while they
+    hold their tokens; afterwards all 4 slots serve at once."""
+    server = start_server(*async_args("--proxy-protocol", "v1", "--max-conns", "4"))
+    header = b"PROXY TCP4 192.0.2.7 127.0.0.1 %d 80\r\n"
+    workers: list[int] = wait_until(partial(replacements, server, 0), what="two workers")
+    for round_ in range(3):
+        socks = [connect(server.port) for _ in range(8)]  # 4 served, 4 in the backlog
+        for i, sock in enumerate(socks[::2]):
+            sock.sendall(header % (5000 + i) + b"x")
+        # The 1st and 3rd were accepted, so the silent 2nd was too: it holds a token.
+        server.wait_event("accept", count=2 * (round_ + 1))
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        server.wait_event("worker-exit", count=2 * (round_ + 1))
+        for sock in socks:
+            sock.close()
+        workers = wait_until(partial(replacements, server, *workers), what="new workers")
+    clients = [connect(server.port) for _ in range(4)]
+    for i, sock in enumerate(clients):
+        sock.sendall(header % (6000 + i) + b"full %d" % i)
+    for i, sock in enumerate(clients):  # all four at once: --max-conns is whole again
+        assert recv_exactly(sock, 6) == b"full %d" % i
+    for sock in clients:
+        sock.close()
+
+
+def replacements(server: ServerProcess, *gone: int) -> list[int]:
+    """Two workers, none of ``gone`` among them."""
+    pids = server.children()
+    return pids if len(pids) == 2 and not set(gone) & set(pids) else []

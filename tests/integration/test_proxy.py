@@ -35,9 +35,12 @@ def read_env(port: int, header: bytes, first: bytes = b"") -> dict[str, str]:
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_handler_sees_the_header_address_and_echo_is_untouched(
-    serve: ServerFactory, version: str
+    serve: ServerFactory, version: str, mode: str
 ) -> None:
-    server = serve("--proxy-protocol", version, "--handler", "tests.data.api_server:peer_echo")
+    handler = "tests.data.api_server:peer_echo"
+    if mode == "async":  # the writer's peername: see asyncmode.connection.Writer
+        handler = "tests.data.async_handlers:peer_echo"
+    server = serve("--proxy-protocol", version, "--handler", handler)
     header = (encode_v1 if version == "v1" else encode_v2)(("203.0.113.7", 4242), ("10.0.0.1", 80))
     with connect(server.port) as sock:
         sock.sendall(header + b"PROXY hello")  # a client byte that looks like a header

@@ -17,6 +17,7 @@ import asyncio
 import os
 import traceback
 
+from forkserve.asyncmode.tls import accept_tls
 from forkserve.child.edge import EXIT_EDGE_FAILED
 from forkserve.child.handler import EXIT_HANDLER_OK, EXIT_HANDLER_RAISED, tls_peer_gone
 from forkserve.child.prelude import EXIT_HANDSHAKE_TIMEOUT, EXIT_IDLE_TIMEOUT
@@ -27,7 +28,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     import ssl
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Mapping
     from typing import Any, Protocol
 
     from forkserve._log import Log
@@ -116,8 +117,18 @@ async def serve_echo(sock: socket.socket) -> int:
         transport.close()
 
 
-async def serve(service: AsyncService, sock: socket.socket, peer: Any, number: int) -> int:
+async def serve(
+    service: AsyncService,
+    sock: socket.socket,
+    peer: Any,
+    env: Mapping[str, str],
+    client: Any = None,
+) -> int:
     """Serve ``sock`` with ``service``'s handler; return the connection's exit code.
+
+    ``peer`` is the client as the lines name it; ``env`` the variables its rule set
+    and ``client`` the address a PROXY header named (None without one): both are
+    the handler's through its writer (see ``Writer``).
 
     Resource handling: ``sock`` is closed whatever happens (the transport owns it
     once made).
@@ -131,31 +142,68 @@ async def serve(service: AsyncService, sock: socket.socket, peer: Any, number: i
         if service.idle_timeout
         else asyncio.StreamReaderProtocol(reader, loop=loop)
     )
-    context = service.tls
     banner = service.banner
     if service.handshake_timeout:
         if not await first_byte(service, sock, peer):
             sock.close()
             return EXIT_HANDSHAKE_TIMEOUT
         banner = b""  # sent already
-    try:
-        transport, _ = await loop.connect_accepted_socket(
-            lambda: protocol,
-            sock,
-            ssl=context,
-            ssl_handshake_timeout=service.edge.deadline if service.edge and context else None,
-        )
-    except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-        sock.close()
-        log_failed_handshake(service, peer, exc)
+    transport = await open_transport(service, sock, peer, protocol)
+    if transport is None:
         return EXIT_EDGE_FAILED
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    extra = {"env": env} if client is None else {"env": env, "peername": client}
+    writer = Writer(transport, protocol, reader, loop, extra)
     try:
         return await run_handler(
             service, banner, reader=reader, writer=writer, protocol=protocol, peer=peer
         )
     finally:
         transport.close()
+
+
+async def open_transport(
+    service: AsyncService, sock: socket.socket, peer: Any, protocol: asyncio.Protocol
+) -> asyncio.Transport | None:
+    """The connection's transport, TLS's after its handshake (asyncmode.tls: why
+    not asyncio's); None when the handshake failed (logged, ``sock`` closed)."""
+    context = service.tls
+    try:
+        if context is not None:
+            deadline = service.edge.deadline if service.edge is not None else None
+            layer = await accept_tls(context, sock, protocol, deadline or None)
+            log_tls(service, peer, layer.tls)
+            return layer
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+    except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+        sock.close()
+        log_failed_handshake(service, peer, exc)
+        return None
+    return transport
+
+
+class Writer(asyncio.StreamWriter):
+    """The handler's writer: ``get_extra_info("env")`` is a read-only mapping of the
+    variables the allowing rule set (what a sync handler finds in os.environ: a
+    worker's environment is shared by its connections), and behind PROXY
+    ``get_extra_info("peername")`` is the client the header named, as a sync
+    handler's ``peer`` is (``writer.transport`` still tells the balancer's)."""
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        protocol: asyncio.BaseProtocol,
+        reader: asyncio.StreamReader,
+        loop: asyncio.AbstractEventLoop,
+        extra: dict[str, Any],
+    ) -> None:
+        super().__init__(transport, protocol, reader, loop)
+        self.extra = extra
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name in self.extra:
+            return self.extra[name]
+        return super().get_extra_info(name, default)
 
 
 async def run_handler(
@@ -300,15 +348,21 @@ async def first_byte(service: AsyncService, sock: socket.socket, peer: Any) -> b
 
 def log_failed_handshake(service: AsyncService, peer: Any, exc: Exception) -> None:
     """A TLS handshake that failed, as child.edge logs one: ``timeout`` or ``reject``."""
-    # asyncio (and uvloop) abort a handshake past ssl_handshake_timeout with
-    # ConnectionAbortedError("SSL handshake is taking longer than ...").
-    timed_out = isinstance(exc, (TimeoutError, ConnectionAbortedError))
-    if timed_out and service.edge is not None:
+    if isinstance(exc, TimeoutError) and service.edge is not None:  # accept_tls's deadline
         log_timeout(service, peer, "handshake", service.edge.deadline)
         return
     detail = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
     peer_text = format_address(peer)
     service.log.info("reject", pid=os.getpid(), peer=peer_text, reason="tls", detail=detail)
+
+
+def log_tls(service: AsyncService, peer: Any, tls: ssl.SSLObject) -> None:
+    """The ``tls`` line (debug), as child.edge writes it."""
+    cipher = tls.cipher()
+    version = tls.version() or ""
+    peer_text = format_address(peer)
+    cipher_name = cipher[0] if cipher else ""
+    service.log.debug("tls", pid=os.getpid(), peer=peer_text, version=version, cipher=cipher_name)
 
 
 def log_timeout(service: AsyncService, peer: Any, kind: str, seconds: float) -> None:

@@ -18,9 +18,11 @@ import asyncio
 import os
 import resource
 import signal
+from types import MappingProxyType
 
 from forkserve.asyncmode.asking import Asking
 from forkserve.asyncmode.connection import read_proxy, serve
+from forkserve.asyncmode.outbox import Outbox
 from forkserve.child.ask import refuse
 from forkserve.core.address import format_address, host_of
 from forkserve.core.errnames import errno_name
@@ -38,6 +40,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import mmap
     import socket
+    from collections.abc import Mapping
     from typing import Any, Protocol
 
     from forkserve._log import Log
@@ -60,6 +63,8 @@ if TYPE_CHECKING:
         max_conns: int
         epoch: mmap.mmap
         generation: bytes
+        held: memoryview
+        slot: int
 
         @property
         def service(self) -> AsyncService: ...
@@ -80,6 +85,8 @@ BLOCKED = 0.5
 NOFILE_SPARE = 64
 # At SIGQUIT, how long cancelled handlers get to run their cleanup.
 CANCEL_WAIT = 1.0
+# What writer.get_extra_info("env") holds when no rule set a variable.
+NO_VARIABLES: Mapping[str, str] = MappingProxyType({})
 
 
 def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
@@ -133,6 +140,7 @@ class Served:
         self.listener: socket.socket = worker.listener
         self.listen_fd = worker.listener.fileno()
         self.tokens = worker.tokens
+        self.outbox = Outbox(loop, worker.report, worker.tokens, worker.held, worker.slot)
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.expired: set[int] = set()  # cancelled at --max-lifetime
         self.number = 0
@@ -180,19 +188,18 @@ class Served:
         if self.worker.epoch[:8] != self.worker.generation:
             self.leave()  # a reload replaces this worker: its SIGTERM is on its way
             return
+        outbox = self.outbox
         for _ in range(ACCEPT_BATCH):
-            try:
-                os.eventfd_read(self.tokens)
-            except BlockingIOError:
+            if not outbox.take():
                 self.watch("tokens")  # at --max-conns: the kernel's queue holds them
                 return
             try:
                 sock, peer = self.listener.accept()
             except BlockingIOError:
-                os.eventfd_write(self.tokens, 1)
+                outbox.give_back()
                 return
             except OSError as exc:
-                os.eventfd_write(self.tokens, 1)
+                outbox.give_back()
                 self.accept_failed(exc)
                 return
             if self.paused is not None:
@@ -227,38 +234,43 @@ class Served:
         edge = self.worker.service.edge
         if (edge is not None and edge.proxy) or self.asking is not None:
             task = self.loop.create_task(self.admit(sock, peer, number))
-        elif self.allowed(sock, peer):
-            self.worker.report("A", f"{number} {format_address(peer)}")
-            task = self.loop.create_task(self.serve(sock, peer, number))
+        elif (env := self.allowed(sock, peer)) is not None:
+            self.outbox.report(f"A {number} {format_address(peer)}")
+            task = self.loop.create_task(self.serve(sock, peer, number, env))
         else:
             return
         self.tasks[number] = task
 
-    def allowed(self, sock: socket.socket, peer: Any) -> bool:
-        """The rules, applied here; a denied client is closed, logged and reported."""
+    def allowed(self, sock: socket.socket, peer: Any) -> Mapping[str, str] | None:
+        """The rules, applied here: the variables the allowing rule sets (read-only),
+        or None for a denied client, which is closed, logged and reported."""
         gate = self.worker.policy.gate
         if gate.rules is None:
-            return True
+            return NO_VARIABLES
         verdict = gate.check_rules(host_of(peer))
         if verdict.allowed:
-            return True
+            return MappingProxyType(verdict.env) if verdict.env else NO_VARIABLES
         sock.close()
-        os.eventfd_write(self.tokens, 1)
+        self.outbox.give_back()
         peer_text = format_address(peer)
-        self.worker.log.info("deny", pid=self.worker.pid, peer=peer_text, rule=verdict.rule)
+        # Counted first, then logged (not batched): a scrape after the line counts it.
         self.worker.report("D", peer_text)
-        return False
+        self.worker.log.info("deny", pid=self.worker.pid, peer=peer_text, rule=verdict.rule)
+        return None
 
     async def admit(self, sock: socket.socket, peer: Any, number: int) -> None:
         """The slow way in: the PROXY header first, then the rules, then the question."""
         edge = self.worker.service.edge
+        client = None
         if edge is not None and edge.proxy:
             named = await read_proxy(edge, sock, peer, number)
             if named is None:
                 self.forget(number)
                 return
-            peer = named[0] if named[0] is not None else peer
-        if not self.allowed(sock, peer):
+            client = named[0]
+            peer = client if client is not None else peer
+        env = self.allowed(sock, peer)
+        if env is None:
             self.forget(number, token=False)
             return
         peer_text = format_address(peer)
@@ -269,21 +281,28 @@ class Served:
                 refuse(sock, self.worker.policy.reject_message)  # the supervisor logged it
                 self.forget(number)
                 return
-        self.worker.report("A", f"{number} {peer_text}")
-        await self.serve(sock, peer, number)
+        self.outbox.report(f"A {number} {peer_text}")
+        await self.serve(sock, peer, number, env, client)
 
     def forget(self, number: int, token: bool = True) -> None:
         """A connection that ended before it was served."""
         del self.tasks[number]
         if token:
-            os.eventfd_write(self.tokens, 1)
+            self.outbox.give_back()
         self.done_if_left()
 
-    async def serve(self, sock: socket.socket, peer: Any, number: int) -> None:
+    async def serve(
+        self,
+        sock: socket.socket,
+        peer: Any,
+        number: int,
+        env: Mapping[str, str],
+        client: Any = None,
+    ) -> None:
         lifetime = self.worker.policy.max_lifetime
         timer = self.loop.call_later(lifetime, self.expire, number, peer) if lifetime else None
         try:
-            code = await serve(self.worker.service, sock, peer, number)
+            code = await serve(self.worker.service, sock, peer, env, client)
         except asyncio.CancelledError:
             if number not in self.expired:
                 raise  # SIGQUIT: the supervisor logs it with the worker's status
@@ -294,14 +313,12 @@ class Served:
         if timer is not None:
             timer.cancel()
         del self.tasks[number]
-        # The report first, then the token: a connection another worker accepts
-        # with it is reported after this end, and the count never reads over the limit.
-        self.worker.report("E", f"{number} {code}")
-        os.eventfd_write(self.tokens, 1)
+        self.outbox.end(f"E {number} {code}")  # the report, then the token
         self.done_if_left()
 
     def done_if_left(self) -> None:
         if self.leaving and not self.tasks and not self.done.done():
+            self.outbox.flush()
             self.done.set_result(0)
 
     def expire(self, number: int, peer: Any) -> None:
@@ -357,6 +374,7 @@ class Served:
     async def end_now(self) -> None:
         if self.tasks:
             await asyncio.wait(list(self.tasks.values()), timeout=CANCEL_WAIT)
+        self.outbox.flush()  # the ends already known are told as they were
         self.loop.remove_signal_handler(signal.SIGTERM)  # back to SIG_DFL
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
         os.kill(os.getpid(), signal.SIGTERM)

@@ -20,6 +20,7 @@ tokens of ``--max-conns``: see asyncmode.worker) never blocks below its maximum.
 from __future__ import annotations
 
 import collections
+import errno
 import mmap
 import os
 import time
@@ -33,6 +34,8 @@ from forkserve.prefork.pool import Pool
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
+    import socket
+
     from forkserve.asyncmode.service import AsyncService
     from forkserve.child.handler import Service
     from forkserve.config.reload import ReloadPlan
@@ -40,10 +43,15 @@ if TYPE_CHECKING:
     from forkserve.parent.children import Exited
     from forkserve.parent.listeners import Listener
     from forkserve.parent.loop import Loop
+    from forkserve.prefork.policy import WorkerState
 
 
 # The shared page's generation counter: 8 bytes.
 EPOCH_SIZE = 8
+# The tokens each worker holds, a signed 8-byte count per worker slot in a shared
+# mapping (pages are only touched as slots are used): more slots than workers ever
+# live at once (--workers, plus those a reload retires while they finish).
+HELD_SLOTS = 4096
 
 
 class Open:
@@ -66,13 +74,44 @@ def make_async_pool(
     assert isinstance(service, AsyncService)  # make_service's, in async mode
     workers = settings.workers or os.cpu_count() or 1
     use_uvloop = settings.loop != "asyncio"
+    if settings.user is not None or settings.group is not None:
+        load_worker_code(use_uvloop)
     return AsyncPool(loop, listener, service, workers, settings.max_conns, use_uvloop=use_uvloop)
+
+
+def load_worker_code(use_uvloop: bool) -> None:
+    """Before --user/--group: import what a worker imports once forked, while its
+    files are surely readable (a Python under /root is not, to nobody: the workers
+    failed with ModuleNotFoundError: asyncio). The supervisor only holds the modules
+    (their pages shared with the workers); it still never runs an event loop."""
+    import forkserve.asyncmode.eventloop
+    import forkserve.core.proxy
+    import forkserve.core.proxynet  # noqa: F401 - read_proxy's, imported when used
+
+    if use_uvloop:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            pass
 
 
 class AsyncPool(Pool):
     """The async supervisor's process model. See the module docstring."""
 
-    __slots__ = ("admitted", "debt", "epoch", "max_conns", "open", "tokens", "use_uvloop")
+    __slots__ = (
+        "admitted",
+        "debt",
+        "epoch",
+        "free_slots",
+        "held",
+        "held_page",
+        "max_conns",
+        "next_slot",
+        "open",
+        "slot_of",
+        "tokens",
+        "use_uvloop",
+    )
 
     def __init__(
         self,
@@ -95,6 +134,16 @@ class AsyncPool(Pool):
         # never accepts with the old settings once the reload is logged (the
         # SIGTERM that retires it reaches its loop a moment later).
         self.epoch = mmap.mmap(-1, EPOCH_SIZE)
+        # The tokens each worker holds, counted by the worker in its slot (see
+        # asyncmode.eventloop): a worker that dies holding some (SIGKILL between
+        # taking a token and reporting its accept, while it reads a PROXY header or
+        # asks about --per-ip, or after its end report) leaves its count, which the
+        # supervisor gives back when it reaps it.
+        self.held_page = mmap.mmap(-1, HELD_SLOTS * 8)
+        self.held = memoryview(self.held_page).cast("q")
+        self.free_slots = list(range(HELD_SLOTS - 1, -1, -1))
+        self.slot_of: dict[int, int] = {}  # a worker's pid: its slot
+        self.next_slot = 0
         # Per-source limits: sources counted when a worker's question was answered
         # yes, by worker, in order, until its next A report takes each one.
         self.admitted: dict[int, collections.deque[int]] = {}
@@ -115,6 +164,21 @@ class AsyncPool(Pool):
             workers[worker.state] = workers.get(worker.state, 0) + 1
         return {"active": self.busy(), "limit": self.capacity(), "workers": workers}
 
+    def fork_worker(self) -> tuple[int, socket.socket | None]:
+        """Prefork's, with a slot (zeroed) for the tokens the new worker will hold.
+
+        Raises:
+            OSError: as prefork's; ENOSPC when every slot is taken (not seen:
+                HELD_SLOTS is far more workers than live at once).
+        """
+        if not self.free_slots:
+            raise OSError(errno.ENOSPC, "no slot left for a worker's token count")
+        slot = self.next_slot = self.free_slots[-1]
+        self.held[slot] = 0
+        pid, channel = super().fork_worker()
+        self.slot_of[pid] = self.free_slots.pop()
+        return pid, channel
+
     def make_worker(self, channel: object) -> AsyncWorker:  # type: ignore[override]
         assert self.listener is not None
         return AsyncWorker(
@@ -125,6 +189,8 @@ class AsyncPool(Pool):
             self.service,  # type: ignore[arg-type]
             max_conns=self.max_conns,
             epoch=self.epoch,
+            held=self.held,
+            slot=self.next_slot,
             policy=self.admission.policy,
             log=self.log,
             channel=channel,  # type: ignore[arg-type]
@@ -134,32 +200,41 @@ class AsyncPool(Pool):
     # -- what workers report ------------------------------------------------------
 
     def on_status(self, mask: int) -> None:
-        now = time.monotonic()
-        self.read_status(now)
-        self.maintain(now)
+        # Only read: the number of workers moves at exits, deadlines and resizes,
+        # never with a report (prefork's maintain here looked for spares per report).
+        self.read_status(time.monotonic())
 
     def before_exits(self, now: float) -> None:
         self.read_status(now)  # ends reported just before a worker exited count first
 
     def read_status(self, now: float) -> None:
         for kind, worker, detail in self.table.reports():
-            pid = worker.pid
-            if kind == "A":
-                number, _, peer = detail.partition(" ")
-                self.opened(pid, int(number), peer, now)
-            elif kind == "E":
-                number, _, code = detail.partition(" ")
-                self.policy.crash_free()
-                worker.served += 1
-                status = int(code)  # below 0: cancelled as if by that signal
-                fields: dict[str, object] = {"exit": status}
-                if status < 0:
-                    fields = {"signal": describe_signal(-status)}
-                self.ended((pid, int(number)), now, fields)
-            elif kind == "R":
-                worker.state, worker.since = "idle", now
+            if kind == "M":  # a batch: one report a line (see asyncmode.eventloop flush)
+                for line in detail.split("\n"):
+                    kind, _, part = line.partition(" ")
+                    self.apply(kind, worker, part, now)
             else:
-                self.note(kind, pid, detail)
+                self.apply(kind, worker, detail, now)
+
+    def apply(self, kind: str, worker: WorkerState, detail: str, now: float) -> None:
+        """One report of a worker (see asyncmode.worker)."""
+        pid = worker.pid
+        if kind == "A":
+            number, _, peer = detail.partition(" ")
+            self.opened(pid, int(number), peer, now)
+        elif kind == "E":
+            number, _, code = detail.partition(" ")
+            self.policy.crash_free()
+            worker.served += 1
+            status = int(code)  # below 0: cancelled as if by that signal
+            fields: dict[str, object] = {"exit": status}
+            if status < 0:
+                fields = {"signal": describe_signal(-status)}
+            self.ended((pid, int(number)), now, fields)
+        elif kind == "R":
+            worker.state, worker.since = "idle", now
+        else:
+            self.note(kind, pid, detail)
 
     def note(self, kind: str, pid: int, detail: str) -> None:
         """The reports that only count or log: denied, paused, resumed, blocked."""
@@ -212,12 +287,19 @@ class AsyncPool(Pool):
 
     def on_exit(self, ended: Exited, now: float) -> None:
         """A worker was reaped: the connections it held end with its status, and
-        their tokens go back; then prefork's bookkeeping (reason, back-off, log)."""
+        every token it held goes back (the count it kept, read once it can no
+        longer change it; its reports were read first, in before_exits); then
+        prefork's bookkeeping (reason, back-off, log)."""
         lost = [key for key in self.open if key[0] == ended.pid]
         for key in lost:
             self.ended(key, now, ended.status_fields())
-        if lost:
-            os.eventfd_write(self.tokens, len(lost))
+        slot = self.slot_of.pop(ended.pid, None)
+        if slot is not None:
+            held = self.held[slot]
+            self.free_slots.append(slot)
+            if held > 0:
+                os.eventfd_write(self.tokens, held)
+                self.take_back()  # the debt of a lowered --max-conns first
         for source in self.admitted.pop(ended.pid, ()):  # admitted, never reported
             self.table.counts.remove(source)
         super().on_exit(ended, now)
@@ -285,3 +367,5 @@ class AsyncPool(Pool):
         super().close()
         os.close(self.tokens)
         self.epoch.close()
+        self.held.release()
+        self.held_page.close()

@@ -102,4 +102,4 @@ class AsyncService:
 
         from forkserve.asyncmode.connection import serve
 
-        return asyncio.run(serve(self, conn, info.peer, 0))
+        return asyncio.run(serve(self, conn, info.peer, info.env))

@@ -12,13 +12,21 @@ semaphore mode that every worker inherits: it starts at the limit; a worker take
 one (a non-blocking read) before each accept and gives it back (a write) when the
 connection ends; at 0 it stops watching the listener and waits for the eventfd to
 be readable again. The kernel counts, so the limit is exact without a question to
-the supervisor per connection. The supervisor gives back the tokens of a worker
-that died with connections open (it knows them from the reports).
+the supervisor per connection. Each worker also counts the tokens it holds, in its
+slot of a page it shares with the supervisor: the count goes up just after a token
+is taken and down just before one is given back, so a worker killed at any point
+(SIGKILL, a segfault) leaves the tokens it held, never more, and the supervisor
+gives them back when it reaps it. Only a death in the instant between the eventfd
+call and the count's update (a few bytecodes) can still leak one token; the other
+order would instead let a token be given back twice, over --max-conns.
 
 It reports to the supervisor on prefork's status socket (prefork.wire): ``R pid``
 ready, ``A pid N PEER`` connection N accepted, ``E pid N CODE`` connection N ended,
 ``D pid PEER`` denied by the rules, ``P``/``U pid ERRNO`` accept paused/resumed,
 ``B pid SECONDS`` its loop was blocked that long (a handler that does not await).
+The A and E reports of one turn of the loop go out together, as one ``M pid``
+datagram with a report a line (``A N PEER``...), and the tokens of the connections
+they end are given back after it, in one write (asyncmode.outbox).
 
 Signals, as the supervisor uses them (the same as for a prefork worker):
     SIGTERM, or EOF on the alive pipe: stop accepting; exit once every connection
@@ -58,6 +66,7 @@ class AsyncWorker:
         "channel",
         "epoch",
         "generation",
+        "held",
         "listener",
         "log",
         "max_conns",
@@ -65,6 +74,7 @@ class AsyncWorker:
         "pid",
         "policy",
         "service",
+        "slot",
         "status",
         "tokens",
         "use_uvloop",
@@ -80,6 +90,8 @@ class AsyncWorker:
         *,
         max_conns: int,
         epoch: mmap.mmap,
+        held: memoryview,
+        slot: int,
         policy: Policy,
         log: Log,
         channel: socket.socket | None = None,
@@ -92,6 +104,8 @@ class AsyncWorker:
         self.max_conns = max_conns  # its descriptors' limit is raised to hold them
         self.epoch = epoch  # the settings' generation, shared (see asyncmode.pool)
         self.generation = bytes(epoch[:8])  # the one it was forked with
+        self.held = held  # the tokens each worker holds, shared (see asyncmode.pool)
+        self.slot = slot  # this worker's count in it
         self.service = service
         self.policy = policy
         self.log = log

@@ -245,7 +245,7 @@ class Server:
         self.attach_operations(loop)
         # Fork mode's forker (parent.forker), unless the handler cannot be named to a
         # fresh process; before --user: it reads what root may read, then switches.
-        if isinstance(loop.model, ForkModel) and (recipe := self.recipe(self.settings)):
+        if isinstance(loop.model, (ForkModel, Pool)) and (recipe := self.recipe(self.settings)):
             loop.model.start_forker(recipe)
         self.drop_privileges()
         self.log_listen()

@@ -120,7 +120,7 @@ class Link:
             for item, socks in batch:
                 for sock in socks:
                     sock.close()
-                if item[0] == wire.CONN:
+                if item[0] in wire.LAUNCHES:
                     self.launches[item[1]].sent = True  # type: ignore[index]
         return True
 
@@ -167,6 +167,10 @@ class Link:
     def kill(self, pid: int, sig: int) -> None:
         """Signal child ``pid``'s process group, through this forker (its parent)."""
         self.send((wire.KILL, pid, int(sig)), [])
+
+    def signal_process(self, pid: int, sig: int) -> None:
+        """Signal child ``pid`` alone (a prefork worker: see prefork.forked)."""
+        self.send((wire.SIGNAL, pid, int(sig)), [])
 
     def close(self) -> None:
         if self.channel is not None:
@@ -242,7 +246,7 @@ class Forkers:
         current = self.current
         assert current is not None
         for item, socks in pending:  # not sent yet: the new forker takes them
-            if item[0] == wire.CONN:
+            if item[0] in wire.LAUNCHES:
                 launch = link.launches.pop(item[1])  # type: ignore[call-overload]
                 launch.link = current
                 current.launches[item[1]] = launch  # type: ignore[index]

@@ -1,0 +1,141 @@
+"""Prefork workers forked by a forker, the supervisor's side (see forker.workers).
+
+The pool's workers are forked by a forker (parent.forker's process, started fresh
+with ``posix_spawn``), as fork mode's connections are, so each carries the forker's
+small image (the child-side code and the handler), not the supervisor's (its loop,
+logs, metrics, reload and upgrade code, and every page it wrote since it started).
+
+- Once per forker, the descriptors every worker shares go to it (POOL); then one
+  WORKER item per worker, with its question channel (child.ask) when it asks.
+- A worker is ``launching`` from its WORKER item until its STARTED (which the worker
+  itself sends, before its first status report: see forker.workers); the policy
+  counts it as a starting worker meanwhile, so the pool never forks twice for one
+  shortfall. From STARTED on it is in the WorkerTable by pid, as before.
+- Its exit comes as the forker's EXITED report; signals to it (retire, end, the
+  --max-lifetime kill) go through the forker, its parent: never to a reused pid.
+- A forker that dies: its workers are the supervisor's (a subreaper), reaped and
+  signalled as any child; a new forker forks the next ones (parent.forker).
+- A reload that replaces the workers starts a new forker for the new settings;
+  workers still launching from the old one retire as soon as they start.
+"""
+
+from __future__ import annotations
+
+import os
+
+from forkserve._errors import EXIT_TEMPORARY
+from forkserve.forker import wire
+from forkserve.parent.forker import Forkers, Launch
+from forkserve.parent.forkerstart import StartFailed
+from forkserve.prefork.policy import WorkerState
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
+if TYPE_CHECKING:
+    import socket
+    from typing import Any
+
+    from forkserve.prefork.spawner import Spawner
+
+
+class Passed:
+    """A descriptor to pass (a duplicate of one the pool keeps): closed once sent."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class WorkerLaunch(Launch):
+    """A worker handed to a forker and not yet started: its placeholder state
+    (``starting``, or ``stopping`` once a reload made it old) and its channel."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, link: Any, now: float, ours: socket.socket | None) -> None:
+        super().__init__(link, "worker", None, now, ours)
+        self.state = WorkerState(0, now)
+
+
+class WorkerForkers(Forkers):
+    """The forkers of a prefork pool, for its ``spawner``. See the module docstring."""
+
+    __slots__ = ("launching", "spawner")
+
+    def __init__(self, loop: Any, spawner: Spawner, recipe: bytes) -> None:
+        super().__init__(loop, spawner.pool.conns, recipe)
+        self.spawner = spawner
+        self.launching: list[WorkerLaunch] = []
+
+    def start(self) -> None:
+        """Start a forker, and send it what every worker shares (POOL).
+
+        Raises:
+            StartFailed: it did not start, or the shared descriptors could not be
+                duplicated for it (EMFILE).
+        """
+        pool = self.spawner.pool
+        shared = (pool.listener.fileno(), pool.table.status_w.fileno(), pool.alive_r)
+        passed: list[Passed] = []
+        try:
+            passed.extend(Passed(os.dup(fd)) for fd in shared)
+            super().start()
+        except OSError as exc:
+            for each in passed:
+                each.close()
+            raise StartFailed(EXIT_TEMPORARY, f"cannot start the forker: {exc}") from None
+        except StartFailed:
+            for each in passed:
+                each.close()
+            raise
+        assert self.current is not None
+        self.current.send((wire.POOL,), passed)  # type: ignore[arg-type] # fileno, close
+
+    def states(self) -> list[WorkerState]:
+        """The workers launching, as the policy counts them (starting)."""
+        return [launch.state for launch in self.launching]
+
+    def launch(self, now: float, max_requests: int, ask: tuple[Any, Any] | None) -> None:
+        """Hand a worker to the current forker (``ask``: its question channel, ours
+        and its end; its end is closed once sent)."""
+        link = self.current
+        assert link is not None
+        cid = self.next_id
+        self.next_id = cid + 1
+        launch = WorkerLaunch(link, now, None if ask is None else ask[0])
+        link.launches[cid] = launch
+        self.launching.append(launch)
+        fds = [] if ask is None else [ask[1]]
+        link.send((wire.WORKER, cid, {"max_requests": max_requests}, len(fds)), fds)
+
+    def outdate(self) -> None:
+        """A reload replaced the workers: those still launching retire once started."""
+        for launch in self.launching:
+            if launch.link is not self.current:
+                launch.state.stopping = True
+
+    def started(self, launch: Launch, pid: int) -> None:
+        assert isinstance(launch, WorkerLaunch)
+        self.launching.remove(launch)
+        self.spawner.adopt(pid, launch.ours, launch.link, launch.state.stopping)
+
+    def failed(self, launch: Launch, number: int) -> None:
+        """The fork failed in the forker (or the channel did not arrive): a failed
+        spawn, backed off as one."""
+        self.release(launch)
+        self.spawner.failed(number, self.loop.clock())
+
+    def release(self, launch: Launch) -> None:
+        """A launch that will never start (failed, or its forker died first)."""
+        assert isinstance(launch, WorkerLaunch)
+        if launch in self.launching:
+            self.launching.remove(launch)
+        super().release(launch)

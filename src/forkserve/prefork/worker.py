@@ -33,6 +33,7 @@ Signals, as the supervisor uses them:
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # C functions: no enum conversions
 import errno
 import os
 import select
@@ -59,6 +60,10 @@ from forkserve.prefork.wire import encode
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typing
 if TYPE_CHECKING:
     from types import FrameType
+
+
+SIGTERM = int(signal.SIGTERM)
+SIGQUIT = int(signal.SIGQUIT)
 
 
 def _die_now(signum: int, frame: FrameType | None) -> None:
@@ -106,9 +111,12 @@ class Worker:
         self.pid = os.getpid()
         for sock in (self.wake_r, self.wake_w):
             sock.setblocking(False)
-        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, self._retire)
-        signal.signal(signal.SIGQUIT, _die_now)
+        # The C functions with ints, as parent.signals.reset_in_child: the signal
+        # module's wrappers go through enum, and every object that touches is a
+        # page the worker copies from the process it was forked from.
+        _signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        _signal.signal(SIGTERM, self._retire)
+        _signal.signal(SIGQUIT, _die_now)
         if self.channel is not None:
             self.channel.settimeout(ASK_TIMEOUT)
 

@@ -233,8 +233,9 @@ class Pool:
         self.maintain(time.monotonic())
 
     def on_status(self, mask: int) -> None:
-        if self.spawner.forkers is not None:  # a new worker's STARTED before its first report
-            self.spawner.forkers.read()
+        forkers = self.spawner.forkers
+        if forkers is not None and forkers.launching:  # their STARTED before their reports
+            forkers.read()
         self.table.read_status(time.monotonic())
         self.maintain(time.monotonic())
 

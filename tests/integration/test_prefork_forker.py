@@ -126,3 +126,15 @@ def test_lifetime_signals_go_through_the_forker(start_server: ServerFactory) -> 
         assert end["signal"] == "SIGTERM(15)"
         assert sock.recv(1) == b""
     assert server.stop() == 0
+
+
+def test_without_a_forker_the_supervisor_forks_workers(start_server: ServerFactory) -> None:
+    """FORKSERVE_FORKER=0 (as a handler that cannot be named to a fresh process):
+    workers are forked by the supervisor, as before the forker."""
+    env = {**os.environ, "FORKSERVE_FORKER": "0"}
+    server = start_server(*PREFORK, "--handler", LEAN, env=env)
+    assert answer(server.port) != b"none"  # the supervisor's modules came along
+    pid = int(server.wait_event("accept")[0]["pid"])
+    assert parent_of(pid) == server.pid
+    assert server.forkers() == []
+    assert server.stop() == 0

@@ -25,8 +25,10 @@ import signal
 import socket
 import time
 
+from forkserve._errors import EXIT_TEMPORARY
 from forkserve.child.handler import Service
 from forkserve.parent.children import Exited
+from forkserve.parent.forkerstart import StartFailed
 from forkserve.parent.forkmodel import Acceptor, Connections
 from forkserve.parent.listeners import Listener
 from forkserve.prefork.policy import SUPERVISOR_SETTINGS, PoolPolicy, WorkerState
@@ -53,6 +55,7 @@ class Pool:
         "conns",
         "log",
         "loop",
+        "old_alive",
         "policy",
         "probe",
         "service",
@@ -78,6 +81,7 @@ class Pool:
         self.asking = self.admission.policy.gate.limits_sources  # whether workers get one
         # Workers watch the read end: EOF means the supervisor stops (or died).
         self.alive_r, self.alive_w = os.pipe()
+        self.old_alive: tuple[int, int] | None = None  # a reload's, until it applies
         # Whether a client waits in the listener's queue (see hand_on_wakeup): a
         # poll(2) set, which holds no descriptor of its own.
         self.probe = select.poll()
@@ -206,7 +210,39 @@ class Pool:
             plan.policy.gate.limits_sources != self.asking
         )
         if forkers is not None and plan.recipe is not None and replaced:
-            forkers.replace(plan.recipe, plan.changed)
+            old_pipe, old = self.new_alive_pipe(), forkers.current
+            try:
+                forkers.replace(plan.recipe, plan.changed)
+            except StartFailed:
+                self.restore_alive_pipe(old_pipe)
+                raise
+            if forkers.current is old:  # no new forker: the workers keep their pipe
+                self.restore_alive_pipe(old_pipe)
+            else:
+                self.old_alive = old_pipe
+
+    def new_alive_pipe(self) -> tuple[int, int]:
+        """The next generation of workers' alive pipe (their forker gets its read
+        end); returns the old one, which apply_reload closes: the old workers see
+        its end of file at once, before the reload is logged, and none of them
+        accepts with the old settings from then on (their SIGTERM, through their
+        forker, comes a moment later).
+
+        Raises:
+            StartFailed: pipe(2) failed (EMFILE): the reload is refused.
+        """
+        try:
+            fresh = os.pipe()
+        except OSError as exc:
+            raise StartFailed(EXIT_TEMPORARY, f"cannot start the forker: {exc}") from None
+        old = (self.alive_r, self.alive_w)
+        self.alive_r, self.alive_w = fresh
+        return old
+
+    def restore_alive_pipe(self, old: tuple[int, int]) -> None:
+        os.close(self.alive_r)
+        os.close(self.alive_w)
+        self.alive_r, self.alive_w = old
 
     def apply_reload(self, plan: ReloadPlan) -> None:
         """A reload: new pool limits; workers replaced if they hold what changed.
@@ -227,6 +263,10 @@ class Pool:
             self.asking = asking
             if self.spawner.forkers is not None:
                 self.spawner.forkers.outdate()
+            if self.old_alive is not None:  # the old workers see its end now
+                os.close(self.old_alive[0])
+                os.close(self.old_alive[1])
+                self.old_alive = None
             for worker in list(self.workers.values()):
                 if not worker.stopping:
                     self.retire(worker, "reload")

@@ -113,6 +113,7 @@ class WorkerForkers(Forkers):
         launch = WorkerLaunch(link, now, None if ask is None else ask[0])
         link.launches[cid] = launch
         self.launching.append(launch)
+        self.spawner.pool.table.expect(len(self.launching))
         fds = [] if ask is None else [ask[1]]
         link.send((wire.WORKER, cid, {"max_requests": max_requests}, len(fds)), fds)
 
@@ -125,6 +126,7 @@ class WorkerForkers(Forkers):
     def started(self, launch: Launch, pid: int) -> None:
         assert isinstance(launch, WorkerLaunch)
         self.launching.remove(launch)
+        self.spawner.pool.table.expect(len(self.launching))
         self.spawner.adopt(pid, launch.ours, launch.link, launch.state.stopping)
 
     def failed(self, launch: Launch, number: int) -> None:
@@ -138,4 +140,5 @@ class WorkerForkers(Forkers):
         assert isinstance(launch, WorkerLaunch)
         if launch in self.launching:
             self.launching.remove(launch)
+            self.spawner.pool.table.expect(len(self.launching))
         super().release(launch)

@@ -101,6 +101,8 @@ class Spawner:
         if ours is not None:
             pool.loop.watch(ours, lambda mask: pool.on_channel(pid))
         pool.log.debug("worker-start", pid=pid, workers=len(pool.workers))
+        if via is not None:  # what it reported before its STARTED was read
+            pool.table.read_status(now)
         if old:
             pool.retire(pool.workers[pid], "reload")
 

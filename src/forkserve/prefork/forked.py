@@ -10,7 +10,9 @@ logs, metrics, reload and upgrade code, and every page it wrote since it started
 - A worker is ``launching`` from its WORKER item until its STARTED (which the worker
   itself sends, before its first status report: see forker.workers); the policy
   counts it as a starting worker meanwhile, so the pool never forks twice for one
-  shortfall. From STARTED on it is in the WorkerTable by pid, as before.
+  shortfall. From STARTED on it is in the WorkerTable by pid, as before; what it
+  reported before its STARTED was read (the two sockets are read one after the
+  other) waits in the table meanwhile (WorkerTable.reports) and counts then.
 - Its exit comes as the forker's EXITED report; signals to it (retire, end, the
   --max-lifetime kill) go through the forker, its parent: never to a reused pid.
 - A forker that dies: its workers are the supervisor's (a subreaper), reaped and

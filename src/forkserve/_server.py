@@ -243,9 +243,9 @@ class Server:
 
         loop = self.make_loop(announce)
         self.attach_operations(loop)
-        # Fork mode's forker (parent.forker), unless the handler cannot be named to a
-        # fresh process; before --user: it reads what root may read, then switches.
-        if isinstance(loop.model, ForkModel) and (recipe := self.recipe(self.settings)):
+        # Fork and prefork modes' forker, unless the handler cannot be named to a fresh
+        # process; before --user: it reads what root may read, then switches.
+        if isinstance(loop.model, (ForkModel, Pool)) and (recipe := self.recipe(self.settings)):
             loop.model.start_forker(recipe)
         self.drop_privileges()
         self.log_listen()

@@ -84,8 +84,8 @@ def test_sigterm_drains_the_pool(start_server: ServerFactory) -> None:
     busy.sendall(b"a")
     assert recv_exactly(busy, 1) == b"a"
     server.wait_event("accept")
-    workers = server.children()
-    assert len(workers) >= 3
+    # Workers are forked by the forker, after the port is printed: wait for them.
+    workers = wait_until(lambda: len(kids := server.children()) >= 3 and kids, what="workers")
     server.send_signal(signal.SIGTERM)
     server.wait_event("stop")
     with pytest.raises(ConnectionRefusedError):

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from forkserve._log import Log
     from forkserve.child.handler import Service
     from forkserve.core.gate import Policy
+    from forkserve.forker.workers import PoolShare
 
 
 def main(argv: list[str]) -> int:
@@ -205,7 +206,17 @@ class Forker:
     descriptor until its child is forked (then the child's alone).
     """
 
-    __slots__ = ("channel", "children", "log", "open", "policy", "reports", "service", "wake")
+    __slots__ = (
+        "channel",
+        "children",
+        "log",
+        "open",
+        "policy",
+        "pool",
+        "reports",
+        "service",
+        "wake",
+    )
 
     def __init__(self, channel: socket.socket, service: Service, policy: Policy, log: Log) -> None:
         import signal
@@ -217,6 +228,7 @@ class Forker:
         self.children: set[int] = set()
         self.reports: list[tuple[object, ...]] = []
         self.open = True
+        self.pool: PoolShare | None = None  # prefork: what every worker shares
         self.wake = socket.socketpair()
         for end in self.wake:
             end.setblocking(False)
@@ -271,6 +283,21 @@ class Forker:
                     self.start(item, fds)
                 elif item[0] == wire.KILL:
                     self.kill(item[1], item[2])  # type: ignore[arg-type]
+                else:
+                    self.for_pool(item, fds)
+
+    def for_pool(self, item: tuple[Any, ...], fds: list[int]) -> None:
+        """Prefork's items (see forker.workers): fork a worker, the descriptors all
+        workers share, a signal to one worker."""
+        from forkserve.forker.workers import PoolShare, start_worker
+
+        kind = item[0]
+        if kind == wire.WORKER:
+            start_worker(self, item, fds)
+        elif kind == wire.POOL:
+            self.pool = PoolShare(fds)
+        elif kind == wire.SIGNAL and item[1] in self.children:
+            os.kill(item[1], item[2])
 
     def lost(self, items: list[tuple[object, ...]], fds: list[int]) -> None:
         """The kernel could not give us every descriptor of a record (EMFILE): the
@@ -278,7 +305,7 @@ class Forker:
         for fd in fds:
             os.close(fd)
         for item in items:
-            if item[0] == wire.CONN:
+            if item[0] in wire.LAUNCHES:
                 self.reports.append((wire.LOST, item[1], errno.EMFILE))
             elif item[0] == wire.KILL:
                 self.kill(item[1], item[2])  # type: ignore[arg-type]

@@ -12,11 +12,18 @@ Supervisor to forker (after the first record, the recipe: see forker.process):
         connection; its socket comes as a descriptor, then (nfds 2: behind the
         PROXY protocol) the question channel the child asks on (child.ask)
     (KILL, pid, signal)                           signal a child's process group
+    (POOL,)        prefork: the descriptors every worker shares (the listener, the
+        status socket, the alive pipe's read end), once per forker, before any WORKER
+    (WORKER, id, params, nfds)   fork a prefork worker (``params``: its
+        max_requests); nfds 1: its question channel (child.ask) rides along
+    (SIGNAL, pid, signal)                         signal one child (a worker) alone
 
 Forker to supervisor:
 
     (READY, pid) / (FAILED, exit code, message)   once, after the recipe
-    (STARTED, id, pid)     the connection's process runs
+    (STARTED, id, pid)     the connection's process runs (a worker's: sent by the
+        worker itself, before its first status report, so the supervisor knows its
+        pid before it reads what the worker says: see forker.workers)
     (EXITED, pid, status)  it was reaped: the waitpid status
     (NOFORK, id, errno)    fork failed: the connection is closed
     (LOST, id, errno)      its descriptors did not arrive (EMFILE: MSG_CTRUNC)
@@ -34,6 +41,11 @@ STARTED = "S"
 EXITED = "X"
 NOFORK = "F"
 LOST = "L"
+POOL = "P"
+WORKER = "W"
+SIGNAL = "G"
+# The items that start a process, each answered STARTED, NOFORK or LOST.
+LAUNCHES = (CONN, WORKER)
 
 # A record's size at most; a batch is cut well below it (see MAX_BATCH).
 RECORD_SIZE = 1 << 16

@@ -257,6 +257,19 @@ class ChildTable:
             return
         signal_group(pid, sig)
 
+    def signal_process(self, pid: int, sig: int) -> bool:
+        """Send ``sig`` to child ``pid`` alone, through its forker when it has one;
+        False if it is gone already (signalled directly: ESRCH)."""
+        child = self._children.get(pid)
+        if child is not None and child.via is not None:
+            child.via.signal_process(pid, sig)
+            return True
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
     def signal_all(self, sig: int) -> None:
         """Send ``sig`` to every child's process group."""
         for pid in list(self._children):

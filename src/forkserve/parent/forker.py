@@ -237,7 +237,7 @@ class Forkers:
         current = self.current
         assert current is not None
         for item, socks in pending:  # not sent yet: the new forker takes them
-            if item[0] == wire.CONN:
+            if item[0] in wire.LAUNCHES:
                 launch = link.launches.pop(item[1])  # type: ignore[call-overload]
                 launch.link = current
                 current.launches[item[1]] = launch  # type: ignore[index]

@@ -108,7 +108,7 @@ class Link:
             for item, socks in batch:
                 for sock in socks:
                     sock.close()
-                if item[0] == wire.CONN:
+                if item[0] in wire.LAUNCHES:
                     self.launches[item[1]].sent = True  # type: ignore[index]
         return True
 
@@ -160,7 +160,7 @@ class Link:
         return them (their counts are the engine's to release). KILLs stay."""
         dropped, kept = [], []
         for item, socks in self.outbox:
-            if item[0] != wire.CONN:
+            if item[0] not in wire.LAUNCHES:  # a KILL, a SIGNAL, a POOL
                 kept.append((item, socks))
                 continue
             dropped.append(self.launches.pop(item[1]))  # type: ignore[call-overload]
@@ -172,6 +172,10 @@ class Link:
     def kill(self, pid: int, sig: int) -> None:
         """Signal child ``pid``'s process group, through this forker (its parent)."""
         self.send((wire.KILL, pid, int(sig)), [])
+
+    def signal_process(self, pid: int, sig: int) -> None:
+        """Signal child ``pid`` alone (a prefork worker: see prefork.forked)."""
+        self.send((wire.SIGNAL, pid, int(sig)), [])
 
     def close(self) -> None:
         if self.channel is not None:

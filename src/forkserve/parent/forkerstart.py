@@ -138,7 +138,7 @@ def make_recipe(settings: Settings, edge_settings: Settings, handler: object) ->
     of ``__main__``): the supervisor then forks itself, as before the forker."""
     from forkserve.child.exec import Program
 
-    if settings.mode != "fork":
+    if settings.mode not in ("fork", "prefork"):  # prefork: see prefork.forked
         return None
     named = isinstance(handler, (str, Program))
     if not named and getattr(handler, "__module__", None) in (None, "__main__"):

@@ -19,19 +19,20 @@ and replaced.
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import signal
 import socket
 import time
 
+from forkserve._errors import EXIT_TEMPORARY
 from forkserve.child.handler import Service
 from forkserve.parent.children import Exited
-from forkserve.parent.fork import fork_child
+from forkserve.parent.forkerstart import StartFailed
 from forkserve.parent.forkmodel import Acceptor, Connections
-from forkserve.parent.listeners import CAPACITY_ERRNOS, Listener
+from forkserve.parent.listeners import Listener
 from forkserve.prefork.policy import SUPERVISOR_SETTINGS, PoolPolicy, WorkerState
+from forkserve.prefork.spawner import Spawner
 from forkserve.prefork.worker import Worker
 from forkserve.prefork.workers import WorkerTable
 
@@ -39,10 +40,6 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the parent stays free of typi
 if TYPE_CHECKING:
     from forkserve.config.reload import ReloadPlan
     from forkserve.parent.loop import Loop
-
-# What a spawn may run out of: descriptors (its channel and wakeup pairs), memory,
-# processes (fork's EAGAIN). A failed spawn is retried after the back-off.
-SPAWN_ERRNOS = CAPACITY_ERRNOS | {errno.EAGAIN}
 
 
 class Pool:
@@ -58,10 +55,11 @@ class Pool:
         "conns",
         "log",
         "loop",
+        "old_alive",
         "policy",
         "probe",
         "service",
-        "spawn_burst",
+        "spawner",
         "table",
         "waited",
         "workers",
@@ -80,14 +78,19 @@ class Pool:
         self.conns = Connections(loop, self.acceptor, service)  # served at a stop
         self.table = WorkerTable(loop, policy)
         self.workers = self.table.workers  # read here; written by the table alone
-        self.spawn_burst: tuple[str, int] | None = None  # (errno name, failures)
         self.asking = self.admission.policy.gate.limits_sources  # whether workers get one
         # Workers watch the read end: EOF means the supervisor stops (or died).
         self.alive_r, self.alive_w = os.pipe()
+        self.old_alive: tuple[int, int] | None = None  # a reload's, until it applies
         # Whether a client waits in the listener's queue (see hand_on_wakeup): a
         # poll(2) set, which holds no descriptor of its own.
         self.probe = select.poll()
         self.waited = False  # a worker that left was waiting on the listener
+        self.spawner = Spawner(self)  # forks workers, or has a forker fork them
+
+    def start_forker(self, recipe: bytes) -> None:
+        """Workers forked by a forker from now on (see prefork.forked)."""
+        self.spawner.start_forker(recipe)
 
     @property
     def listener(self) -> Listener | None:
@@ -123,71 +126,19 @@ class Pool:
         self.maintain(time.monotonic())
 
     def before_wait(self) -> None:
-        """Nothing to adjust: workers, not the supervisor, wait on the listener."""
+        """Workers, not the supervisor, wait on the listener; a forker's items go."""
+        if self.spawner.forkers is not None:
+            self.spawner.forkers.flush()
 
     # -- workers ------------------------------------------------------------------
 
     def spawn(self, now: float) -> bool:
-        """Fork one worker; False (logged once per burst, backed off) if out of a resource.
-
-        Error handling: everything the supervisor allocates for a worker (its question
-        channel, the wakeup pair it is forked with, the fork itself) can fail for lack
-        of descriptors, memory or processes (EMFILE, ENFILE, ENOBUFS, ENOMEM,
-        EAGAIN). Each is a failed spawn: whatever was allocated is closed again, the
-        pool serves with the workers it has, and maintain() retries after the crash
-        back-off. Any other errno is a bug and is raised.
-        """
-        try:
-            pid, ours = self.fork_worker()
-        except OSError as exc:
-            if exc.errno not in SPAWN_ERRNOS:
-                raise
-            self.spawn_failed(exc.errno, now)
-            return False
-        if self.spawn_burst is not None:
-            name, failures = self.spawn_burst
-            self.log.notice("spawn-resumed", after=name, failures=failures)
-            self.spawn_burst = None
-            self.policy.crash_free()  # the back-off was the shortage's, and it is over
-        self.table.add(pid, now, ours)
-        self.children.add(pid, "worker", -1, self)
-        if ours is not None:
-            self.loop.watch(ours, lambda mask: self.on_channel(pid))
-        self.log.debug("worker-start", pid=pid, workers=len(self.workers))
-        return True
+        """Start one worker (see prefork.spawner); False if out of a resource."""
+        return self.spawner.spawn(now)
 
     def fork_worker(self) -> tuple[int, socket.socket | None]:
-        """Allocate a worker's descriptors and fork it: ``(pid, channel or None)``.
-
-        Raises:
-            OSError: socketpair(2) or fork(2) failed; nothing is left open.
-        """
-        ours = theirs = None
-        worker = None
-        policy = self.admission.policy
-        try:
-            if policy.gate.limits_sources or policy.proxy:
-                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            worker = self.make_worker(theirs)
-
-            def close_in_worker() -> None:
-                self.loop.close_shared_in_child()
-                self.close_in_child(keep_status=True)
-                if ours is not None:
-                    ours.close()
-                worker.install_signals()
-
-            pid = fork_child(worker.run, close_in_worker)
-        except OSError:
-            if ours is not None:
-                ours.close()
-            raise
-        finally:
-            if theirs is not None:
-                theirs.close()
-            if worker is not None:
-                worker.close_in_parent()
-        return pid, ours
+        """Fork a worker here (no forker): see Spawner.fork_worker."""
+        return self.spawner.fork_worker()
 
     def make_worker(self, channel: socket.socket | None) -> Worker:
         """A worker to fork, with the settings in force now (``channel``: its end
@@ -204,14 +155,6 @@ class Pool:
             channel=channel,
         )
 
-    def spawn_failed(self, number: int, now: float) -> None:
-        """Log the first failed spawn of a burst; count the others; back off."""
-        if self.spawn_burst is None:
-            name = self.loop.events.fork_failed(number, workers=len(self.workers))
-            self.spawn_burst = (name, 0)
-        self.spawn_burst = (self.spawn_burst[0], self.spawn_burst[1] + 1)
-        self.policy.note_crash(now)
-
     def maintain(self, now: float) -> int:
         """Spawn up to ``min_spare`` idle workers; retire idle ones beyond ``max_spare``.
 
@@ -221,7 +164,7 @@ class Pool:
         if self.loop.stopping is not None:
             return 0
         forked = 0
-        for _ in range(self.policy.to_spawn(list(self.workers.values()), now)):
+        for _ in range(self.policy.to_spawn(self.states(), now)):
             if not self.spawn(now):
                 break  # out of a resource: retried after the back-off
             forked += 1
@@ -229,21 +172,26 @@ class Pool:
             self.retire(worker, "surplus")
         return forked
 
+    def states(self) -> list[WorkerState]:
+        """Every worker, and (forked by a forker) those launching, as starting."""
+        launching = self.spawner.forkers.states() if self.spawner.forkers is not None else []
+        return [*self.workers.values(), *launching]
+
     def retire(self, worker: WorkerState, reason: str) -> None:
         worker.stopping = True
         self.log.debug("worker-retire", pid=worker.pid, reason=reason)
-        os.kill(worker.pid, signal.SIGTERM)
+        self.children.signal_process(worker.pid, signal.SIGTERM)
 
     def deadline(self) -> float | None:
         if self.loop.stopping is not None:
             return None
-        due = self.policy.deadline(list(self.workers.values()))
-        lifetime = self.table.deadline()
-        if due is None or lifetime is None:
-            return due if lifetime is None else lifetime
-        return min(due, lifetime)
+        # A forker that failed to start again is retried after a pause (parent.forker).
+        retry = self.acceptor.paused_until or None
+        due = (self.policy.deadline(self.states()), self.table.deadline(), retry)
+        return min((when for when in due if when is not None), default=None)
 
     def on_deadline(self, now: float) -> None:
+        self.acceptor.resume_if_due(now)
         self.maintain(now)
         self.table.on_deadline(now)
 
@@ -255,7 +203,41 @@ class Pool:
         return True
 
     def prepare_reload(self, plan: ReloadPlan) -> None:
-        """Nothing to prepare: workers are forked here (see apply_reload)."""
+        """Workers forked by a forker: a new one for the new settings, when the
+        workers are replaced (see WorkerForkers.reload_workers and apply_reload).
+
+        Raises:
+            StartFailed: the new forker could not be started: the reload is refused.
+        """
+        forkers = self.spawner.forkers
+        replaced = plan.changed - SUPERVISOR_SETTINGS or (
+            plan.policy.gate.limits_sources != self.asking
+        )
+        if forkers is not None and plan.recipe is not None and replaced:
+            forkers.reload_workers(plan, self)
+
+    def new_alive_pipe(self) -> tuple[int, int]:
+        """The next generation of workers' alive pipe (their forker gets its read
+        end); returns the old one, which apply_reload closes: the old workers see
+        its end of file at once, before the reload is logged, and none of them
+        accepts with the old settings from then on (their SIGTERM, through their
+        forker, comes a moment later).
+
+        Raises:
+            StartFailed: pipe(2) failed (EMFILE): the reload is refused.
+        """
+        try:
+            fresh = os.pipe()
+        except OSError as exc:
+            raise StartFailed(EXIT_TEMPORARY, f"cannot start the forker: {exc}") from None
+        old = (self.alive_r, self.alive_w)
+        self.alive_r, self.alive_w = fresh
+        return old
+
+    def restore_alive_pipe(self, old: tuple[int, int]) -> None:
+        os.close(self.alive_r)
+        os.close(self.alive_w)
+        self.alive_r, self.alive_w = old
 
     def apply_reload(self, plan: ReloadPlan) -> None:
         """A reload: new pool limits; workers replaced if they hold what changed.
@@ -269,17 +251,28 @@ class Pool:
         """
         self.service = plan.service
         self.conns.use(plan.service)
+        if self.spawner.forkers is not None and plan.recipe is not None:
+            self.spawner.forkers.applied(plan.recipe, needed=True)  # what a respawn starts
         if plan.pool is not None:
             self.policy.configure(plan.pool)
         asking = self.admission.policy.gate.limits_sources
         if plan.changed - SUPERVISOR_SETTINGS or asking != self.asking:
             self.asking = asking
+            if self.spawner.forkers is not None:
+                self.spawner.forkers.outdate()
+            if self.old_alive is not None:  # the old workers see its end now
+                os.close(self.old_alive[0])
+                os.close(self.old_alive[1])
+                self.old_alive = None
             for worker in list(self.workers.values()):
                 if not worker.stopping:
                     self.retire(worker, "reload")
         self.maintain(time.monotonic())
 
     def on_status(self, mask: int) -> None:
+        forkers = self.spawner.forkers
+        if forkers is not None and forkers.launching:  # their STARTED before their reports
+            forkers.read()
         self.table.read_status(time.monotonic())
         self.maintain(time.monotonic())
 
@@ -291,7 +284,10 @@ class Pool:
         self.table.read_status(now)  # an "E" sent just before exiting must count first
 
     def on_exit(self, ended: Exited, now: float) -> None:
-        """A worker was reaped: close its channel, log why it left."""
+        """A worker was reaped (or its forker reported its exit): close its channel,
+        log why it left."""
+        if ended.child is not None and ended.child.via is not None:
+            self.before_exits(now)  # reported by its forker: its last "E" counts first
         worker = self.table.remove(ended.pid, now, ended.status_fields())
         self.waited = self.waited or self.policy.was_waiting(worker)
         reason = self.policy.exit_reason(worker, ended.exit_code, self.loop.stopping is not None)
@@ -343,6 +339,8 @@ class Pool:
         during an upgrade (``shared``). Workers then see only the alive pipe's end
         of file.
         """
+        if self.spawner.forkers is not None:
+            self.spawner.forkers.cancel("the server is stopping")
         if drain:
             self.conns.drain()
         listener = self.listener
@@ -392,6 +390,8 @@ class Pool:
                 self.children.signal(pid, signal.SIGTERM)
 
     def close(self) -> None:
+        if self.spawner.forkers is not None:
+            self.spawner.forkers.close()
         self.table.close()
         os.close(self.alive_r)
         if self.alive_w >= 0:

@@ -38,6 +38,8 @@ class WorkerTable:
         "channels",
         "children",
         "counts",
+        "early",
+        "expecting",
         "lifetimes",
         "log",
         "loop",
@@ -55,6 +57,10 @@ class WorkerTable:
         self.admission = loop.admission
         self.policy = policy
         self.workers: dict[int, WorkerState] = {}
+        # Workers a forker is starting (prefork.forked) may report before their
+        # STARTED is read: their reports wait here until it is (see reports).
+        self.expecting = 0
+        self.early: list[tuple[str, int, str]] = []
         self.status_r, self.status_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.status_r.setblocking(False)
         # Per-source limits: each worker's question channel (supervisor's end).
@@ -126,9 +132,21 @@ class WorkerTable:
             self.counts.remove(worker.source)
             worker.source = None
 
+    def expect(self, launching: int) -> None:
+        """How many workers a forker is starting now (see ``early``)."""
+        self.expecting = launching
+
     def reports(self) -> Iterator[tuple[str, WorkerState, str]]:
-        """The workers' status datagrams waiting now, as (kind, worker, detail); a
-        worker reaped already is skipped. Never blocks."""
+        """The workers' status datagrams waiting now, as (kind, worker, detail),
+        after those kept from workers not known then; a worker reaped already is
+        skipped, or kept while workers are starting (it may be one). Never blocks."""
+        early, self.early = self.early, []
+        for kind, pid, detail in early:
+            worker = self.workers.get(pid)
+            if worker is not None:
+                yield kind, worker, detail
+            elif self.expecting:
+                self.early.append((kind, pid, detail))
         while True:
             try:
                 kind, pid, detail = decode(self.status_r.recv(STATUS_SIZE))
@@ -137,6 +155,8 @@ class WorkerTable:
             worker = self.workers.get(pid)
             if worker is not None:
                 yield kind, worker, detail
+            elif self.expecting:
+                self.early.append((kind, pid, detail))
 
     def read_status(self, now: float) -> None:
         for kind, worker, detail in self.reports():

@@ -61,6 +61,21 @@ def still_importing(marker: Path) -> bool:
     return not Path(f"{marker}.done").exists()
 
 
+def flaky_handler(tmp_path: Path) -> tuple[Path, Path]:
+    """A handler module (answers ``ok``) whose import fails, after QUICK seconds,
+    while the returned marker file exists."""
+    module = tmp_path / "flaky.py"
+    marker = tmp_path / "broken"
+    module.write_text(
+        "import os\nimport time\n"
+        f"if os.path.exists({str(marker)!r}):\n"
+        f"    time.sleep({QUICK!r})\n"
+        "    raise RuntimeError('broken now')\n"
+        "def handle(conn, peer):\n    conn.sendall(b'ok')\n"
+    )
+    return module, marker
+
+
 def one_forker(server: ServerProcess) -> int:
     forkers = wait_until(server.forkers, what="a forker")
     assert len(forkers) == 1, forkers
@@ -157,15 +172,7 @@ def test_a_reload_whose_forker_fails_keeps_the_old_one(
 ) -> None:
     """The new forker fails to import the handler (after a while): the reload is
     refused as any failed reload (reload-failed, the running configuration kept)."""
-    module = tmp_path / "flaky.py"
-    marker = tmp_path / "broken"
-    module.write_text(
-        "import os\nimport time\n"
-        f"if os.path.exists({str(marker)!r}):\n"
-        f"    time.sleep({QUICK!r})\n"
-        "    raise RuntimeError('broken now')\n"
-        "def handle(conn, peer):\n    conn.sendall(b'ok')\n"
-    )
+    module, marker = flaky_handler(tmp_path)
     config = tmp_path / "f.toml"
     config.write_text('banner = "one\\n"\n')
     server = start_server("--config", str(config), "--handler", f"{module}:handle", *METRICS)

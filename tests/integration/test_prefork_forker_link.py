@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.integration.conftest import ServerFactory
 from tests.integration.test_forker_link import (
-    QUICK,
+    flaky_handler,
     one_forker,
     scrape,
     slow_handler,
@@ -53,15 +53,7 @@ def test_a_prefork_reload_does_not_wait_for_the_new_forker(
 def test_a_prefork_reload_whose_forker_fails_keeps_the_old_workers(
     start_server: ServerFactory, tmp_path: Path
 ) -> None:
-    module = tmp_path / "flaky.py"
-    marker = tmp_path / "broken"
-    module.write_text(
-        "import os\nimport time\n"
-        f"if os.path.exists({str(marker)!r}):\n"
-        f"    time.sleep({QUICK!r})\n"
-        "    raise RuntimeError('broken now')\n"
-        "def handle(conn, peer):\n    conn.sendall(b'ok')\n"
-    )
+    module, marker = flaky_handler(tmp_path)
     config = tmp_path / "f.toml"
     config.write_text('banner = "one\\n"\n')
     server = start_server(*PREFORK, "--config", str(config), "--handler", f"{module}:handle")

@@ -73,3 +73,19 @@ def test_the_question_channel_is_only_its_childs(start_server: ServerFactory) ->
         first.close()
         second.close()
     server.wait_event("end", 2)
+
+
+def test_a_prefork_worker_holds_only_its_own_question_channel(
+    start_server: ServerFactory,
+) -> None:
+    """Prefork: the pool's first workers go to the forker in one record, each WORKER
+    item with its question channel (--per-ip): each worker holds its own, none of
+    its later siblings'."""
+    server = start_server("-v", "--mode", "prefork", "--per-ip", "5", "--min-spare", "6")
+    pids = [int(s["pid"]) for s in server.wait_event("worker-start", count=6)]
+
+    def alike() -> bool:  # a worker reports its start before it closes what is not its
+        return len({len(sockets_of(pid)) for pid in pids}) == 1
+
+    wait_until(alike, what="every worker to hold the same sockets, whatever its order")
+    assert server.stop() == 0

@@ -22,11 +22,9 @@ a fork costs what the forking process has mapped and written).
   next forker (accepting stops until it is ready). Connections the dead one had
   received but not reported started are lost (``forker-died ... lost=N``), never
   sent twice; those it had forked are found and tracked (``adopted=N``).
-- A reload starts a new forker for the new settings and applies once it is READY;
-  until then the old one serves with the old settings. If the new one fails, the
-  reload is refused (``reload-failed``) and the old one serves on. Once replaced,
-  the old one is kept until its children end (``retire``), then its channel closes
-  and it exits.
+- A reload starts a new forker for the new settings and applies once it is READY
+  (the old one serving meanwhile), or is refused if it fails (``reload-failed``).
+  A replaced forker is kept until its children end (``retire``), then it exits.
 - Exec mode that posix_spawns every program (parent.spawn) needs no forker: none
   runs until a reload makes one needed, and a reload that makes it unneeded retires it.
 - At the end of a stop's grace period (or a fast stop), connections still waiting
@@ -244,6 +242,9 @@ class Forkers:
                 current.send(item, socks)
             elif link.channel is not None:
                 link.send(item, socks)  # a KILL for one of the old forker's own children
+            else:  # a dead forker's: a POOL's duplicates are closed, a KILL is moot
+                for sock in socks:
+                    sock.close()
         link.retire_if_done()
 
     # -- per connection ----------------------------------------------------------------

@@ -37,6 +37,18 @@ def one_forker(server: ServerProcess) -> int:
     return int(forkers[0])
 
 
+def fill_the_channel(server: ServerProcess, clients: list[socket.socket]) -> None:
+    """With the forker stopped (SIGSTOP): connect clients (each sends one byte, each
+    appended to ``clients``) until the supervisor says its channel is full."""
+    for _ in range(2500):
+        sock = connect(server.port)
+        sock.sendall(b"x")
+        clients.append(sock)
+        if server.events("forker-full"):
+            break
+    assert server.events("forker-full"), "the channel never filled"
+
+
 def test_connections_are_forked_by_the_forker(start_server: ServerFactory) -> None:
     server = start_server()
     forker = one_forker(server)
@@ -97,13 +109,7 @@ def test_forker_channel_full(start_server: ServerFactory) -> None:
     os.kill(forker, signal.SIGSTOP)
     clients: list[socket.socket] = []
     try:
-        for _ in range(2500):
-            sock = connect(server.port)
-            sock.sendall(b"x")
-            clients.append(sock)
-            if server.events("forker-full"):
-                break
-        assert server.events("forker-full"), "the channel never filled"
+        fill_the_channel(server, clients)
         clients.extend(connect(server.port) for _ in range(20))  # into the backlog
         for sock in clients[-20:]:
             sock.sendall(b"x")

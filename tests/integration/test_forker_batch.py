@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
 from tests.integration.conftest import ServerFactory
 from tests.soak.scenarios import CHAOS
-from tests.support import WAIT, connect, recv_exactly, wait_until
+from tests.support import WAIT, ServerProcess, connect, recv_exactly, wait_until
 
 
 def sockets_of(pid: int) -> list[str]:
     fds = Path(f"/proc/{pid}/fd")
     links = [os.readlink(fds / fd) for fd in os.listdir(fds)]
     return [link for link in links if link.startswith("socket:")]
+
+
+def one_record(server: ServerProcess) -> tuple[socket.socket, socket.socket]:
+    """Two clients connected while the supervisor is stopped: once it runs again it
+    accepts both in one turn, and hands them to the forker in one record."""
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        return connect(server.port), connect(server.port)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
 
 
 def test_a_child_holds_only_its_own_connection(start_server: ServerFactory) -> None:
@@ -26,11 +37,7 @@ def test_a_child_holds_only_its_own_connection(start_server: ServerFactory) -> N
     wait_until(server.forkers, what="a forker")
     # Stopped, the supervisor accepts both clients in one turn once it runs again:
     # one record to the forker, the held client's first.
-    os.kill(server.pid, signal.SIGSTOP)
-    try:
-        held, raising = connect(server.port), connect(server.port)
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
+    held, raising = one_record(server)
     try:
         held.sendall(b"Hx")
         assert recv_exactly(held, 1) == b"x"
@@ -55,11 +62,7 @@ def test_the_question_channel_is_only_its_childs(start_server: ServerFactory) ->
     (the socket and the question channel): neither reaches a sibling."""
     server = start_server("--proxy-protocol", "v1", "--handler", CHAOS)
     wait_until(server.forkers, what="a forker")
-    os.kill(server.pid, signal.SIGSTOP)
-    try:
-        first, second = connect(server.port), connect(server.port)
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
+    first, second = one_record(server)
     try:
         for sock, port in ((first, 1001), (second, 1002)):
             sock.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 %d 80\r\nHx" % port)

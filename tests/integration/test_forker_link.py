@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import ServerFactory
+from tests.integration.test_forker import fill_the_channel, one_forker
 from tests.integration.test_metrics import METRICS, http_get, metrics_port
 from tests.integration.test_systemd import notify_socket, wait_notification
 from tests.support import WAIT, ServerProcess, connect, recv_exactly, wait_until
@@ -74,12 +75,6 @@ def flaky_handler(tmp_path: Path) -> tuple[Path, Path]:
         "def handle(conn, peer):\n    conn.sendall(b'ok')\n"
     )
     return module, marker
-
-
-def one_forker(server: ServerProcess) -> int:
-    forkers = wait_until(server.forkers, what="a forker")
-    assert len(forkers) == 1, forkers
-    return int(forkers[0])
 
 
 def scrape(server: ServerProcess) -> None:
@@ -256,13 +251,7 @@ def test_a_stop_drops_what_was_never_sent_to_the_forker(
     os.kill(forker, signal.SIGSTOP)
     clients: list[socket.socket] = []
     try:
-        for _ in range(2500):
-            sock = connect(server.port)
-            sock.sendall(b"x")
-            clients.append(sock)
-            if server.events("forker-full"):
-                break
-        assert server.events("forker-full"), "the channel never filled"
+        fill_the_channel(server, clients)
         server.send_signal(signal.SIGTERM if stop == "grace" else signal.SIGQUIT)
         dropped = int(server.wait_event("forker-dropped")[0]["waiting"])
         assert dropped >= 1

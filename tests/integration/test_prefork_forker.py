@@ -13,8 +13,8 @@ import signal
 from pathlib import Path
 
 from tests.integration.conftest import ServerFactory
+from tests.integration.test_forker import one_forker
 from tests.support import (
-    ServerProcess,
     connect,
     echo_roundtrip,
     recv_exactly,
@@ -30,12 +30,6 @@ def parent_of(pid: int) -> int:
         if line.startswith("PPid:"):
             return int(line.split()[1])
     raise AssertionError(f"no PPid for {pid}")
-
-
-def one_forker(server: ServerProcess) -> int:
-    forkers = wait_until(server.forkers, what="a forker")
-    assert len(forkers) == 1, forkers
-    return int(forkers[0])
 
 
 def answer(port: int) -> bytes:

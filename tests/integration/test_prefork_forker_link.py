@@ -9,9 +9,9 @@ import signal
 from pathlib import Path
 
 from tests.integration.conftest import ServerFactory
+from tests.integration.test_forker import one_forker
 from tests.integration.test_forker_link import (
     flaky_handler,
-    one_forker,
     scrape,
     slow_handler,
     still_importing,

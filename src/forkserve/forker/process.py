@@ -183,21 +183,6 @@ def ignore(signum: int, frame: object) -> None:
     """
 
 
-def closing(close_in_child: Callable[[], None], others: tuple[int, ...]) -> Callable[[], None]:
-    """``close_in_child``, then close ``others``: the descriptors of the connections
-    received in the same record and not forked yet. A child that kept a sibling's
-    socket kept that connection open after the sibling's process ended: its client
-    got no FIN (a handler that raised, a SIGKILL) until this child ended too.
-    (MSG_CMSG_CLOEXEC closes them at an exec only; a Python handler never execs.)"""
-
-    def close() -> None:
-        close_in_child()
-        for fd in others:
-            os.close(fd)
-
-    return close
-
-
 class Forker:
     """The loop: fork per connection, reap, report; until the channel ends and the
     last child is reaped.
@@ -215,6 +200,7 @@ class Forker:
         "pool",
         "reports",
         "service",
+        "unclaimed",
         "wake",
     )
 
@@ -229,6 +215,13 @@ class Forker:
         self.reports: list[tuple[object, ...]] = []
         self.open = True
         self.pool: PoolShare | None = None  # prefork: what every worker shares
+        # The descriptors of the record being handled that no item has taken yet:
+        # later connections' sockets, later workers' question channels. A child
+        # forked meanwhile closes them (close_in_child): one that kept a sibling's
+        # socket kept that connection open after the sibling's process ended, and
+        # its client got no FIN (a handler that raised, a SIGKILL) until this child
+        # ended too. (MSG_CMSG_CLOEXEC closes them at an exec only.)
+        self.unclaimed: list[int] = []
         self.wake = socket.socketpair()
         for end in self.wake:
             end.setblocking(False)
@@ -278,6 +271,7 @@ class Forker:
                 self.lost(items, fds)
                 continue
             fds.reverse()
+            self.unclaimed = fds  # each item pops its own off the end
             for item in items:
                 if item[0] == wire.CONN:
                     self.start(item, fds)
@@ -322,8 +316,6 @@ class Forker:
         if theirs is not None:
             info.admit = Asker(self.policy, self.log, theirs, single=True)
             close_in_child = self.proxied_close_in_child(theirs)
-        if fds:  # the rest of the batch: later connections', never this child's
-            close_in_child = closing(close_in_child, tuple(fds))
         service = self.service
         try:
             pid = fork_child(lambda: service(conn, info), close_in_child)
@@ -345,6 +337,8 @@ class Forker:
         os.close(self.channel.fileno())
         os.close(self.wake[0].fileno())
         os.close(self.wake[1].fileno())
+        for fd in self.unclaimed:
+            os.close(fd)
         self.log.in_child()
 
     def proxied_close_in_child(self, theirs: socket.socket) -> Callable[[], None]:

@@ -51,7 +51,6 @@ def start_worker(forker: Any, item: tuple[Any, ...], fds: list[int]) -> None:
 
     _, cid, params, nfds = item
     channel = socket.socket(fileno=fds.pop()) if nfds else None
-    others = tuple(fds)  # the rest of the record: later workers' channels, not its own
     share = forker.pool
     worker = None
     if share is None:
@@ -71,7 +70,7 @@ def start_worker(forker: Any, item: tuple[Any, ...], fds: list[int]) -> None:
             channel=channel,
         )
         run = worker.run
-        close_in_worker = in_worker(forker, worker, cid, others)
+        close_in_worker = in_worker(forker, worker, cid)
         pid = fork_child(run, close_in_worker)
     except OSError as exc:
         forker.reports.append((wire.NOFORK, cid, exc.errno or 0))
@@ -84,12 +83,12 @@ def start_worker(forker: Any, item: tuple[Any, ...], fds: list[int]) -> None:
     forker.children.add(pid)
 
 
-def in_worker(forker: Any, worker: Any, cid: int, others: tuple[int, ...]) -> Any:
+def in_worker(forker: Any, worker: Any, cid: int) -> Any:
     """What a fresh worker does first: tell the supervisor its pid (STARTED, on the
-    forker's channel, which it still holds), then drop the forker's descriptors and
-    ``others`` (the later workers' question channels received in the same record:
-    see forker.process.closing) and take its own signals. If the supervisor cannot
-    hear it, nobody would know the worker: it exits."""
+    forker's channel, which it still holds), then drop the forker's descriptors (the
+    later workers' question channels of its record too: see Forker.unclaimed) and
+    take its own signals. If the supervisor cannot hear it, nobody would know the
+    worker: it exits."""
 
     def close_in_worker() -> None:
         try:
@@ -97,8 +96,6 @@ def in_worker(forker: Any, worker: Any, cid: int, others: tuple[int, ...]) -> An
         except OSError:
             os._exit(0)
         forker.close_in_child()
-        for fd in others:
-            os.close(fd)
         worker.install_signals()
 
     return close_in_worker
